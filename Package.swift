@@ -1,0 +1,47 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// Layout (see README "Layout"): the folder of each target names the part of the architecture
+// it belongs to. Dependencies point one way: executables -> libraries -> Protocol/Posix -> C shims.
+let package = Package(
+    name: "Tether",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "TetherProtocol", targets: ["TetherProtocol"]),
+        .library(name: "TetherClient", targets: ["TetherClient"]),
+        .library(name: "TetherRelay", targets: ["TetherRelay"]),
+        .executable(name: "tether-agent", targets: ["tether-agent"]),
+        .executable(name: "tether", targets: ["tether"]),
+        .executable(name: "tether-bench", targets: ["tether-bench"]),
+    ],
+    targets: [
+        // Frames, CBOR, messages, addresses. Standard library only: no Foundation, no I/O.
+        .target(name: "TetherProtocol", path: "Sources/Protocol"),
+        // What Swift cannot do safely or cannot import: the fork child, macros, missing headers.
+        .target(name: "CSys", path: "Sources/CSys"),
+        // Syscall wrappers shared by agent and relay: Errno, owned fds, the epoll loop, sockets.
+        .target(name: "TetherPosix", dependencies: ["TetherProtocol", "CSys"], path: "Sources/Posix"),
+
+        // The guest agent: a library (so tests and fuzzers drive it in-process) and a thin main.
+        .target(name: "TetherAgent", dependencies: ["TetherProtocol", "TetherPosix", "CSys"],
+                path: "Sources/GuestAgent/Agent"),
+        .executableTarget(name: "tether-agent", dependencies: ["TetherAgent"],
+                          path: "Sources/GuestAgent/Main"),
+
+        // The host side: relay daemon, client library, CLI.
+        .target(name: "TetherRelay", dependencies: ["TetherProtocol", "TetherPosix", "CSys"],
+                path: "Sources/HostRelay/Relay"),
+        .target(name: "TetherClient", dependencies: ["TetherProtocol", "TetherPosix", "CSys"],
+                path: "Sources/HostRelay/Client"),
+        .executableTarget(name: "tether", dependencies: ["TetherRelay", "TetherClient"],
+                          path: "Sources/HostRelay/CLI"),
+
+        .executableTarget(name: "tether-bench", dependencies: ["TetherClient", "TetherPosix"],
+                          path: "Sources/Bench"),
+
+        .testTarget(name: "ProtocolTests", dependencies: ["TetherProtocol"],
+                    path: "Tests/ProtocolTests", exclude: ["Vectors"]),
+        .testTarget(name: "PosixTests", dependencies: ["TetherPosix"], path: "Tests/PosixTests"),
+    ],
+    swiftLanguageModes: [.v6]
+)

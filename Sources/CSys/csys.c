@@ -1,0 +1,41 @@
+#define _GNU_SOURCE
+#include "csys.h"
+
+#include <errno.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+int csys_pidfd_open(pid_t pid, unsigned int flags) {
+    int saved = errno;
+    long fd = syscall(SYS_pidfd_open, pid, flags);
+    int result = fd < 0 ? -errno : (int)fd;
+    errno = saved;
+    return result;
+}
+
+void csys_set_errno(int value) { errno = value; }
+
+int csys_pipe2(int fds[2], int flags) {
+    int saved = errno;
+    int result = pipe2(fds, flags) < 0 ? -errno : 0;
+    errno = saved;
+    return result;
+}
+
+int csys_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
+    int saved = errno;
+    int result;
+    do { result = accept4(fd, addr, len, flags); } while (result < 0 && errno == EINTR);
+    if (result < 0) result = -errno;
+    errno = saved;
+    return result;
+}
+
+int csys_dup3(int oldfd, int newfd, int flags) {
+    int saved = errno;
+    int result;
+    do { result = dup3(oldfd, newfd, flags); } while (result < 0 && errno == EINTR);
+    if (result < 0) result = -errno;
+    errno = saved;
+    return result;
+}

@@ -1,0 +1,241 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CSys
+
+/// Single-threaded readiness loop over epoll(7), with timers on one timerfd(2) and a
+/// cross-thread wake-up on one eventfd(2).
+///
+/// Owns: the epoll fd, the timerfd and the eventfd (closed on deinit). Everything it calls
+/// runs on the thread that calls `run()`; only `waker` may be used from other threads.
+/// Ends when a handler sets `stopping`.
+public final class EventLoop {
+    public typealias Handler = (_ events: UInt32) -> Void
+
+    private let epfd: CInt
+    private let timerfd: CInt
+    private let eventfd: CInt
+    private var handlers: [CInt: Handler] = [:]
+    private var timers = TimerHeap()
+    private var wakeHandler: (() -> Void)?
+    /// Work queued to run after the current batch of events (see `soon`).
+    private var deferred: [() -> Void] = []
+    public var stopping = false
+
+    public init() throws(Errno) {
+        epfd = try retrying { epoll_create1(CInt(EPOLL_CLOEXEC)) }
+        timerfd = try retrying { timerfd_create(CLOCK_MONOTONIC, CInt(TFD_CLOEXEC | TFD_NONBLOCK)) }
+        eventfd = try retrying { CSys.eventfd(0, CInt(EFD_CLOEXEC | EFD_NONBLOCK)) }
+        try addToEpoll(timerfd, events: UInt32(EPOLLIN.rawValue))
+        try addToEpoll(eventfd, events: UInt32(EPOLLIN.rawValue))
+    }
+
+    deinit {
+        _ = Glibc.close(eventfd)
+        _ = Glibc.close(timerfd)
+        _ = Glibc.close(epfd)
+    }
+
+    private func addToEpoll(_ fd: CInt, events: UInt32) throws(Errno) {
+        var event = epoll_event()
+        event.events = events
+        event.data.fd = fd
+        _ = try retrying { epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event) }
+    }
+
+    // MARK: descriptors
+
+    public static let readable = UInt32(EPOLLIN.rawValue)
+    public static let writable = UInt32(EPOLLOUT.rawValue)
+    /// Peer closed its writing half (stream sockets); reported with EPOLLIN.
+    public static let peerClosed = UInt32(EPOLLRDHUP.rawValue)
+    public static let hangUp = UInt32(EPOLLHUP.rawValue)
+    public static let error = UInt32(EPOLLERR.rawValue)
+
+    /// Stores the handler first, then arms epoll, so no event arrives unhandled.
+    public func watch(_ fd: CInt, events: UInt32, _ handler: @escaping Handler) throws(Errno) {
+        handlers[fd] = handler
+        do { try addToEpoll(fd, events: events) } catch {
+            handlers[fd] = nil
+            throw error
+        }
+    }
+
+    /// Changes the events a watched descriptor is interested in (0 pauses it; EPOLLHUP and
+    /// EPOLLERR are still reported, as epoll always does).
+    public func modify(_ fd: CInt, events: UInt32) throws(Errno) {
+        var event = epoll_event()
+        event.events = events
+        event.data.fd = fd
+        _ = try retrying { epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &event) }
+    }
+
+    /// Stops watching; call before close(2) so a reused fd number cannot reach the old handler.
+    public func unwatch(_ fd: CInt) {
+        guard handlers.removeValue(forKey: fd) != nil else { return }
+        _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nil)
+    }
+
+    public func isWatching(_ fd: CInt) -> Bool { handlers[fd] != nil }
+
+    // MARK: timers
+
+    /// Monotonic time in nanoseconds (CLOCK_MONOTONIC).
+    public static func now() -> UInt64 { Clock.monotonicNs() }
+
+    /// Runs `handler` once, `delay` from now. Returns an id for `cancel`.
+    @discardableResult
+    public func schedule(after delay: Duration, _ handler: @escaping () -> Void) -> TimerID {
+        let (seconds, attoseconds) = delay.components
+        let ns = max(0, seconds) * 1_000_000_000 + max(0, attoseconds) / 1_000_000_000
+        return schedule(atNs: EventLoop.now() &+ UInt64(ns), handler)
+    }
+
+    @discardableResult
+    public func schedule(atNs deadline: UInt64, _ handler: @escaping () -> Void) -> TimerID {
+        let (id, becameEarliest) = timers.insert(deadline: deadline, handler)
+        if becameEarliest { armTimerfd() }
+        return id
+    }
+
+    public func cancel(_ id: TimerID) { timers.cancel(id) }
+
+    private func armTimerfd() {
+        var spec = itimerspec()
+        if let next = timers.earliestDeadline {
+            let ns = max(next, 1)  // 0 would disarm
+            spec.it_value.tv_sec = Int(ns / 1_000_000_000)
+            spec.it_value.tv_nsec = Int(ns % 1_000_000_000)
+        }
+        _ = timerfd_settime(timerfd, CInt(TFD_TIMER_ABSTIME), &spec, nil)
+    }
+
+    private func fireDueTimers() {
+        var expirations: UInt64 = 0
+        _ = Glibc.read(timerfd, &expirations, 8)
+        let now = EventLoop.now()
+        while let handler = timers.popDue(now: now) { handler() }
+        armTimerfd()
+    }
+
+    // MARK: cross-thread wake-up and deferred work
+
+    /// A handle other threads use to wake the loop; `onWake` then runs on the loop's thread.
+    public struct Waker: Sendable {
+        let fd: CInt
+        public func wake() {
+            var one: UInt64 = 1
+            _ = Glibc.write(fd, &one, 8)
+        }
+    }
+
+    public var waker: Waker { Waker(fd: eventfd) }
+
+    /// What to run on the loop's thread after any `Waker.wake()` (coalesced).
+    public func onWake(_ handler: @escaping () -> Void) { wakeHandler = handler }
+
+    /// Runs `work` after the handlers of the current batch of events, before waiting again.
+    public func soon(_ work: @escaping () -> Void) { deferred.append(work) }
+
+    // MARK: running
+
+    /// Waits for events and dispatches them until `stopping` is set.
+    public func run() throws(Errno) {
+        var ready = [epoll_event](repeating: epoll_event(), count: 128)
+        while !stopping {
+            runDeferred()
+            if stopping { break }
+            let n = try ready.withUnsafeMutableBufferPointer { (buffer) throws(Errno) -> CInt in
+                try retrying { epoll_wait(epfd, buffer.baseAddress, CInt(buffer.count), -1) }
+            }
+            for i in 0..<Int(n) {
+                let fd = ready[i].data.fd
+                let events = ready[i].events
+                if fd == timerfd {
+                    fireDueTimers()
+                } else if fd == eventfd {
+                    var count: UInt64 = 0
+                    _ = Glibc.read(eventfd, &count, 8)
+                    wakeHandler?()
+                } else {
+                    // A handler earlier in this batch may have unwatched this fd.
+                    handlers[fd]?(events)
+                }
+            }
+        }
+    }
+
+    private func runDeferred() {
+        while !deferred.isEmpty {
+            let work = deferred
+            deferred.removeAll()
+            for item in work { item() }
+        }
+    }
+}
+
+/// Identifies a scheduled timer.
+public struct TimerID: Hashable, Sendable {
+    let value: UInt64
+}
+
+/// A binary min-heap of deadlines; cancelled timers are dropped lazily when they surface.
+struct TimerHeap {
+    private var heap: [(deadline: UInt64, id: UInt64)] = []
+    private var handlers: [UInt64: () -> Void] = [:]
+    private var nextID: UInt64 = 1
+
+    var earliestDeadline: UInt64? {
+        mutating get {
+            dropCancelled()
+            return heap.first?.deadline
+        }
+    }
+
+    mutating func insert(deadline: UInt64, _ handler: @escaping () -> Void) -> (TimerID, becameEarliest: Bool) {
+        let id = nextID
+        nextID += 1
+        handlers[id] = handler
+        heap.append((deadline, id))
+        var child = heap.count - 1
+        while child > 0 {
+            let parent = (child - 1) / 2
+            if heap[parent].deadline <= heap[child].deadline { break }
+            heap.swapAt(parent, child)
+            child = parent
+        }
+        return (TimerID(value: id), child == 0)
+    }
+
+    mutating func cancel(_ id: TimerID) { handlers[id.value] = nil }
+
+    mutating func popDue(now: UInt64) -> (() -> Void)? {
+        while let top = heap.first, top.deadline <= now {
+            removeTop()
+            if let handler = handlers.removeValue(forKey: top.id) { return handler }
+        }
+        return nil
+    }
+
+    private mutating func dropCancelled() {
+        while let top = heap.first, handlers[top.id] == nil { removeTop() }
+    }
+
+    private mutating func removeTop() {
+        let last = heap.removeLast()
+        guard !heap.isEmpty else { return }
+        heap[0] = last
+        var parent = 0
+        while true {
+            let left = 2 * parent + 1, right = left + 1
+            var smallest = parent
+            if left < heap.count && heap[left].deadline < heap[smallest].deadline { smallest = left }
+            if right < heap.count && heap[right].deadline < heap[smallest].deadline { smallest = right }
+            if smallest == parent { break }
+            heap.swapAt(parent, smallest)
+            parent = smallest
+        }
+    }
+}

@@ -1,0 +1,132 @@
+import Foundation
+import Testing
+@testable import TetherProtocol
+
+/// Interop with Python's cbor2, an implementation nobody on this project wrote.
+/// Vectors: `scripts/cbor2-vectors.py write Tests/ProtocolTests/Vectors/cbor2-vectors.txt`.
+@Suite struct InteropTests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    struct Vector { let name: String; let bytes: [UInt8]; let diagnostic: String }
+
+    static func vectors() throws -> [Vector] {
+        let text = try String(contentsOf: root.appendingPathComponent("Tests/ProtocolTests/Vectors/cbor2-vectors.txt"), encoding: .utf8)
+        return text.split(separator: "\n").filter { !$0.hasPrefix("#") }.map { line in
+            let parts = line.split(separator: "\t", maxSplits: 2, omittingEmptySubsequences: false)
+            return Vector(name: String(parts[0]), bytes: hex(String(parts[1])), diagnostic: String(parts[2]))
+        }
+    }
+
+    /// What each `msg-*` vector must decode to, written from DESIGN.md's table.
+    static let expectedMessages: [String: any Message] = [
+        "msg-hello": Hello(role: .agent, name: "sandbox-1", pid: 1, capabilities: ["pty", "exec"], agentVersion: "0.1.0",
+                           bootNs: 123_456_789, readyNs: 234_567_890),
+        "msg-hello-minimal": Hello(role: .client, name: "", pid: 0),
+        "msg-error": ErrorMessage(code: .badPayload, message: "key 'argv' is missing", errno: 22),
+        "msg-ping": Ping(nonce: .max),
+        "msg-pong": Pong(nonce: 7),
+        "msg-shutdown": Shutdown(graceMs: 5000),
+        "msg-shutdown-empty": Shutdown(),
+        "msg-exec": ExecRequest(argv: ["/bin/sh", "-c", "echo hi"], env: ["A": "1", "LANG": "C.UTF-8"], cwd: "/tmp",
+                                user: "sandbox:sandbox", tty: TerminalSize(rows: 24, cols: 80), stdin: .pipe,
+                                timeoutMs: 10_000, killGraceMs: 500, drainMs: 100,
+                                rlimits: ["nofile": ResourceLimit(soft: 1024, hard: 4096), "core": ResourceLimit(soft: 0, hard: nil)],
+                                detach: true),
+        "msg-exec-minimal": ExecRequest(argv: ["true"]),
+        "msg-exec-bytes-arg": ExecRequest(argv: ["ls", OSString(bytes: Array("caf".utf8) + [0xE9])]),
+        "msg-started": Started(pid: 4242),
+        "msg-stdinError": StdinError(errno: 32, message: "Broken pipe"),
+        "msg-exited-code": Exited.code(3),
+        "msg-exited-signal": Exited.signal(9, coreDumped: true),
+        "msg-done": Done(),
+        "msg-failed": Failed(kind: .notFound, errno: 2, stage: "exec", message: "no such file"),
+        "msg-resize": Resize(rows: 50, cols: 132),
+        "msg-signal": SignalRequest(number: 15),
+        "msg-kill": KillRequest(),
+        "msg-ack": Ack(bytes: 131_072),
+        "msg-listSessions": ListSessions(),
+        "msg-sessionList": SessionList(sessions: [SessionInfo(session: 5, pid: 77, argv: ["sleep", "9"], tty: false,
+                                                              detached: true, attached: false, startedNs: 1_700_000_000_000_000_000)]),
+        "msg-attach": Attach(session: 5, replay: false),
+        "msg-attached": Attached(session: 5, pid: 77, tty: true, droppedBytes: 1024),
+        "msg-detach": Detach(),
+        "msg-detached": Detached(session: 5),
+    ]
+
+    @Test func swiftDecodesWhatCbor2Encoded() throws {
+        let vectors = try Self.vectors()
+        #expect(vectors.count >= 60)
+        for vector in vectors {
+            let value = try CBORDecoder.decode(vector.bytes)
+            #expect(value.description == vector.diagnostic, "\(vector.name)")
+        }
+    }
+
+    @Test func everyMessageKindDecodesFromCbor2Bytes() throws {
+        let vectors = try Self.vectors().filter { $0.name.hasPrefix("msg-") }
+        #expect(Set(vectors.map(\.name)) == Set(Self.expectedMessages.keys))
+        var kinds = Set<FrameKind>()
+        for vector in vectors {
+            let expected = try #require(Self.expectedMessages[vector.name])
+            func check<M: Message>(_ m: M) throws -> Bool { try M(cbor: vector.bytes) == m }
+            #expect(try check(expected), "\(vector.name)")
+            kinds.insert(type(of: expected).kind)
+        }
+        for kind in FrameKind.known where !kind.isData { #expect(kinds.contains(kind), "no cbor2 vector for \(kind)") }
+    }
+
+    /// A Python with cbor2 importable: Debian's python3-cbor2 lives under /usr/bin/python3,
+    /// which is not always the first python3 on PATH.
+    static func pythonWithCbor2() -> String? {
+        for candidate in ["/usr/bin/python3", "/usr/local/bin/python3", "python3"] {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = [candidate, "-c", "import cbor2"]
+            process.standardError = FileHandle.nullDevice
+            process.standardOutput = FileHandle.nullDevice
+            guard (try? process.run()) != nil else { continue }
+            process.waitUntilExit()
+            if process.terminationStatus == 0 { return candidate }
+        }
+        return nil
+    }
+
+    @Test func cbor2DecodesWhatSwiftEncoded() throws {
+        guard let python = Self.pythonWithCbor2() else {
+            try Test.cancel("needs Python's cbor2 (apt-get install python3-cbor2 or pip install cbor2)")
+        }
+        var lines: [String] = []
+        var values: [(String, CBORValue)] = []
+        for vector in try Self.vectors() { values.append((vector.name, try CBORDecoder.decode(vector.bytes))) }
+        for (i, message) in Samples.messages.enumerated() {
+            values.append(("swift-msg-\(i)-\(type(of: message))", try CBORDecoder.decode(message.cborBytes)))
+        }
+        for n: Int64 in [0, 23, 24, 255, 256, 65535, 65536, 1 << 32, -1, -24, -25, .min, .max] {
+            values.append(("swift-int-\(n)", .int(n)))
+        }
+        values.append(("swift-uint-max", .unsigned(.max)))
+        values.append(("swift-nint-max", .negative(.max)))
+        for (name, value) in values {
+            let bytes = encoded(value)
+            lines.append("\(name)\t\(bytes.map { String(format: "%02x", $0) }.joined())\t\(value.description)")
+        }
+
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = [python, Self.root.appendingPathComponent("scripts/cbor2-vectors.py").path, "check"]
+        let input = Pipe(), output = Pipe()
+        process.standardInput = input
+        process.standardOutput = output
+        try process.run()
+        // Write from another thread so a full pipe in either direction cannot deadlock.
+        let payload = Data((lines.joined(separator: "\n") + "\n").utf8)
+        let writer = Thread { input.fileHandleForWriting.write(payload); try? input.fileHandleForWriting.close() }
+        writer.start()
+        let result = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        let reports = result.split(separator: "\n")
+        #expect(reports.count == lines.count)
+        for report in reports where !report.hasSuffix("\tok") { Issue.record("cbor2 disagrees: \(report)") }
+        #expect(process.terminationStatus == 0)
+    }
+}

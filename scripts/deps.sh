@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what building and testing Tether needs on a fresh Debian 12 machine (as root, or
+# through sudo). Safe to run again: it installs only what is missing.
+set -euo pipefail
+packages=(
+  libseccomp-dev      # CSeccomp: relay self-confinement and the restricted guest profile
+  python3-cbor2       # CBOR interop tests against an independent implementation
+  busybox-static      # the bundled guest rootfs and the agent's PID 1 tests
+  debootstrap         # Debian guest trees with systemd / OpenRC for the init hand-off tests
+  tmux                # drives the CLI in a real terminal in the PTY tests
+  util-linux procps   # unshare, nsenter, ps
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+command -v swift >/dev/null 2>&1 || [ -x /opt/swift/usr/bin/swift ] || {
+  echo "Swift 6 toolchain not found (expected on PATH or at /opt/swift/usr/bin)" >&2; exit 1; }
