@@ -21,27 +21,39 @@ let package = Package(
         .target(name: "CSys", path: "Sources/CSys"),
         // Syscall wrappers shared by agent and relay: Errno, owned fds, the epoll loop, sockets.
         .target(name: "TetherPosix", dependencies: ["TetherProtocol", "CSys"], path: "Sources/Posix"),
+        // libkrun's C API as function-pointer types, for loading it at run time (never linked).
+        .target(name: "CKrun", path: "Sources/CKrun"),
 
         // The guest agent: a library (so tests and fuzzers drive it in-process) and a thin main.
+        // No Foundation: the static binary carries the standard library and Glibc only.
         .target(name: "TetherAgent", dependencies: ["TetherProtocol", "TetherPosix", "CSys"],
                 path: "Sources/GuestAgent/Agent"),
         .executableTarget(name: "tether-agent", dependencies: ["TetherAgent"],
                           path: "Sources/GuestAgent/Main"),
 
-        // The host side: relay daemon, client library, CLI.
+        // The host side: relay daemon, client library, sandbox boot backends, CLI.
         .target(name: "TetherRelay", dependencies: ["TetherProtocol", "TetherPosix", "CSys"],
                 path: "Sources/HostRelay/Relay"),
         .target(name: "TetherClient", dependencies: ["TetherProtocol", "TetherPosix", "CSys"],
                 path: "Sources/HostRelay/Client"),
-        .executableTarget(name: "tether", dependencies: ["TetherRelay", "TetherClient"],
+        .target(name: "TetherBoot", dependencies: ["TetherProtocol", "TetherPosix", "CSys", "CKrun"],
+                path: "Sources/HostRelay/Boot"),
+        .executableTarget(name: "tether", dependencies: ["TetherRelay", "TetherClient", "TetherBoot"],
                           path: "Sources/HostRelay/CLI"),
 
-        .executableTarget(name: "tether-bench", dependencies: ["TetherClient", "TetherPosix"],
+        .executableTarget(name: "tether-bench", dependencies: ["TetherClient", "TetherRelay", "TetherPosix"],
                           path: "Sources/Bench"),
 
+        // Shared by the test targets: locating built binaries, temporary dirs, process helpers.
+        .target(name: "TestSupport", dependencies: ["TetherProtocol", "TetherPosix"], path: "Tests/TestSupport"),
         .testTarget(name: "ProtocolTests", dependencies: ["TetherProtocol"],
                     path: "Tests/ProtocolTests", exclude: ["Vectors"]),
         .testTarget(name: "PosixTests", dependencies: ["TetherPosix"], path: "Tests/PosixTests"),
+        .testTarget(name: "AgentTests", dependencies: ["TetherAgent", "TestSupport"], path: "Tests/AgentTests"),
+        .testTarget(name: "RelayTests", dependencies: ["TetherRelay", "TetherClient", "TestSupport"],
+                    path: "Tests/RelayTests"),
+        .testTarget(name: "BootTests", dependencies: ["TetherBoot", "TetherClient", "TestSupport"],
+                    path: "Tests/BootTests"),
     ],
     swiftLanguageModes: [.v6]
 )
