@@ -21,6 +21,12 @@ let package = Package(
         .target(name: "CSys", path: "Sources/CSys"),
         // Syscall wrappers shared by agent and relay: Errno, owned fds, the epoll loop, sockets.
         .target(name: "TetherPosix", dependencies: ["TetherProtocol", "CSys"], path: "Sources/Posix"),
+        // libseccomp from Debian (a static archive ships with it, so the static agent links it).
+        .systemLibrary(name: "CSeccomp", path: "Sources/CSeccomp", pkgConfig: "libseccomp",
+                       providers: [.apt(["libseccomp-dev"])]),
+        // Seccomp policies as data, compiled with libseccomp: loaded (relay) or exported as BPF
+        // for a child to install before execve (agent).
+        .target(name: "TetherSeccomp", dependencies: ["CSeccomp", "CSys", "TetherPosix"], path: "Sources/Seccomp"),
         // libkrun's C API as function-pointer types, for loading it at run time (never linked).
         .target(name: "CKrun", path: "Sources/CKrun"),
 
@@ -49,6 +55,7 @@ let package = Package(
         .testTarget(name: "ProtocolTests", dependencies: ["TetherProtocol"],
                     path: "Tests/ProtocolTests", exclude: ["Vectors"]),
         .testTarget(name: "PosixTests", dependencies: ["TetherPosix"], path: "Tests/PosixTests"),
+        .testTarget(name: "SeccompTests", dependencies: ["TetherSeccomp", "TestSupport"], path: "Tests/SeccompTests"),
         .testTarget(name: "AgentTests", dependencies: ["TetherAgent", "TestSupport"], path: "Tests/AgentTests"),
         .testTarget(name: "RelayTests", dependencies: ["TetherRelay", "TetherClient", "TestSupport"],
                     path: "Tests/RelayTests"),

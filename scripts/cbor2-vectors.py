@@ -82,7 +82,7 @@ MESSAGES = [
     ("msg-exec", {"argv": ["/bin/sh", "-c", "echo hi"], "env": {"A": "1", "LANG": "C.UTF-8"},
                   "cwd": "/tmp", "user": "sandbox:sandbox", "tty": {"rows": 24, "cols": 80},
                   "stdin": "pipe", "timeoutMs": 10000, "killGraceMs": 500, "drainMs": 100,
-                  "rlimits": {"nofile": [1024, 4096], "core": [0, None]}, "detach": True,
+                  "rlimits": {"nofile": [1024, 4096], "core": [0, None]}, "detach": True, "seccomp": "restricted",
                   "someFutureKey": {"ignored": [1, 2, 3]}}),
     ("msg-exec-minimal", {"argv": ["true"]}),
     ("msg-exec-bytes-arg", {"argv": ["ls", b"caf\xe9"]}),

@@ -31,7 +31,7 @@ import Testing
                                 user: "sandbox:sandbox", tty: TerminalSize(rows: 24, cols: 80), stdin: .pipe,
                                 timeoutMs: 10_000, killGraceMs: 500, drainMs: 100,
                                 rlimits: ["nofile": ResourceLimit(soft: 1024, hard: 4096), "core": ResourceLimit(soft: 0, hard: nil)],
-                                detach: true),
+                                detach: true, seccomp: .restricted),
         "msg-exec-minimal": ExecRequest(argv: ["true"]),
         "msg-exec-bytes-arg": ExecRequest(argv: ["ls", OSString(bytes: Array("caf".utf8) + [0xE9])]),
         "msg-started": Started(pid: 4242),

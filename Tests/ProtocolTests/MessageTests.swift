@@ -106,6 +106,13 @@ import Testing
         #expect(try ExecRequest(cbor: request.cborBytes).argv == ["ls", name])
     }
 
+    @Test func anUnknownSeccompProfileIsNamed() {
+        // {"argv": ["x"], "seccomp": "strict"}
+        #expect(throws: MessageError.invalidValue(key: "seccomp", reason: "must be \"default\" or \"restricted\", not \"strict\"")) {
+            try ExecRequest(cbor: hex("a2646172677681617867736563636f6d706673747269637 4".replacingSpaces()))
+        }
+    }
+
     @Test func rlimitsAcceptNullAsUnlimited() throws {
         let request = ExecRequest(argv: ["x"], rlimits: ["core": ResourceLimit(soft: nil, hard: nil)])
         #expect(try ExecRequest(cbor: request.cborBytes).rlimits["core"] == ResourceLimit(soft: nil, hard: nil))

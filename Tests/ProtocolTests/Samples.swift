@@ -14,7 +14,7 @@ enum Samples {
                     user: "sandbox:sandbox", tty: TerminalSize(rows: 24, cols: 80), stdin: .pipe, timeoutMs: 10_000,
                     killGraceMs: 500, drainMs: 100,
                     rlimits: ["nofile": ResourceLimit(soft: 1024, hard: 4096), "core": ResourceLimit(soft: 0, hard: nil)],
-                    detach: true),
+                    detach: true, seccomp: .restricted),
         ExecRequest(argv: ["true"]),
         ExecRequest(argv: ["ls", OSString(bytes: [0x63, 0x61, 0x66, 0xE9])], env: [OSString(bytes: [0xFF]): OSString(bytes: [0xFE])]),
         Started(pid: 4242),

@@ -15,6 +15,15 @@ public struct TerminalSize: Hashable, Sendable {
     }
 }
 
+/// The seccomp profile a command runs under (see SECCOMP.md).
+public enum SeccompProfile: String, Sendable {
+    /// No filter beyond what the agent itself runs under.
+    case `default`
+    /// EPERM for privileged calls (mount, ptrace, bpf, kexec, modules, keyrings, user
+    /// namespaces, ...), with no_new_privs set.
+    case restricted
+}
+
 /// A resource limit as setrlimit(2) takes it; nil means unlimited (RLIM_INFINITY).
 public struct ResourceLimit: Hashable, Sendable {
     public var soft: UInt64?
@@ -50,11 +59,13 @@ public struct ExecRequest: Message {
     public var rlimits: [String: ResourceLimit]
     /// Keep running when the client goes away.
     public var detach: Bool
+    /// nil: the agent's default profile (`--seccomp`, itself "default" unless set).
+    public var seccomp: SeccompProfile?
 
     public init(argv: [OSString], env: [OSString: OSString] = [:], cwd: OSString? = nil, user: String? = nil,
                 tty: TerminalSize? = nil, stdin: StdinMode = .none, timeoutMs: UInt64? = nil,
                 killGraceMs: UInt64 = ExecRequest.defaultKillGraceMs, drainMs: UInt64 = ExecRequest.defaultDrainMs,
-                rlimits: [String: ResourceLimit] = [:], detach: Bool = false) {
+                rlimits: [String: ResourceLimit] = [:], detach: Bool = false, seccomp: SeccompProfile? = nil) {
         self.argv = argv
         self.env = env
         self.cwd = cwd
@@ -66,6 +77,7 @@ public struct ExecRequest: Message {
         self.drainMs = drainMs
         self.rlimits = rlimits
         self.detach = detach
+        self.seccomp = seccomp
     }
 
     public func encode(to map: inout CBORWriter.MapWriter) {
@@ -109,6 +121,7 @@ public struct ExecRequest: Message {
             }
         }
         map.entry("detach", detach)
+        map.entry("seccomp", seccomp?.rawValue)
     }
 
     public init(from r: MessageReader) throws(MessageError) {
@@ -163,5 +176,13 @@ public struct ExecRequest: Message {
             }
         }
         detach = try r.optionalBool("detach") ?? false
+        if let profile = try r.optionalText("seccomp") {
+            guard let parsed = SeccompProfile(rawValue: profile) else {
+                throw .invalidValue(key: "seccomp", reason: "must be \"default\" or \"restricted\", not \"\(profile)\"")
+            }
+            seccomp = parsed
+        } else {
+            seccomp = nil
+        }
     }
 }
