@@ -29,6 +29,7 @@ public struct OwnedFD: ~Copyable {
 }
 
 /// A pipe's two ends. (A tuple cannot hold ~Copyable values.)
+@frozen  // so other modules can take the two ends apart (partial consumption)
 public struct Pipe: ~Copyable {
     public var readEnd: OwnedFD
     public var writeEnd: OwnedFD

@@ -183,6 +183,7 @@ public enum Socket {
 }
 
 /// Two connected stream sockets. (A tuple cannot hold ~Copyable values.)
+@frozen  // so other modules can take the two ends apart (partial consumption)
 public struct SocketPair: ~Copyable {
     public var first: OwnedFD
     public var second: OwnedFD

@@ -1,0 +1,108 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import TetherPosix
+
+/// What the kernel itself can do on this machine, measured in the same run as Tether so that
+/// the ratios hold on a noisy machine.
+enum Baselines {
+    /// posix_spawn(3) + waitpid(2) of /bin/true, `count` times.
+    static func spawnTrue(count: Int) throws -> Timings {
+        var timings = Timings(reserving: count)
+        let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
+        defer { free(argv[0]) }
+        let envp: [UnsafeMutablePointer<CChar>?] = [nil]
+        for _ in 0..<count {
+            let start = Clock.monotonicNs()
+            var pid: pid_t = 0
+            let rc = posix_spawn(&pid, "/bin/true", nil, nil, argv, envp)
+            guard rc == 0 else { throw Errno(rawValue: rc) }
+            var status: CInt = 0
+            _ = try retrying { waitpid(pid, &status, 0) }
+            timings.add(Clock.monotonicNs() - start)
+        }
+        return timings
+    }
+
+    /// A spawned `head -c BYTES /dev/zero` read through a pipe: the ceiling for a child's
+    /// stdout on this machine. Returns the elapsed ns from spawn to EOF.
+    static func pipeThroughput(bytes: Int, readSize: Int = 256 << 10) throws -> UInt64 {
+        let pipe = try TetherPosix.Pipe()
+        let readEnd = pipe.readEnd
+        let args = ["head", "-c", String(bytes), "/dev/zero"]
+        let argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        let envp: [UnsafeMutablePointer<CChar>?] = [nil]
+        let start = Clock.monotonicNs()
+        var pid: pid_t = 0
+        do {
+            // The write end is closed when this scope ends, so the read sees EOF when head exits.
+            let writeEnd = pipe.writeEnd
+            var actions = posix_spawn_file_actions_t()
+            posix_spawn_file_actions_init(&actions)
+            defer { posix_spawn_file_actions_destroy(&actions) }
+            posix_spawn_file_actions_adddup2(&actions, writeEnd.raw, 1)
+            let rc = posix_spawn(&pid, "/usr/bin/head", &actions, nil, argv, envp)
+            guard rc == 0 else { throw Errno(rawValue: rc) }
+        }
+        var total = 0
+        var buffer = [UInt8](repeating: 0, count: readSize)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(readEnd.raw, $0.baseAddress, $0.count) }
+            if n > 0 { total += n; continue }
+            if n < 0 && errno == EINTR { continue }
+            break
+        }
+        let elapsed = Clock.monotonicNs() - start
+        var status: CInt = 0
+        _ = try retrying { waitpid(pid, &status, 0) }
+        guard total == bytes else { throw BenchError.shortRead(expected: bytes, got: total) }
+        return elapsed
+    }
+
+    /// An AF_UNIX stream socketpair, one thread writing `bytes`, this one reading: the ceiling
+    /// for bytes crossing a unix socket (what the relay and client use).
+    static func socketThroughput(bytes: Int, chunk: Int = 256 << 10) throws -> UInt64 {
+        let pair = try Socket.pair()
+        let writerFD = pair.second.raw
+        let reader = pair.first.raw
+        let start = Clock.monotonicNs()
+        let writer = Thread {
+            var buffer = [UInt8](repeating: 0x5A, count: chunk)
+            var left = bytes
+            while left > 0 {
+                let n = buffer.withUnsafeMutableBytes { Glibc.write(writerFD, $0.baseAddress, min(left, $0.count)) }
+                if n > 0 { left -= n } else if errno != EINTR { break }
+            }
+            shutdown(writerFD, CInt(SHUT_WR))
+        }
+        writer.start()
+        var total = 0
+        var buffer = [UInt8](repeating: 0, count: chunk)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(reader, $0.baseAddress, $0.count) }
+            if n > 0 { total += n; continue }
+            if n < 0 && errno == EINTR { continue }
+            break
+        }
+        let elapsed = Clock.monotonicNs() - start
+        _ = pair
+        guard total == bytes else { throw BenchError.shortRead(expected: bytes, got: total) }
+        return elapsed
+    }
+}
+
+enum BenchError: Error, CustomStringConvertible {
+    case shortRead(expected: Int, got: Int)
+    case missing(String)
+    case failed(String)
+
+    var description: String {
+        switch self {
+        case .shortRead(let expected, let got): "expected \(expected) bytes, got \(got)"
+        case .missing(let what): "missing: \(what)"
+        case .failed(let what): what
+        }
+    }
+}

@@ -1,0 +1,42 @@
+/// Summary of repeated timings, in nanoseconds.
+struct Timings {
+    private(set) var samples: [UInt64] = []
+
+    init(reserving count: Int = 0) { samples.reserveCapacity(count) }
+
+    mutating func add(_ ns: UInt64) { samples.append(ns) }
+
+    /// The value below which `fraction` of the samples fall (nearest rank).
+    func percentile(_ fraction: Double) -> UInt64 {
+        precondition(!samples.isEmpty, "no samples")
+        let sorted = samples.sorted()
+        let rank = Int((fraction * Double(sorted.count)).rounded(.up)) - 1
+        return sorted[min(max(rank, 0), sorted.count - 1)]
+    }
+
+    var median: UInt64 { percentile(0.5) }
+    var p99: UInt64 { percentile(0.99) }
+}
+
+/// Megabytes (10^6 bytes) per second.
+func megabytesPerSecond(bytes: Int, ns: UInt64) -> Double {
+    Double(bytes) / (Double(ns) / 1e9) / 1e6
+}
+
+func microseconds(_ ns: UInt64) -> String {
+    formatted(Double(ns) / 1000, decimals: 1) + " us"
+}
+
+func formatted(_ value: Double, decimals: Int) -> String {
+    var scale = 1.0
+    for _ in 0..<decimals { scale *= 10 }
+    let rounded = (value * scale).rounded() / scale
+    var text = String(rounded)
+    if let dot = text.firstIndex(of: ".") {
+        let places = text.distance(from: dot, to: text.endIndex) - 1
+        if places < decimals { text += String(repeating: "0", count: decimals - places) }
+    } else if decimals > 0 {
+        text += "." + String(repeating: "0", count: decimals)
+    }
+    return text
+}
