@@ -25,7 +25,7 @@ import TetherProtocol
             #expect(frame.payload.count <= Frame.maxDataPayloadBytes)
             let start = offset % Self.line.count
             let same = frame.payload.withUnsafeBytes { got in
-                pattern.withUnsafeBytes { memcmp(got.baseAddress, $0.baseAddress! + start, got.count) == 0 }
+                pattern.withUnsafeBytes { got.count == 0 || memcmp(got.baseAddress!, $0.baseAddress! + start, got.count) == 0 }
             }
             if !same && mismatch == nil { mismatch = offset }
             offset += frame.payload.count

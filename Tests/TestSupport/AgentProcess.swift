@@ -21,15 +21,17 @@ public final class AgentProcess {
 
     /// Starts `binary` (default: the debug build) with `arguments` after `--listen fd:3`.
     /// `wrapper` is a command line that ends by exec'ing the next argument (the agent).
+    /// `command` replaces the whole command line (wrapper, binary, arguments); `stderrPath`
+    /// sends the agent's log there instead of the test's stderr.
     public init(binary: String = AgentProcess.debugBinary, wrapper: [String] = [], arguments: [String]? = nil,
-                environment: [String: String] = [:]) throws {
+                command: [String]? = nil, environment: [String: String] = [:], stderrPath: String? = nil) throws {
         var fds: [CInt] = [-1, -1]
         _ = try retrying { socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0, &fds) }
-        let argv = wrapper + [binary] + (arguments ?? ["--listen", "fd:3"])
+        let argv = command ?? (wrapper + [binary] + (arguments ?? ["--listen", "fd:3"]))
         var env = ProcessInfo.processInfo.environment
         for (k, v) in environment { env[k] = v }
         do {
-            pid = try spawnProcess(argv, environment: env, passing: fds[1], as: 3)
+            pid = try spawnProcess(argv, environment: env, passing: fds[1], as: 3, stderrPath: stderrPath)
         } catch {
             _ = Glibc.close(fds[0])
             _ = Glibc.close(fds[1])
@@ -80,11 +82,13 @@ public final class AgentProcess {
 
 /// posix_spawn(3) with one extra descriptor placed at `target`, default signal dispositions
 /// and an empty mask (the test runner's own are not the agent's business).
-public func spawnProcess(_ argv: [String], environment: [String: String], passing fd: CInt = -1, as target: CInt = 3) throws -> pid_t {
+public func spawnProcess(_ argv: [String], environment: [String: String], passing fd: CInt = -1, as target: CInt = 3,
+                         stderrPath: String? = nil) throws -> pid_t {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
     if fd >= 0 { posix_spawn_file_actions_adddup2(&actions, fd, target) }
+    if let stderrPath { posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644) }
     var attributes = posix_spawnattr_t()
     posix_spawnattr_init(&attributes)
     defer { posix_spawnattr_destroy(&attributes) }
