@@ -1,0 +1,106 @@
+import TetherProtocol
+
+/// What the command line asks for:
+///
+///     tether-agent [--listen ADDR | --connect ADDR] [--hostname NAME] [--init PATH|auto]
+///
+/// `--listen` defaults to `vsock:2695`. Options may also be written `--name=value`.
+public struct AgentOptions: Equatable, Sendable {
+    /// Where the host's relay reaches the agent.
+    public enum Endpoint: Equatable, Sendable {
+        /// Accept connections, one at a time. `fd:N` may also be an already connected stream.
+        case listen(Address)
+        /// Dial the host, and dial again whenever the connection closes.
+        case connect(Address)
+    }
+
+    /// An init system to hand PID 1 to (DESIGN.md "Agent").
+    public enum InitProgram: Equatable, Sendable {
+        case path(String)
+        /// The first of /sbin/init, /lib/systemd/systemd, /usr/lib/systemd/systemd,
+        /// /sbin/openrc-init, busybox init that exists (and is not this agent).
+        case auto
+    }
+
+    public static let defaultPort: UInt32 = 2695
+    public static let usage = "usage: tether-agent [--listen ADDR | --connect ADDR] [--hostname NAME] [--init PATH|auto]\n"
+        + "  ADDR is vsock:PORT, vsock:CID:PORT, unix:PATH or fd:N (default --listen vsock:\(defaultPort))"
+
+    public var endpoint: Endpoint = .listen(.vsock(cid: nil, port: defaultPort))
+    public var hostname: String?
+    public var initProgram: InitProgram?
+    /// `--help` or `--version`: print and exit 0.
+    public var helpRequested = false
+    public var versionRequested = false
+
+    public init() {}
+
+    /// A command line the agent cannot follow; main prints it with the usage and exits 2
+    /// (except as PID 1, which logs it and carries on with the defaults).
+    public struct UsageError: Error, Equatable, Sendable {
+        public let message: String
+    }
+
+    /// Parses the arguments after the program name.
+    public init(parsing arguments: [String]) throws(UsageError) {
+        var endpointGiven = false
+        var index = 0
+        func value(for option: String, inline: String?) throws(UsageError) -> String {
+            if let inline { return inline }
+            index += 1
+            guard index < arguments.count else { throw UsageError(message: "\(option) needs a value") }
+            return arguments[index]
+        }
+        func address(_ text: String, option: String) throws(UsageError) -> Address {
+            do { return try Address(parsing: text) } catch {
+                switch error {
+                case .unknownScheme(let scheme):
+                    throw UsageError(message: "\(option): unknown address scheme '\(scheme)' (use vsock:, unix: or fd:)")
+                case .invalid(_, let reason):
+                    throw UsageError(message: "\(option) \(text): \(reason)")
+                }
+            }
+        }
+        while index < arguments.count {
+            let argument = arguments[index]
+            var name = argument
+            var inline: String?
+            if argument.hasPrefix("--"), let equals = argument.firstIndex(of: "=") {
+                name = String(argument[..<equals])
+                inline = String(argument[argument.index(after: equals)...])
+            }
+            switch name {
+            case "--listen", "--connect":
+                guard !endpointGiven else { throw UsageError(message: "give one --listen or --connect, not several") }
+                endpointGiven = true
+                let text = try value(for: name, inline: inline)
+                let parsed = try address(text, option: name)
+                if case .hvsock = parsed {
+                    throw UsageError(message: "\(name) \(text): hvsock: is a host-side address; inside the guest use vsock:")
+                }
+                endpoint = name == "--listen" ? .listen(parsed) : .connect(parsed)
+            case "--hostname":
+                let text = try value(for: name, inline: inline)
+                guard !text.isEmpty, text.utf8.count <= 64, !text.contains("/") else {
+                    throw UsageError(message: "--hostname: '\(text)' is not a host name (1-64 bytes)")
+                }
+                hostname = text
+            case "--init":
+                let text = try value(for: name, inline: inline)
+                if text == "auto" {
+                    initProgram = .auto
+                } else {
+                    guard text.hasPrefix("/") else { throw UsageError(message: "--init: '\(text)' must be an absolute path or 'auto'") }
+                    initProgram = .path(text)
+                }
+            case "--help", "-h":
+                helpRequested = true
+            case "--version":
+                versionRequested = true
+            default:
+                throw UsageError(message: argument.hasPrefix("-") ? "unknown option \(argument)" : "unexpected argument '\(argument)'")
+            }
+            index += 1
+        }
+    }
+}

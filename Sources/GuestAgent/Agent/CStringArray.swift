@@ -1,0 +1,41 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// NUL-terminated copies of byte strings and a NULL-terminated array of pointers to them, in
+/// one allocation, for a C call that must not allocate (the fork child). Freed on deinit;
+/// the child has its own copy of the memory, so the parent frees it right after fork.
+final class CStringArray {
+    let pointers: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>
+    let count: Int
+    private let storage: UnsafeMutableRawPointer
+
+    /// The strings must not contain NUL (the spawn plan checks that first).
+    init(_ strings: [[UInt8]]) {
+        count = strings.count
+        let pointerBytes = (strings.count + 1) * MemoryLayout<UnsafeMutablePointer<CChar>?>.stride
+        let textBytes = strings.reduce(0) { $0 + $1.count + 1 }
+        storage = UnsafeMutableRawPointer.allocate(byteCount: pointerBytes + textBytes,
+                                                  alignment: MemoryLayout<UnsafeMutablePointer<CChar>?>.alignment)
+        pointers = storage.bindMemory(to: UnsafeMutablePointer<CChar>?.self, capacity: strings.count + 1)
+        var text = (storage + pointerBytes).bindMemory(to: CChar.self, capacity: textBytes)
+        for (i, string) in strings.enumerated() {
+            pointers[i] = text
+            string.withUnsafeBytes { raw in
+                if raw.count > 0 { UnsafeMutableRawPointer(text).copyMemory(from: raw.baseAddress!, byteCount: raw.count) }
+            }
+            text[string.count] = 0
+            text += string.count + 1
+        }
+        pointers[strings.count] = nil
+    }
+
+    deinit { storage.deallocate() }
+
+    /// The same pointers typed as `const char *const *`.
+    var constPointers: UnsafePointer<UnsafePointer<CChar>?> {
+        UnsafeRawPointer(pointers).assumingMemoryBound(to: UnsafePointer<CChar>?.self)
+    }
+}

@@ -1,0 +1,151 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CSys
+import TetherPosix
+import TetherProtocol
+
+/// The agent's ends of a child that was forked: its pid, the report pipe that says whether
+/// the exec happened, and the descriptors the session reads and writes (all nonblocking,
+/// CLOEXEC). The child's ends were closed in the agent before this is returned; the caller
+/// owns every descriptor here.
+struct StartedChild {
+    var pid: pid_t
+    var report: CInt
+    /// The write end of the child's stdin pipe, or the pty master; nil for stdin "none".
+    var stdin: CInt?
+    /// The read end of stdout, or the pty master (the same descriptor as `stdin`).
+    var stdout: CInt
+    /// The read end of stderr; nil on a pty (the terminal carries both).
+    var stderr: CInt?
+    var isTerminal: Bool
+}
+
+/// Starts children through csys_spawn. Used on the agent's loop thread only.
+enum ChildSpawner {
+    /// Pipes the agent reads are enlarged to the output window, so a program can write one
+    /// window's worth before it blocks (best effort: the kernel caps it at pipe-max-size).
+    static let outputPipeBytes = CInt(FlowControl.initialWindowBytes)
+
+    /// Opens the descriptors, forks and returns at once: the exec's outcome arrives later on
+    /// `report` (see csys_spawn.h). Throws for failures before and at fork.
+    /// `seccompFilter` is passed to the child unchanged (see csys_spawn_options).
+    static func start(_ plan: SpawnPlan, request: ExecRequest,
+                      seccompFilter: UnsafePointer<sock_fprog>? = nil) throws(SpawnFailure) -> StartedChild {
+        var childEnds: [CInt] = []      // closed in the agent whatever happens
+        var agentEnds: [CInt] = []      // closed only if the spawn fails
+        var succeeded = false
+        defer {
+            for fd in childEnds { _ = Glibc.close(fd) }
+            if !succeeded { for fd in agentEnds { _ = Glibc.close(fd) } }
+        }
+        func pipe(_ what: String) throws(SpawnFailure) -> (read: CInt, write: CInt) {
+            var fds: [CInt] = [-1, -1]
+            let result = csys_pipe2(&fds, O_CLOEXEC)
+            guard result == 0 else {
+                throw SpawnFailure(stage: "pipes", errno: -result, message: "cannot create the \(what) pipe: \(Errno(rawValue: -result))")
+            }
+            return (fds[0], fds[1])
+        }
+        func nonBlocking(_ fd: CInt) throws(SpawnFailure) {
+            do { try FileIO.setNonBlocking(fd) } catch {
+                throw SpawnFailure(stage: "pipes", errno: error.rawValue, message: "cannot make a pipe nonblocking: \(error)")
+            }
+        }
+
+        var stdio: (CInt, CInt, CInt)
+        var controllingTty: CInt = -1
+        var started = StartedChild(pid: 0, report: -1, stdin: nil, stdout: -1, stderr: nil, isTerminal: request.tty != nil)
+        if let size = request.tty {
+            let pty = try PtyPair.open(rows: size.rows, columns: size.cols)
+            agentEnds.append(pty.master)
+            childEnds.append(pty.slave)
+            // Like login(1): the terminal belongs to the user who runs on it.
+            if let user = plan.user { _ = fchown(pty.slave, user.uid, user.gid) }
+            stdio = (pty.slave, pty.slave, pty.slave)
+            controllingTty = pty.slave
+            started.stdin = pty.master
+            started.stdout = pty.master
+        } else {
+            var childStdin: CInt
+            switch request.stdin {
+            case .none:
+                childStdin = open("/dev/null", O_RDONLY | O_CLOEXEC)
+                if childStdin < 0 {
+                    let error = Errno.current
+                    throw SpawnFailure(stage: "stdin", errno: error.rawValue, message: "cannot open /dev/null for stdin: \(error)")
+                }
+                childEnds.append(childStdin)
+            case .pipe:
+                let p = try pipe("stdin")
+                childEnds.append(p.read)
+                agentEnds.append(p.write)
+                try nonBlocking(p.write)
+                childStdin = p.read
+                started.stdin = p.write
+            }
+            let out = try pipe("stdout")
+            childEnds.append(out.write)
+            agentEnds.append(out.read)
+            let err = try pipe("stderr")
+            childEnds.append(err.write)
+            agentEnds.append(err.read)
+            try nonBlocking(out.read)
+            try nonBlocking(err.read)
+            _ = csys_set_pipe_size(out.read, outputPipeBytes)
+            _ = csys_set_pipe_size(err.read, outputPipeBytes)
+            stdio = (childStdin, out.write, err.write)
+            started.stdout = out.read
+            started.stderr = err.read
+        }
+
+        let paths = CStringArray(plan.candidates)
+        let argv = CStringArray(plan.argv)
+        let envp = CStringArray(plan.environment)
+        let groups = plan.user?.groups ?? []
+        let cwd: [CChar]? = plan.cwd.map { $0.map { CChar(bitPattern: $0) } + [0] }
+
+        var reportFD: CInt = -1
+        var failedStage: CInt = 0
+        let pid: pid_t = groups.withUnsafeBufferPointer { groupBuffer in
+            plan.rlimits.withUnsafeBufferPointer { limitBuffer in
+                withOptionalCString(cwd) { cwdPointer in
+                    var options = csys_spawn_options()
+                    options.paths = paths.constPointers
+                    options.path_count = CInt(paths.count)
+                    options.argv = UnsafePointer(argv.pointers)
+                    options.envp = UnsafePointer(envp.pointers)
+                    options.stdio = stdio
+                    options.controlling_tty = controllingTty
+                    options.cwd = cwdPointer
+                    if let user = plan.user {
+                        options.set_user = 1
+                        options.uid = user.uid
+                        options.gid = user.gid
+                        options.groups = groupBuffer.baseAddress
+                        options.group_count = CInt(groupBuffer.count)
+                    }
+                    options.rlimits = limitBuffer.baseAddress
+                    options.rlimit_count = CInt(limitBuffer.count)
+                    options.seccomp_filter = seccompFilter
+                    return csys_spawn(&options, &reportFD, &failedStage)
+                }
+            }
+        }
+        guard pid > 0 else {
+            let stage = String(cString: csys_spawn_stage_name(failedStage))
+            throw SpawnFailure(stage: stage, errno: -pid, program: plan.program)
+        }
+        succeeded = true
+        started.pid = pid
+        started.report = reportFD
+        return started
+    }
+
+    private static func withOptionalCString<R>(_ bytes: [CChar]?, _ body: (UnsafePointer<CChar>?) -> R) -> R {
+        guard let bytes else { return body(nil) }
+        return bytes.withUnsafeBufferPointer { body($0.baseAddress) }
+    }
+}
