@@ -203,25 +203,61 @@ struct JSONObject {
     }
 
     /// A JSON string: quotes, backslashes and control characters escaped, the rest (valid
-    /// UTF-8) copied as is.
-    static func appendQuoted<S: Sequence<UInt8>>(_ bytes: S, to out: inout [UInt8]) {
-        let hex: [UInt8] = Array("0123456789abcdef".utf8)
-        out.append(UInt8(ascii: "\""))
-        for byte in bytes {
-            switch byte {
-            case UInt8(ascii: "\""): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
-            case UInt8(ascii: "\\"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\\")])
-            case UInt8(ascii: "\n"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "n")])
-            case UInt8(ascii: "\r"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
-            case UInt8(ascii: "\t"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
-            case 0..<0x20, 0x7F:
-                out.append(contentsOf: Array("\\u00".utf8))
-                out.append(hex[Int(byte >> 4)])
-                out.append(hex[Int(byte & 0xF)])
-            default: out.append(byte)
-            }
+    /// UTF-8) copied as is, in runs.
+    static func appendQuoted<C: Collection<UInt8>>(_ bytes: C, to out: inout [UInt8]) {
+        let done: Void? = bytes.withContiguousStorageIfAvailable { buffer in
+            appendQuoted(UnsafeRawBufferPointer(buffer), to: &out)
         }
-        out.append(UInt8(ascii: "\""))
+        if done == nil { Array(bytes).withUnsafeBytes { appendQuoted($0, to: &out) } }
+    }
+
+    static func appendQuoted(_ raw: UnsafeRawBufferPointer, to out: inout [UInt8]) {
+        // Sized first, then copied through pointers from a table of escapes: byte-wise
+        // appends are slow in the unoptimized builds the tests run.
+        var length = 2
+        for i in 0..<raw.count { length += Int(escapeLengths[Int(raw[i])]) }
+        let quoted = [UInt8](unsafeUninitializedCapacity: length) { buffer, initialized in
+            escapeTable.withUnsafeBufferPointer { table in
+                escapeLengths.withUnsafeBufferPointer { lengths in
+                    var to = buffer.baseAddress!
+                    to.pointee = 0x22
+                    to += 1
+                    for i in 0..<raw.count {
+                        let byte = Int(raw[i])
+                        let count = Int(lengths[byte])
+                        to.update(from: table.baseAddress! + byte * 6, count: count)
+                        to += count
+                    }
+                    to.pointee = 0x22
+                }
+            }
+            initialized = length
+        }
+        out += quoted
+    }
+
+    /// For each byte value, its JSON form in a 6-byte slot (`a`, `\n`, `\u001b`)...
+    private static let escapeTable: [UInt8] = (0..<256).flatMap { value -> [UInt8] in
+        let hex = Array("0123456789abcdef".utf8)
+        var form: [UInt8]
+        switch value {
+        case 0x22: form = Array(#"\""#.utf8)
+        case 0x5C: form = Array(#"\\"#.utf8)
+        case 0x0A: form = Array(#"\n"#.utf8)
+        case 0x0D: form = Array(#"\r"#.utf8)
+        case 0x09: form = Array(#"\t"#.utf8)
+        case 0..<0x20, 0x7F: form = Array(#"\u00"#.utf8) + [hex[value >> 4], hex[value & 0xF]]
+        default: form = [UInt8(value)]
+        }
+        return form + [UInt8](repeating: 0, count: 6 - form.count)
+    }
+    /// ...and how many of the slot's bytes it is.
+    private static let escapeLengths: [UInt8] = (0..<256).map { value -> UInt8 in
+        switch value {
+        case 0x22, 0x5C, 0x0A, 0x0D, 0x09: 2
+        case 0..<0x20, 0x7F: 6
+        default: 1
+        }
     }
 }
 
