@@ -103,6 +103,9 @@ MESSAGES = [
     ("msg-attached", {"session": 5, "pid": 77, "tty": True, "droppedBytes": 1024}),
     ("msg-detach", {}),
     ("msg-detached", {"session": 5}),
+    ("msg-logs", {"session": 12, "follow": True}),
+    ("msg-logs-empty", {}),
+    ("msg-signalSession", {"session": 12, "number": 9}),
 ]
 
 

@@ -30,7 +30,15 @@ public struct ByteQueue: Sendable {
             if storage.count - end >= needed { return }
         }
         let target = max(storage.count * 2, end + needed, 4096)
-        storage.append(contentsOf: repeatElement(0, count: target - storage.count))
+        // Built in one pass rather than `append(contentsOf: repeatElement(0, ...))`, which an
+        // unoptimized (debug) build runs element by element through generic code.
+        let old = storage
+        storage = [UInt8](unsafeUninitializedCapacity: target) { buffer, initialized in
+            let raw = UnsafeMutableRawBufferPointer(buffer)
+            old.withUnsafeBytes { raw.copyMemory(from: $0) }
+            (raw.baseAddress! + old.count).initializeMemory(as: UInt8.self, repeating: 0, count: target - old.count)
+            initialized = target
+        }
     }
 
     public mutating func append(_ bytes: UnsafeRawBufferPointer) {

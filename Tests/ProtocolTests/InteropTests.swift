@@ -51,6 +51,9 @@ import Testing
         "msg-attached": Attached(session: 5, pid: 77, tty: true, droppedBytes: 1024),
         "msg-detach": Detach(),
         "msg-detached": Detached(session: 5),
+        "msg-logs": LogsRequest(session: 12, follow: true),
+        "msg-logs-empty": LogsRequest(),
+        "msg-signalSession": SignalSession(session: 12, number: 9),
     ]
 
     @Test func swiftDecodesWhatCbor2Encoded() throws {

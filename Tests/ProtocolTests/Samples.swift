@@ -38,6 +38,8 @@ enum Samples {
         Attached(session: 5, pid: 77, tty: true, droppedBytes: 1024),
         Detach(),
         Detached(session: 5),
+        LogsRequest(session: 12, follow: true), LogsRequest(),
+        SignalSession(session: 12, number: 9),
     ]
 
     /// Every known kind has at least one sample (data kinds are raw bytes, not messages).

@@ -1,0 +1,44 @@
+import TetherClient
+import TetherProtocol
+
+/// `tether attach SESSION`
+enum AttachCommand: Command {
+    static let name = "attach"
+    static let summary = "pick up a detached session's output and exit status"
+    static let help = """
+        usage: tether attach [OPTIONS] SESSION
+
+        Attaches to a detached session (tether ps shows them): what it wrote while nobody
+        watched comes first (up to the relay's replay buffer; if older output was lost, a line
+        on stderr says how many bytes), then its live output, then its exit status.
+
+        Options:
+              --no-replay       skip the buffered output, start with what comes next
+        \(RelayTarget.helpLines)
+          -h, --help            this text
+
+        Exit status as for tether exec: the command's own, 128+N for signal N, 125 when
+        tether failed (no such session, relay unreachable).
+
+        """
+
+    static let options: [OptionSpec] = [OptionSpec("--no-replay")] + RelayTarget.options
+
+    static func run(_ arguments: ArraySlice<String>) -> Int32 {
+        TetherCLI.guarded(name, onTetherError: { _ in 125 }) {
+            guard let parsed = try TetherCLI.parse(arguments, command: self, options: options) else { return 0 }
+            guard parsed.positionals.count == 1 else { throw UsageError(message: "give exactly one SESSION", command: name) }
+            let session = try parseSession(parsed.positionals[0], command: name)
+            let clientOptions = try RelayTarget.clientOptions(parsed, command: name)
+            let replay = !parsed.has("no-replay")
+            return withClient(clientOptions, failureStatus: { _ in 125 }) { client async throws(TetherError) -> Int32 in
+                let handle = try await client.attach(session: session, replay: replay)
+                if handle.droppedBytes > 0 {
+                    writeStandardError("tether: \(handle.droppedBytes) bytes of session \(session)'s output were lost before the replay (the relay's replay buffer was full)\n")
+                }
+                guard let status = try await streamSession(handle) else { return 125 }
+                return status.shellStatus
+            }
+        }
+    }
+}

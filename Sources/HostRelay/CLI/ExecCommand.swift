@@ -1,0 +1,155 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import Foundation
+import TetherClient
+import TetherProtocol
+
+/// `tether exec [OPTIONS] -- CMD ARGS...`
+enum ExecCommand: Command {
+    static let name = "exec"
+    static let summary = "run a command in the sandbox"
+    static let help = """
+        usage: tether exec [OPTIONS] [--] CMD [ARGS...]
+
+        Runs CMD in the sandbox and streams its stdout and stderr as they arrive. Options go
+        before CMD; everything from CMD on is the command's own.
+
+        Options:
+          -e, --env K=V         set an environment variable (repeatable; -e K copies it from here)
+          -w, --workdir DIR     working directory in the sandbox
+          -u, --user USER       run as USER (name, uid, or user:group)
+              --timeout D       SIGTERM the command after D (500ms, 10s, 2m), SIGKILL 2s later
+          -i, --interactive     pipe this terminal's stdin to the command (EOF closes it)
+              --detach          start it, print its session number, and leave it running
+                                (`tether attach N` picks it up; output until then is printed)
+        \(RelayTarget.helpLines)
+          -h, --help            this text
+
+        SIGINT, SIGTERM and SIGHUP sent to tether go to the command's process group.
+
+        Exit status: the command's own; 128+N when a signal N killed it; 127 when the
+        program was not found, 126 when it is not executable or permission was denied,
+        1 when it failed to start otherwise; 125 when tether itself failed (relay or agent
+        unreachable, agent gone); 2 for a usage error.
+
+        """
+
+    static let options: [OptionSpec] = [
+        OptionSpec("-e", "--env", value: true), OptionSpec("-w", "--workdir", value: true),
+        OptionSpec("-u", "--user", value: true), OptionSpec("--timeout", value: true),
+        OptionSpec("-i", "--interactive"), OptionSpec("--detach"),
+    ] + RelayTarget.options
+
+    static func run(_ arguments: ArraySlice<String>) -> Int32 {
+        TetherCLI.guarded(name, onTetherError: exitStatus) {
+            guard let parsed = try TetherCLI.parse(arguments, command: self, options: options, stopAtFirstPositional: true) else {
+                return 0
+            }
+            guard !parsed.positionals.isEmpty else { throw UsageError(message: "no command to run", command: name) }
+            var exec = ExecOptions()
+            exec.env = try environment(parsed.all("env"))
+            exec.cwd = parsed.value("workdir")
+            exec.user = parsed.value("user")
+            if let timeout = parsed.value("timeout") { exec.timeout = try parseDuration(timeout, option: "--timeout", command: name) }
+            exec.stdin = parsed.has("interactive")
+            exec.detach = parsed.has("detach")
+            if exec.stdin && exec.detach { throw UsageError(message: "--interactive and --detach do not go together", command: name) }
+            let clientOptions = try RelayTarget.clientOptions(parsed, command: name)
+            let argv = parsed.positionals
+            let request = exec
+            return execute(argv, request, clientOptions: clientOptions)
+        }
+    }
+
+    static func environment(_ assignments: [String]) throws -> [String: String] {
+        var env: [String: String] = [:]
+        for assignment in assignments {
+            if let equals = assignment.firstIndex(of: "=") {
+                let key = String(assignment[..<equals])
+                guard !key.isEmpty else { throw UsageError(message: "-e '\(assignment)': the name is empty", command: name) }
+                env[key] = String(assignment[assignment.index(after: equals)...])
+            } else if let value = ProcessInfo.processInfo.environment[assignment] {
+                env[assignment] = value
+            }
+        }
+        return env
+    }
+
+    /// 127 notFound, 126 permissionDenied/notExecutable, 1 other spawn failures, 125 tether.
+    static func exitStatus(for error: TetherError) -> Int32 {
+        guard let spawn = error.spawn else { return 125 }
+        switch spawn.kind {
+        case SpawnFailureKind.notFound.rawValue: return 127
+        case SpawnFailureKind.permissionDenied.rawValue, SpawnFailureKind.notExecutable.rawValue: return 126
+        default: return 1
+        }
+    }
+
+    private static func execute(_ argv: [String], _ exec: ExecOptions, clientOptions: ClientOptions) -> Int32 {
+        withClient(clientOptions, failureStatus: exitStatus) { client async throws(TetherError) -> Int32 in
+            let handle = try await client.execStream(argv, exec)
+            if exec.detach {
+                let number = try await handle.detach()
+                // What arrived before the relay took the detach is printed, not replayed.
+                let pump = OutputPump()
+                for try await event in handle.events {
+                    if case .stdout(let bytes) = event { await pump.write(bytes, to: 1) }
+                    if case .stderr(let bytes) = event { await pump.write(bytes, to: 2) }
+                }
+                await pump.drain()
+                writeStandardOutput("\(number)\n")
+                return 0
+            }
+            if exec.stdin, let writer = handle.takeStdin() { StdinPump.start(writer) }
+            guard let status = try await streamSession(handle) else {
+                writeStandardError(ErrorBlock.render(message: "exec: the session ended without an exit status", hint: nil))
+                return 125
+            }
+            return status.shellStatus
+        }
+    }
+}
+
+/// Copies local stdin to a session's stdin on a dedicated thread (read(2) blocks), then
+/// sends EOF. Owns: its thread, until EOF or until the session stops taking stdin.
+enum StdinPump {
+    static func start(_ writer: StdinWriter) {
+        let thread = Thread {
+            var buffer = [UInt8](repeating: 0, count: 64 << 10)
+            while true {
+                let n = buffer.withUnsafeMutableBytes { raw in
+                    while true {
+                        let n = Glibc.read(0, raw.baseAddress, raw.count)
+                        if n < 0 && errno == EINTR { continue }
+                        return n
+                    }
+                }
+                if n <= 0 { break }
+                let chunk = Array(buffer[0..<n])
+                let delivered = waitFor { (try? await writer.write(chunk)) != nil }
+                if !delivered { return }
+            }
+            try? writer.close()
+        }
+        thread.name = "tether-stdin"
+        thread.start()
+    }
+
+    /// Runs async work and blocks this (dedicated, non-Task) thread until it is done.
+    private static func waitFor(_ body: @escaping @Sendable () async -> Bool) -> Bool {
+        let semaphore = DispatchSemaphore(value: 0)
+        let box = ResultBox()
+        Task.detached {
+            box.value = await body()
+            semaphore.signal()
+        }
+        semaphore.wait()
+        return box.value
+    }
+
+    /// Written by the task before the semaphore is signalled, read after the wait.
+    private final class ResultBox: @unchecked Sendable { var value = false }
+}

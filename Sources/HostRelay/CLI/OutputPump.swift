@@ -1,0 +1,104 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import Foundation
+import Synchronization
+
+/// Writes the session's output to local stdout and stderr on one dedicated thread (a full
+/// pipe or a slow terminal blocks that thread, never a Task). `write` waits while more than
+/// `limit` bytes are queued, so a slow local reader slows the remote program through the
+/// window instead of filling memory.
+///
+/// Owns: its thread (ends with `finish()`). Writes to fds 1 and 2, which it does not own.
+final class OutputPump: Sendable {
+    struct State {
+        var queue: [(fd: Int32, bytes: [UInt8])] = []
+        var queuedBytes = 0
+        var finished = false
+        var brokenPipe = false
+        var spaceWaiters: [CheckedContinuation<Void, Never>] = []
+        var drainedWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+    private let state = Mutex(State())
+    /// Signalled once per queued write; the thread drains everything per wake.
+    private let wakeup = DispatchSemaphore(value: 0)
+    private let limit: Int
+
+    init(limit: Int = 1 << 20) {
+        self.limit = limit
+        let thread = Thread { [self] in run() }
+        thread.name = "tether-output"
+        thread.start()
+    }
+
+    /// Local stdout or stderr is a closed pipe (`tether exec ... | head`).
+    var brokenPipe: Bool { state.withLock { $0.brokenPipe } }
+
+    func write(_ bytes: [UInt8], to fd: Int32) async {
+        guard !bytes.isEmpty else { return }
+        let full = state.withLock { state -> Bool in
+            state.queue.append((fd, bytes))
+            state.queuedBytes += bytes.count
+            return state.queuedBytes > limit
+        }
+        wakeup.signal()
+        if full {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let room = state.withLock { state -> Bool in
+                    if state.queuedBytes <= limit || state.brokenPipe { return true }
+                    state.spaceWaiters.append(continuation)
+                    return false
+                }
+                if room { continuation.resume() }
+            }
+        }
+    }
+
+    /// Waits until everything queued was written (or could not be).
+    func drain() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = state.withLock { state -> Bool in
+                if state.queue.isEmpty && state.queuedBytes == 0 { return true }
+                state.drainedWaiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+
+    private func run() {
+        while true {
+            wakeup.wait()
+            if state.withLock({ $0.queue.isEmpty }) { continue }
+            let batch = state.withLock { state -> [(fd: Int32, bytes: [UInt8])] in
+                defer { state.queue.removeAll() }
+                return state.queue
+            }
+            var written = 0
+            for item in batch {
+                if !state.withLock({ $0.brokenPipe }) {
+                    do { try item.bytes.withUnsafeBytes { raw in try writeFully(item.fd, raw) } } catch {
+                        state.withLock { $0.brokenPipe = true }
+                    }
+                }
+                written += item.bytes.count
+            }
+            let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+                state.queuedBytes -= written
+                var waiters: [CheckedContinuation<Void, Never>] = []
+                if state.queuedBytes <= limit || state.brokenPipe {
+                    waiters += state.spaceWaiters
+                    state.spaceWaiters = []
+                }
+                if state.queuedBytes == 0 {
+                    waiters += state.drainedWaiters
+                    state.drainedWaiters = []
+                }
+                return waiters
+            }
+            for waiter in waiters { waiter.resume() }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import Foundation
+import TetherClient
+import TetherProtocol
+
+/// `tether ps`
+enum PsCommand: Command {
+    static let name = "ps"
+    static let summary = "list the relay's sessions"
+    static let help = """
+        usage: tether ps [OPTIONS]
+
+        Lists the sessions the relay knows: running ones, detached ones (with or without a
+        client attached), and finished detached ones whose output nobody picked up yet.
+
+        Options:
+              --json            one JSON array instead of a table
+        \(RelayTarget.helpLines)
+          -h, --help            this text
+
+        """
+
+    static let options: [OptionSpec] = [OptionSpec("--json")] + RelayTarget.options
+
+    static func run(_ arguments: ArraySlice<String>) -> Int32 {
+        TetherCLI.guarded(name) {
+            guard let parsed = try TetherCLI.parse(arguments, command: self, options: options) else { return 0 }
+            guard parsed.positionals.isEmpty else { throw UsageError(message: "unexpected \(parsed.positionals[0])", command: name) }
+            let clientOptions = try RelayTarget.clientOptions(parsed, command: name)
+            let json = parsed.has("json")
+            return withClient(clientOptions) { client async throws(TetherError) -> Int32 in
+                let sessions = try await client.listSessions()
+                writeStandardOutput(json ? renderJSON(sessions) : renderTable(sessions))
+                return 0
+            }
+        }
+    }
+
+    static func state(_ session: SessionInfo) -> String {
+        if let exited = session.exited { return exited.code.map { "exited \($0)" } ?? "killed \(exited.signal ?? 0)" }
+        if session.detached { return session.attached ? "detached*" : "detached" }
+        return "running"
+    }
+
+    static func renderTable(_ sessions: [SessionInfo]) -> String {
+        var rows = [["SESSION", "PID", "STATE", "STARTED", "COMMAND"]]
+        let formatter = DateFormatter()
+        formatter.dateFormat = "yyyy-MM-dd HH:mm:ss"
+        for session in sessions {
+            let started = session.startedNs == 0 ? "-"
+                : formatter.string(from: Date(timeIntervalSince1970: Double(session.startedNs) / 1e9))
+            rows.append([String(session.session), String(session.pid), state(session), started,
+                         session.argv.joined(separator: " ")])
+        }
+        var widths = [Int](repeating: 0, count: 5)
+        for row in rows { for (i, cell) in row.enumerated() { widths[i] = max(widths[i], cell.count) } }
+        var out = ""
+        for row in rows {
+            let cells = row.enumerated().map { i, cell in i == row.count - 1 ? cell : cell.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
+            out += cells.joined(separator: "  ") + "\n"
+        }
+        if sessions.contains(where: { $0.detached && $0.attached && $0.exited == nil }) {
+            out += "(detached*: detached, with a client attached now)\n"
+        }
+        return out
+    }
+
+    static func renderJSON(_ sessions: [SessionInfo]) -> String {
+        let objects: [[String: Any]] = sessions.map { s in
+            var object: [String: Any] = ["session": s.session, "pid": s.pid, "argv": s.argv, "tty": s.tty,
+                                         "detached": s.detached, "attached": s.attached, "startedNs": s.startedNs]
+            if let exited = s.exited {
+                var status: [String: Any] = ["coreDumped": exited.coreDumped]
+                if let code = exited.code { status["code"] = code }
+                if let signal = exited.signal { status["signal"] = signal }
+                object["exited"] = status
+            }
+            return object
+        }
+        let data = (try? JSONSerialization.data(withJSONObject: objects, options: [.sortedKeys])) ?? Data("[]".utf8)
+        return String(decoding: data, as: UTF8.self) + "\n"
+    }
+}

@@ -1,0 +1,73 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import Foundation
+import Synchronization
+
+/// SIGINT, SIGTERM and SIGHUP for the whole CLI: blocked in every thread (so `install()` runs
+/// first in main, before any thread exists) and taken by one thread with sigwait(3).
+///
+/// With no handler set, a signal ends the CLI the usual way (it is re-raised with the default
+/// action, so the shell sees "killed by signal"). `tether exec` sets a handler that forwards
+/// the signal to the remote process group; `tether relay` one that stops the relay.
+///
+/// Owns: the sigwait thread, for the life of the process.
+final class SignalWatcher: Sendable {
+    static let shared = SignalWatcher()
+    static let watched: [Int32] = [SIGINT, SIGTERM, SIGHUP]
+
+    private let handler = Mutex<(@Sendable (Int32) -> Void)?>(nil)
+
+    static func install() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signal in watched { sigaddset(&set, signal) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        let watcher = shared
+        let thread = Thread {
+            var set = sigset_t()
+            sigemptyset(&set)
+            for signal in watched { sigaddset(&set, signal) }
+            while true {
+                var received: Int32 = 0
+                guard sigwait(&set, &received) == 0 else { continue }
+                watcher.deliver(received)
+            }
+        }
+        thread.name = "tether-signals"
+        thread.start()
+    }
+
+    func setHandler(_ body: (@Sendable (Int32) -> Void)?) { handler.withLock { $0 = body } }
+
+    private func deliver(_ signal: Int32) {
+        if let body = handler.withLock({ $0 }) {
+            body(signal)
+            return
+        }
+        // Die of the signal: default action, unblocked in this thread, sent to the process.
+        Glibc.signal(signal, SIG_DFL)
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, signal)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+        kill(getpid(), signal)
+        _exit(128 + signal)
+    }
+}
+
+/// Runs async work from synchronous code on the main thread, which waits for it (the main
+/// thread is not a Task, so blocking it is allowed).
+func runAsync(_ body: @escaping @Sendable () async -> Int32) -> Int32 {
+    let semaphore = DispatchSemaphore(value: 0)
+    let result = Mutex<Int32>(0)
+    Task.detached {
+        let status = await body()
+        result.withLock { $0 = status }
+        semaphore.signal()
+    }
+    semaphore.wait()
+    return result.withLock { $0 }
+}

@@ -1,0 +1,365 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import Foundation
+import Synchronization
+import TetherPosix
+import TetherProtocol
+
+/// One connection to a relay (or straight to an agent), served by its own thread running an
+/// epoll loop: connect, socket reads and writes all happen there, never inside a Task.
+/// Tasks talk to it through `shared` (commands, under a mutex held only briefly) and wait
+/// for answers on continuations the thread resumes.
+///
+/// Owns: the thread, its `EventLoop` and the socket (closed when the thread ends). Ends when
+/// the peer closes, on a socket error, or on `close()`; every open session then ends with
+/// `connectionClosed`.
+final class Connection: Sendable {
+    let address: Address
+    let name: String
+
+    enum Command: Sendable {
+        case start(SessionChannel, Frame)
+        case frame(Frame, SessionChannel?)
+        case close
+    }
+
+    struct Shared {
+        var commands: [Command] = []
+        var nextID: UInt32 = 1
+        var live: Set<UInt32> = []
+        var closed: TetherError?
+        var hello: Hello?
+        var opened: CheckedContinuation<Result<Hello, TetherError>, Never>?
+        var pings: [UInt64: (continuation: CheckedContinuation<Result<Duration, TetherError>, Never>, sentNs: UInt64)] = [:]
+        var nextNonce: UInt64 = 1
+    }
+    let shared = Mutex(Shared())
+    private let waker: EventLoop.Waker
+    private let core: Core
+
+    /// The thread's own state: the loop, the socket and the sessions by id.
+    private final class Core: @unchecked Sendable {
+        let loop: EventLoop
+        var socket: FrameSocket?
+        var channels: [UInt32: SessionChannel] = [:]
+        var wantsWrite = false
+        init(loop: EventLoop) { self.loop = loop }
+    }
+
+    private init(address: Address, name: String) throws(TetherError) {
+        self.address = address
+        self.name = name
+        let loop: EventLoop
+        do { loop = try EventLoop() } catch {
+            throw TetherError(.internal, "cannot create an event loop: \(error)", operation: "connect", errno: error.rawValue)
+        }
+        core = Core(loop: loop)
+        waker = loop.waker
+    }
+
+    /// Connects and waits for the server's hello. One attempt; `TetherClient` retries.
+    static func open(_ address: Address, name: String) async throws(TetherError) -> Connection {
+        let connection = try Connection(address: address, name: name)
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Hello, TetherError>, Never>) in
+            connection.shared.withLock { $0.opened = continuation }
+            let thread = Thread { connection.threadMain() }
+            thread.name = "tether-client"
+            thread.start()
+        }
+        _ = try result.get()
+        return connection
+    }
+
+    var hello: Hello? { shared.withLock { $0.hello } }
+    var isClosed: Bool { shared.withLock { $0.closed != nil } }
+
+    // MARK: used by tasks
+
+    /// Opens a session: allocates an id, registers the channel and sends `frame` (START).
+    func startSession(kind: FrameKind, payload: [UInt8], operation: String, context: [String: String]) throws(TetherError) -> SessionChannel {
+        let result = shared.withLock { shared -> Result<SessionChannel, TetherError> in
+            if let closed = shared.closed { return .failure(closed.operation(operation).adding(context)) }
+            // Monotonic: an id comes back only after 2^32 sessions, long after its last frame.
+            var id = shared.nextID
+            while id == 0 || shared.live.contains(id) { id = id == .max ? 1 : id + 1 }
+            shared.nextID = id == .max ? 1 : id + 1
+            shared.live.insert(id)
+            let channel = SessionChannel(id: id, connection: self, operation: operation, context: context)
+            let frame = Frame(id: id, flags: .start, kind: kind, payload: payload)
+            shared.commands.append(.start(channel, frame))
+            return .success(channel)
+        }
+        waker.wake()
+        return try result.get()
+    }
+
+    /// Queues a frame on a session (dropped if the session has already ended).
+    func send(_ frame: Frame, for channel: SessionChannel?) {
+        let wake = shared.withLock { shared -> Bool in
+            guard shared.closed == nil else { return false }
+            shared.commands.append(.frame(frame, channel))
+            return shared.commands.count == 1
+        }
+        if wake { waker.wake() }
+    }
+
+    func ping() async throws(TetherError) -> Duration {
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Duration, TetherError>, Never>) in
+            let failure = shared.withLock { shared -> TetherError? in
+                if let closed = shared.closed { return closed.operation("ping") }
+                let nonce = shared.nextNonce
+                shared.nextNonce += 1
+                shared.pings[nonce] = (continuation, Clock.monotonicNs())
+                shared.commands.append(.frame(Frame(id: 0, kind: .ping, payload: Ping(nonce: nonce).cborBytes), nil))
+                return nil
+            }
+            if let failure { continuation.resume(returning: .failure(failure)) } else { waker.wake() }
+        }
+        return try result.get()
+    }
+
+    func close() {
+        shared.withLock { $0.commands.append(.close) }
+        waker.wake()
+    }
+
+    // MARK: the connection's thread
+
+    private func threadMain() {
+        let loop = core.loop
+        do {
+            let fd = try Socket.connect(address)
+            core.socket = try FrameSocket(adopting: fd)
+        } catch let error as SocketError {
+            let errno = error.errno?.rawValue
+            let transient = errno == ENOENT || errno == ECONNREFUSED || errno == EAGAIN
+            end(TetherError(transient ? .relayUnreachable : .connectionFailed,
+                            error.errno == nil ? "cannot connect to \(address): \(error)" : "cannot connect to \(address)",
+                            operation: "connect", context: ["socket": address.description], errno: errno))
+            return
+        } catch {
+            end(TetherError(.connectionFailed, "cannot connect to \(address): \(error)", operation: "connect",
+                            context: ["socket": address.description]))
+            return
+        }
+        guard let socket = core.socket else { return }
+        socket.encoder.append(id: 0, Hello(role: .client, name: name, pid: getpid()))
+        loop.onWake { [self] in runCommands() }
+        do {
+            try loop.watch(socket.fd, events: EventLoop.readable | EventLoop.peerClosed) { [self] events in socketEvent(events) }
+        } catch {
+            end(TetherError(.internal, "epoll: \(error)", operation: "connect", errno: error.rawValue))
+            return
+        }
+        flush()
+        do { try loop.run() } catch {
+            end(TetherError(.internal, "epoll_wait: \(error)", operation: "connection", errno: error.rawValue))
+        }
+        if let socket = core.socket {
+            loop.unwatch(socket.fd)
+            socket.close()
+        }
+        core.socket = nil
+    }
+
+    private func runCommands() {
+        let commands = shared.withLock { shared -> [Command] in
+            defer { shared.commands.removeAll(keepingCapacity: true) }
+            return shared.commands
+        }
+        guard let socket = core.socket else { return }
+        for command in commands {
+            switch command {
+            case .start(let channel, let frame):
+                core.channels[channel.id] = channel
+                socket.encoder.append(frame)
+            case .frame(let frame, let channel):
+                if let channel, core.channels[channel.id] !== channel { continue }
+                socket.encoder.append(frame)
+            case .close:
+                end(TetherError(.connectionClosed, "the client closed the connection", operation: "close"))
+                return
+            }
+        }
+        flush()
+    }
+
+    private func flush() {
+        guard let socket = core.socket else { return }
+        let drained: Bool
+        do { drained = try socket.flush() } catch {
+            end(TetherError(.connectionClosed, "the relay closed the connection (write: \(error))", operation: "send",
+                            context: ["socket": address.description], errno: error.rawValue))
+            return
+        }
+        if drained == core.wantsWrite {
+            core.wantsWrite = !drained
+            try? core.loop.modify(socket.fd, events: EventLoop.readable | EventLoop.peerClosed | (drained ? 0 : EventLoop.writable))
+        }
+    }
+
+    private func socketEvent(_ events: UInt32) {
+        guard let socket = core.socket else { return }
+        if events & EventLoop.writable != 0 { flush() }
+        guard core.socket != nil, events & ~EventLoop.writable != 0 else { return }
+        let outcome = socket.read(chunk: 256 << 10, limit: 4 << 20)
+        while core.socket != nil {
+            do {
+                guard let frame = try socket.decoder.next() else { break }
+                handle(frame)
+            } catch {
+                end(TetherError(.protocolError, "the relay sent bytes that are not frames: \(error.description)",
+                                operation: "receive", context: ["socket": address.description]))
+                return
+            }
+        }
+        guard core.socket != nil else { return }
+        if outcome.closed {
+            let how = outcome.failure.map { "read: \($0)" } ?? "end of stream"
+            end(TetherError(.connectionClosed, "the relay closed the connection (\(how))", operation: "receive",
+                            context: ["socket": address.description], errno: outcome.failure?.rawValue))
+        } else if outcome.bytes >= 4 << 20 {
+            core.loop.soon { [self] in socketEvent(EventLoop.readable) }
+        }
+        flush()
+    }
+
+    private func handle(_ frame: Frame) {
+        if frame.id == 0 {
+            handleControl(frame)
+            return
+        }
+        guard let channel = core.channels[frame.id] else { return }
+        let operation = channel.operation
+        func decoded<M: Message>(_ type: M.Type) -> M? {
+            do { return try frame.decode(M.self) } catch {
+                channel.finish(.failed(TetherError(.protocolError, "\(frame.kind) payload: \(error.description)",
+                                                   operation: operation, context: channel.context)))
+                return nil
+            }
+        }
+        switch frame.kind {
+        case .stdout: channel.deliver(.event(.stdout(frame.payload)))
+        case .stderr: channel.deliver(.event(.stderr(frame.payload)))
+        case .started: if let m = decoded(Started.self) { channel.deliver(.event(.started(pid: m.pid))) }
+        case .stdinError:
+            if let m = decoded(StdinError.self) { channel.deliver(.event(.stdinError(errno: m.errno, message: m.message))) }
+        case .exited: if let m = decoded(Exited.self) { channel.deliver(.event(.exited(ExitStatus(m)))) }
+        case .ack: if let m = decoded(Ack.self) { channel.stdinAcked(m.bytes) }
+        case .attached: if let m = decoded(Attached.self) { channel.deliver(.attached(m)) }
+        case .done: channel.finish(.done)
+        case .failed:
+            if let m = decoded(Failed.self) {
+                channel.finish(.failed(TetherError(.spawnFailed, "\(Self.spawnSummary(m))", operation: operation,
+                                                   context: channel.context, errno: m.errno, spawn: .init(m))))
+            }
+        case .error:
+            if let m = decoded(ErrorMessage.self) {
+                channel.finish(.failed(TetherError(TetherError.Code(m.code), m.message.isEmpty ? "\(m.code)" : m.message,
+                                                   operation: operation, context: channel.context, errno: m.errno)))
+            }
+        case .detached:
+            if let m = decoded(Detached.self) { channel.finish(.detached(session: m.session)) }
+        default:
+            channel.deliver(.reply(frame))
+        }
+        if frame.flags.contains(.end) {
+            channel.finish(.done)  // no-op when a specific end was set above
+            core.channels[frame.id] = nil
+            _ = shared.withLock { $0.live.remove(frame.id) }
+        }
+    }
+
+    static func spawnSummary(_ failed: Failed) -> String {
+        let what: String
+        switch failed.kind {
+        case .notFound: what = "program not found"
+        case .permissionDenied: what = "permission denied"
+        case .notExecutable: what = "not an executable"
+        case .badCwd: what = "cannot change to the working directory"
+        case .badArgs: what = "invalid arguments"
+        case .resourceLimit: what = "resource limit reached"
+        case .userNotFound: what = "no such user"
+        case .userSetupFailed: what = "cannot switch to the user"
+        case .outOfMemory: what = "out of memory"
+        case .ptySetupFailed: what = "cannot set up the terminal"
+        default: what = "the program did not start (\(failed.kind))"
+        }
+        let detail = failed.message.isEmpty ? "" : ": \(failed.message)"
+        return "\(what)\(detail) (stage \(failed.stage.isEmpty ? "?" : failed.stage), errno \(failed.errno))"
+    }
+
+    private func handleControl(_ frame: Frame) {
+        switch frame.kind {
+        case .hello:
+            guard let hello = try? frame.decode(Hello.self) else {
+                end(TetherError(.protocolError, "the relay's hello is undecodable", operation: "connect"))
+                return
+            }
+            let opened = shared.withLock { shared -> CheckedContinuation<Result<Hello, TetherError>, Never>? in
+                shared.hello = hello
+                defer { shared.opened = nil }
+                return shared.opened
+            }
+            opened?.resume(returning: .success(hello))
+        case .pong:
+            guard let pong = try? frame.decode(Pong.self) else { return }
+            let waiting = shared.withLock { $0.pings.removeValue(forKey: pong.nonce) }
+            if let waiting {
+                let elapsed = Clock.monotonicNs() - waiting.sentNs
+                waiting.continuation.resume(returning: .success(.nanoseconds(Int64(elapsed))))
+            }
+        case .ping:
+            if let ping = try? frame.decode(Ping.self), let socket = core.socket { socket.encoder.append(id: 0, Pong(nonce: ping.nonce)) }
+        case .error:
+            guard let message = try? frame.decode(ErrorMessage.self) else { return }
+            let error = TetherError(TetherError.Code(message.code), message.message, operation: "ping",
+                                    context: ["socket": address.description], errno: message.errno)
+            // Connection-level news: the waiting pings cannot be answered.
+            let pings = shared.withLock { shared -> [CheckedContinuation<Result<Duration, TetherError>, Never>] in
+                defer { shared.pings.removeAll() }
+                return shared.pings.values.map(\.continuation)
+            }
+            for ping in pings { ping.resume(returning: .failure(error)) }
+            if message.code == .framing || message.code == .unsupported {
+                end(error.operation("connection"))
+            }
+        default:
+            break
+        }
+    }
+
+    /// Ends the connection: every session and waiter gets `error`.
+    private func end(_ error: TetherError) {
+        let (opened, pings) = shared.withLock { shared in
+            if shared.closed == nil { shared.closed = error }
+            let opened = shared.opened
+            shared.opened = nil
+            let pings = shared.pings.values.map(\.continuation)
+            shared.pings.removeAll()
+            shared.commands.removeAll()
+            return (opened, pings)
+        }
+        opened?.resume(returning: .failure(error))
+        for ping in pings { ping.resume(returning: .failure(error.operation("ping"))) }
+        for channel in core.channels.values {
+            channel.finish(.failed(TetherError(error.code, error.message, operation: channel.operation,
+                                               context: channel.context.merging(error.context) { a, _ in a }, errno: error.errno)))
+        }
+        core.channels.removeAll()
+        if let socket = core.socket {
+            core.loop.unwatch(socket.fd)
+            socket.close()
+        }
+        core.socket = nil
+        core.loop.stopping = true
+    }
+}
+
+extension TetherError.Code {
+    /// Connecting failed for a reason waiting will not fix (permissions, not a socket).
+    public static let connectionFailed = TetherError.Code(rawValue: "connectionFailed")
+}

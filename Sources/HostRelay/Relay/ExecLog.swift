@@ -1,0 +1,231 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import Foundation
+import TetherPosix
+import TetherProtocol
+
+/// exec.log: JSON Lines (format in `LogLineEncoder`), written off the relay's hot path.
+///
+/// The relay's loop thread calls `record`, which only appends to a bounded in-memory queue
+/// under a lock. One writer thread formats and writes the queue, and rotates the file:
+/// `exec.log` -> `exec.log.1` -> ... -> `exec.log.<files-1>`, each at most `maxFileBytes`
+/// (10 MiB x 3 files by default). When the queue is full (`queueBytes`, 16 MiB by default,
+/// reached only when the disk is slower than the sessions' output), new entries are dropped,
+/// never waited for, and the next line written is a `logDropped` marker with how many entries
+/// and data bytes were lost. The relay never blocks on the log.
+///
+/// Owns: the open exec.log descriptor and the writer thread. Ends with `close()`, which
+/// writes what is queued and joins the thread. Readers (`LogFollower`) open the files
+/// themselves and wait on `progress` for new lines.
+public final class ExecLog: @unchecked Sendable {
+    public struct Configuration: Sendable {
+        public var directory: String
+        public var fileName = "exec.log"
+        /// A file is rotated before a line would take it past this size.
+        public var maxFileBytes = 10 << 20
+        /// Files kept, the live one included.
+        public var files = 3
+        /// Bound of the writer's queue (data bytes plus a fixed cost per entry).
+        public var queueBytes = 16 << 20
+
+        public init(directory: String) { self.directory = directory }
+
+        public var path: String { directory + "/" + fileName }
+        /// `exec.log` for 0, `exec.log.N` for N.
+        public func path(generation: Int) -> String { generation == 0 ? path : path + ".\(generation)" }
+    }
+
+    public let configuration: Configuration
+
+    private struct Entry {
+        var timeNs: UInt64
+        var session: UInt32
+        var event: LogEvent
+    }
+    private static let entryOverhead = 64
+
+    // Guarded by `queueLock`.
+    private let queueLock = NSCondition()
+    private var queue: [Entry] = []
+    private var queuedBytes = 0
+    private var droppedEntries: UInt64 = 0
+    private var droppedBytes: UInt64 = 0
+    private var stopping = false
+
+    // Guarded by `progress`; changed only by the writer thread.
+    /// Followers wait on it; broadcast after every write and rotation.
+    let progress = NSCondition()
+    /// Bytes written to the live file since the log opened (all generations).
+    private(set) var writtenBytes: UInt64 = 0
+    /// How many times the live file was rotated.
+    private(set) var rotations = 0
+    /// The writer has stopped: nothing more will be written.
+    private(set) var closed = false
+
+    // Writer thread only (and init).
+    private var fd: CInt
+    private var fileBytes: Int
+    private var encoder = LogLineEncoder()
+    private var writeFailed = false
+    private let diagnostics: @Sendable (String) -> Void
+    private var thread: Thread?
+    private let finished = NSCondition()
+    private var isFinished = false
+
+    /// Opens (creating it and the directory if needed) the live file for appending.
+    public init(_ configuration: Configuration, diagnostics: @escaping @Sendable (String) -> Void) throws(Errno) {
+        precondition(configuration.files >= 1 && configuration.maxFileBytes > 0)
+        self.configuration = configuration
+        self.diagnostics = diagnostics
+        if mkdir(configuration.directory, 0o755) != 0 && errno != EEXIST { throw .current }
+        fd = try retrying { open(configuration.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640) }
+        var st = stat()
+        fileBytes = fstat(fd, &st) == 0 ? Int(st.st_size) : 0
+    }
+
+    deinit {
+        if fd >= 0 { _ = Glibc.close(fd) }
+    }
+
+    /// Starts the writer thread.
+    public func start() {
+        let thread = Thread { [self] in writerLoop() }
+        thread.name = "tether-exec-log"
+        self.thread = thread
+        thread.start()
+    }
+
+    /// Queues an entry; never blocks beyond a short lock. Called from the relay's thread.
+    public func record(session: UInt32, _ event: LogEvent, timeNs: UInt64 = Clock.realtimeNs()) {
+        let cost = event.payloadBytes + Self.entryOverhead
+        queueLock.lock()
+        defer { queueLock.unlock() }
+        guard !stopping else { return }
+        if queuedBytes + cost > configuration.queueBytes {
+            droppedEntries += 1
+            if case .data(_, let bytes) = event { droppedBytes += UInt64(bytes.count) }
+            return
+        }
+        if droppedEntries > 0 {
+            queue.append(Entry(timeNs: timeNs, session: 0, event: .logDropped(entries: droppedEntries, bytes: droppedBytes)))
+            droppedEntries = 0
+            droppedBytes = 0
+        }
+        queue.append(Entry(timeNs: timeNs, session: session, event: event))
+        queuedBytes += cost
+        if queue.count == 1 { queueLock.signal() }
+    }
+
+    /// Writes everything queued, stops the writer and closes the file.
+    public func close() {
+        queueLock.lock()
+        stopping = true
+        queueLock.signal()
+        queueLock.unlock()
+        guard thread != nil else { return }
+        finished.lock()
+        while !isFinished { finished.wait() }
+        finished.unlock()
+    }
+
+    // MARK: writer thread
+
+    private func writerLoop() {
+        var out: [UInt8] = []
+        while true {
+            queueLock.lock()
+            while queue.isEmpty && !stopping && droppedEntries == 0 { queueLock.wait() }
+            var batch = queue
+            queue.removeAll(keepingCapacity: true)
+            queuedBytes = 0
+            if droppedEntries > 0 {
+                // Dropped while full and nothing came after: say so now.
+                batch.append(Entry(timeNs: Clock.realtimeNs(), session: 0,
+                                   event: .logDropped(entries: droppedEntries, bytes: droppedBytes)))
+                droppedEntries = 0
+                droppedBytes = 0
+            }
+            let done = stopping
+            queueLock.unlock()
+
+            for entry in batch {
+                out.removeAll(keepingCapacity: true)
+                encoder.encode(timeNs: entry.timeNs, session: entry.session, event: entry.event, into: &out)
+                write(line: out)
+            }
+            if done { break }
+        }
+        progress.lock()
+        _ = Glibc.close(fd)
+        fd = -1
+        closed = true
+        progress.broadcast()
+        progress.unlock()
+        finished.lock()
+        isFinished = true
+        finished.broadcast()
+        finished.unlock()
+    }
+
+    private func write(line: [UInt8]) {
+        if fileBytes > 0 && fileBytes + line.count > configuration.maxFileBytes { rotate() }
+        guard fd >= 0 else { return }
+        do {
+            try FileIO.writeAll(fd, line)
+            fileBytes += line.count
+            if writeFailed {
+                writeFailed = false
+                diagnostics("exec.log: writing works again")
+            }
+        } catch {
+            // A full disk must not stop the relay: report once, keep trying with later lines.
+            if !writeFailed { diagnostics("exec.log: write failed: \(error); lines are being lost") }
+            writeFailed = true
+        }
+        progress.lock()
+        writtenBytes += UInt64(line.count)
+        progress.broadcast()
+        progress.unlock()
+    }
+
+    /// exec.log.N-1 is replaced by exec.log.N-2, ..., exec.log.1 by exec.log; a new exec.log.
+    private func rotate() {
+        progress.lock()
+        defer {
+            progress.broadcast()
+            progress.unlock()
+        }
+        _ = Glibc.close(fd)
+        fd = -1
+        if configuration.files > 1 {
+            for generation in stride(from: configuration.files - 1, through: 1, by: -1) {
+                _ = Glibc.rename(configuration.path(generation: generation - 1), configuration.path(generation: generation))
+            }
+        } else {
+            _ = unlink(configuration.path)
+        }
+        rotations += 1
+        fileBytes = 0
+        do {
+            fd = try retrying { open(configuration.path, O_WRONLY | O_APPEND | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640) }
+        } catch {
+            diagnostics("exec.log: cannot open \(configuration.path) after rotation: \(error)")
+        }
+    }
+
+    // MARK: for readers
+
+    /// Opens, under `progress`'s lock, generations `from` down to 0 that exist (oldest first).
+    /// Callers hold `progress` so a rotation cannot happen between the opens.
+    func openGenerations(from oldest: Int) -> [CInt] {
+        var fds: [CInt] = []
+        for generation in stride(from: oldest, through: 0, by: -1) {
+            let fd = open(configuration.path(generation: generation), O_RDONLY | O_CLOEXEC)
+            if fd >= 0 { fds.append(fd) }
+        }
+        return fds
+    }
+}

@@ -1,0 +1,141 @@
+import Foundation
+import Testing
+import TetherProtocol
+@testable import TetherClient
+@testable import TetherRelay
+
+@Suite struct OutputFlowTests {
+    let window = Int64(FlowControl.initialWindowBytes)
+
+    @Test func attachedTheAgentGetsExactlyWhatTheClientAcks() {
+        var flow = OutputFlow()
+        flow.receivedFromAgent(Int(window))
+        flow.sentToClient(Int(window))
+        #expect(flow.agentGrant(attached: true) == 0)
+        flow.clientAcked(100)
+        #expect(flow.agentGrant(attached: true) == 100)
+        #expect(flow.agentGrant(attached: true) == 0)
+        // Acks beyond what was sent are clamped.
+        flow.clientAcked(UInt64(10 * window))
+        #expect(flow.agentGrant(attached: true) == window - 100)
+        #expect(flow.clientCredit == window)
+    }
+
+    @Test func heldBytesCountAgainstTheAgentsWindow() {
+        var flow = OutputFlow()
+        flow.receivedFromAgent(1000)
+        flow.pending.append(kind: .stdout, flags: [], payload: [UInt8](repeating: 1, count: 1000))
+        // The client has room but the bytes are still queued: no grant yet.
+        #expect(flow.agentGrant(attached: true) == 0)
+        flow.pending.consumeData(1000)
+        flow.sentToClient(1000)
+        flow.clientAcked(1000)
+        #expect(flow.agentGrant(attached: true) == 1000)
+    }
+
+    @Test func unattachedTheRelayAcksInHalfWindowSteps() {
+        var flow = OutputFlow()
+        flow.receivedFromAgent(Int(window / 2) - 1)
+        #expect(flow.agentGrant(attached: false) == 0)
+        flow.receivedFromAgent(1)
+        #expect(flow.agentGrant(attached: false) == window / 2)
+    }
+
+    @Test func trimmingDropsTheOldestDataAndKeepsOtherFrames() {
+        var pending = PendingFrames()
+        pending.append(kind: .started, flags: [], payload: [0xA0])
+        pending.append(kind: .stdout, flags: [], payload: [1, 2, 3, 4])
+        pending.append(kind: .stderr, flags: [], payload: [5, 6])
+        pending.append(kind: .done, flags: .end, payload: [0xA0])
+        #expect(pending.trimData(toAtMost: 3) == 3)
+        #expect(pending.dataBytes == 3)
+        var kinds: [FrameKind] = []
+        var data: [UInt8] = []
+        while let first = pending.first {
+            kinds.append(first.kind)
+            if first.kind.isData {
+                data += first.payload[first.offset...]
+                pending.consumeData(first.remaining)
+            } else {
+                pending.removeFirst()
+            }
+        }
+        #expect(kinds == [.started, .stdout, .stderr, .done])
+        #expect(data == [4, 5, 6])
+    }
+}
+
+@Suite struct ClientRetryTests {
+    @Test func backoffDoublesUpToTheCapAndFitsTheBudget() {
+        var options = ClientOptions(socket: .unix(path: "/x"))
+        options.retryInitialDelay = .milliseconds(10)
+        options.retryMaxDelay = .milliseconds(80)
+        options.retryBudget = .milliseconds(400)
+        let delays = Retry(options, operation: "test").delays().map { $0 / 1_000_000 }
+        #expect(delays == [10, 20, 40, 80, 80, 80, 80, 10])
+        #expect(delays.reduce(0, +) == 400)
+    }
+
+    @Test func onlyTransientFailuresAreRetried() async {
+        var options = ClientOptions(socket: .unix(path: "/x"))
+        options.retryInitialDelay = .milliseconds(1)
+        options.retryBudget = .seconds(5)
+        let retry = Retry(options, operation: "test")
+        var attempts = 0
+        let result: Result<Int, TetherError> = await Result { () async throws(TetherError) -> Int in
+            try await retry.run { () async throws(TetherError) -> Int in
+                attempts += 1
+                if attempts < 3 { throw TetherError(.agentNotReady, "not yet", operation: "test") }
+                throw TetherError(.agentGone, "gone", operation: "test")
+            }
+        }
+        #expect(attempts == 3)
+        guard case .failure(let error) = result else {
+            Issue.record("should fail")
+            return
+        }
+        #expect(error.code == .agentGone)
+    }
+}
+
+extension Result where Failure == TetherError {
+    init(_ body: () async throws(TetherError) -> Success) async {
+        do { self = .success(try await body()) } catch { self = .failure(error) }
+    }
+}
+
+@Suite struct TetherErrorTests {
+    @Test func encodesEveryFieldAsJSON() throws {
+        let failed = Failed(kind: .notFound, errno: 2, stage: "exec", message: "no such file")
+        let error = TetherError(.spawnFailed, "program not found", operation: "exec", context: ["argv": "nosuch"],
+                                errno: 2, spawn: .init(failed), timestamp: Date(timeIntervalSince1970: 1_700_000_000))
+        let object = try JSONSerialization.jsonObject(with: Data(error.json.utf8)) as? [String: Any]
+        #expect(object?["code"] as? String == "spawnFailed")
+        #expect(object?["operation"] as? String == "exec")
+        #expect(object?["errno"] as? Int == 2)
+        #expect(object?["timestamp"] as? String == "2023-11-14T22:13:20Z")
+        #expect((object?["context"] as? [String: String])?["argv"] == "nosuch")
+        let spawn = object?["spawn"] as? [String: Any]
+        #expect(spawn?["kind"] as? String == "notFound")
+        #expect(spawn?["stage"] as? String == "exec")
+        #expect(object?["suggestion"] as? String == "check the program name and PATH inside the sandbox")
+        let decoded = try JSONDecoder.iso8601.decode(TetherError.self, from: Data(error.json.utf8))
+        #expect(decoded == error)
+    }
+
+    @Test func onlyRelayUnreachableAndAgentNotReadyAreTransient() {
+        #expect(TetherError(.relayUnreachable, "", operation: "").isTransient)
+        #expect(TetherError(.agentNotReady, "", operation: "").isTransient)
+        #expect(!TetherError(.agentGone, "", operation: "").isTransient)
+        #expect(!TetherError(.agentUnresponsive, "", operation: "").isTransient)
+        #expect(!TetherError(.spawnFailed, "", operation: "").isTransient)
+    }
+}
+
+extension JSONDecoder {
+    static var iso8601: JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return decoder
+    }
+}
