@@ -71,6 +71,11 @@ build() {
     tail -n 20 "$cache/debian-$suite-$flavor.log" >&2
     return 1
   }
+  # OpenRC mounts cgroup v1 hierarchies unless told otherwise; the sandbox gives it cgroup2 only.
+  if [ "$flavor" = openrc ]; then
+    sed -i 's/^#\?rc_cgroup_mode=.*/rc_cgroup_mode="unified"/' "$tmp/etc/rc.conf"
+    grep -q '^rc_cgroup_mode="unified"' "$tmp/etc/rc.conf" || echo 'rc_cgroup_mode="unified"' >> "$tmp/etc/rc.conf"
+  fi
   # The guest's identity and an unprivileged user, as in the busybox tree.
   echo "tether" > "$tmp/etc/hostname"
   chroot "$tmp" /usr/sbin/useradd --uid 1000 --user-group --create-home --shell /bin/sh sandbox

@@ -148,7 +148,7 @@ import Testing
             "krun_create_ctx() = 0",
             "krun_set_vm_config(0, 2, 256) = 0",
             "krun_set_root(0, \"\(rootfs)\") = 0",
-            "krun_set_exec(0, \"/sbin/tether-agent\", [\"--listen\", \"vsock:2695\", \"--hostname\", \"order\"], [\"KRUN_INIT_PID1=1\", \"HOSTNAME=order\"]) = 0",
+            "krun_set_exec(0, \"/sbin/tether-agent\", [\"--listen\", \"vsock:2695\", \"--hostname\", \"order\"], [\"KRUN_INIT_PID1=1\", \"HOSTNAME=order\", \"SWIFT_BACKTRACE=enable=no,swift-backtrace=/dev/null\"]) = 0",
             "krun_add_vsock_port2(0, 2695, \"\(sock)\", true) = 0",
             "krun_set_console_output(0, \"\(paths.console.path)\") = 0",
             "krun_start_enter(0)",

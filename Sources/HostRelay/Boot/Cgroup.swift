@@ -89,8 +89,20 @@ public struct Cgroup: Sendable {
         Cgroup.write(String(pid), to: path + "/cgroup.procs")
     }
 
-    /// Removes the directory; the kernel refuses (EBUSY) while a process is still in it.
-    public func remove() { rmdir(path) }
+    /// Removes the directory and the cgroups an init made inside it (systemd's init.scope,
+    /// system.slice, ...), deepest first; the kernel refuses (EBUSY) any that still has a process.
+    public func remove() { Cgroup.removeTree(path) }
+
+    private static func removeTree(_ directory: String) {
+        let children = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        for child in children {
+            var st = stat()
+            let path = directory + "/" + child
+            // A cgroup's children are its only subdirectories; its files are the interface.
+            if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR { removeTree(path) }
+        }
+        rmdir(directory)
+    }
 
     /// Whether any process is in it (cgroup.procs is not empty).
     public var isPopulated: Bool {

@@ -66,7 +66,9 @@ public enum KrunRunner {
         // NULL: NULL would copy this process's environment into the guest (notes §1.3).
         // KRUN_INIT_PID1 (libkrun 1.16) makes libkrun's init exec the agent as PID 1.
         let arguments = config.agentArguments(listen: "vsock:\(CKRUN_AGENT_VSOCK_PORT)")
-        let environment = ["KRUN_INIT_PID1=1", "HOSTNAME=\(config.hostname ?? config.name)"]
+        // The kernel command line carries these (notes §1.5): keep them few and short.
+        let environment = ["KRUN_INIT_PID1=1", "HOSTNAME=\(config.hostname ?? config.name)",
+                           SandboxConfig.agentRuntimeEnvironment]
         let execResult = CStringArray.with(arguments) { argv in
             CStringArray.with(environment) { envp in krun.setExec(ctx, config.agentPath, argv, envp) }
         }

@@ -23,7 +23,7 @@ public enum NamespaceBackend {
         // `container` tells an init handed PID 1 (systemd) that it runs in a container
         // (systemd's CONTAINER_INTERFACE); the agent passes its environment on to that init.
         ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "container=tether",
-         "TETHER_SANDBOX=\(config.name)"]
+         "TETHER_SANDBOX=\(config.name)", SandboxConfig.agentRuntimeEnvironment]
     }
 
     /// Starts the sandbox's PID 1 and returns its pid (in the host's PID namespace) and cgroup.

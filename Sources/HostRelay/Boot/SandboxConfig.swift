@@ -66,6 +66,13 @@ public struct SandboxConfig: Codable, Equatable, Sendable {
         self.krunLibrary = krunLibrary
     }
 
+    /// In the agent's environment on every backend. A static Swift executable looks for its
+    /// crash backtracer (swift-backtrace) in a static initializer, before main, through
+    /// /proc/self/exe, and aborts ("Unable to obtain Swift runtime path") when /proc is not
+    /// mounted yet, which is exactly the state a PID 1 starts in. Naming a backtracer path skips
+    /// that lookup; the guest has no swift-backtrace anyway, so backtraces are off.
+    static let agentRuntimeEnvironment = "SWIFT_BACKTRACE=enable=no,swift-backtrace=/dev/null"
+
     /// The agent's arguments after its path, the same for every backend except the address.
     func agentArguments(listen address: String) -> [String] {
         var arguments = ["--listen", address, "--hostname", hostname ?? name]

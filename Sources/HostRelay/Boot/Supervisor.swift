@@ -278,6 +278,8 @@ public final class Supervisor {
         state.stoppedAt = Date().timeIntervalSince1970
         cleanUp()
         state.save(to: paths.state)
+        // Free the name before telling the CLI: once `boot` has thrown, the name is usable.
+        flock(lock.fd.raw, LOCK_UN)
         closeReady()
         return 1
     }
