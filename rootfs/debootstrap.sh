@@ -76,6 +76,12 @@ build() {
     sed -i 's/^#\?rc_cgroup_mode=.*/rc_cgroup_mode="unified"/' "$tmp/etc/rc.conf"
     grep -q '^rc_cgroup_mode="unified"' "$tmp/etc/rc.conf" || echo 'rc_cgroup_mode="unified"' >> "$tmp/etc/rc.conf"
   fi
+  # No login prompts: a sandbox is reached through the agent, and in a PID namespace
+  # /dev/console is the host's console device (a getty there would be the host's).
+  if [ "$flavor" = systemd ]; then
+    ln -sf /dev/null "$tmp/etc/systemd/system/console-getty.service"
+    ln -sf /dev/null "$tmp/etc/systemd/system/getty@.service"
+  fi
   # The guest's identity and an unprivileged user, as in the busybox tree.
   echo "tether" > "$tmp/etc/hostname"
   chroot "$tmp" /usr/sbin/useradd --uid 1000 --user-group --create-home --shell /bin/sh sandbox

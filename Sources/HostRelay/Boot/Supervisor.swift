@@ -105,6 +105,8 @@ public final class Supervisor {
 
     func run() -> Int32 {
         try? FileManager.default.removeItem(at: paths.bootError)
+        // A report an earlier boot of this rootfs left behind is not about this one.
+        unlink(agentBootErrorPath)
         state.save(to: paths.state)
         let startedNs = Clock.monotonicNs()
         do {
@@ -262,7 +264,24 @@ public final class Supervisor {
         return "was killed by signal \(signal)"
     }
 
-    func bootError() -> BootFailure? { BootFailure.read(from: paths.bootError) }
+    /// Why the sandbox did not come up, if anyone wrote it down: the launcher or krun runner
+    /// (the sandbox's `boot-error.json`), else the agent itself, which writes
+    /// `/.tether/boot-error.json` inside the guest's root (the overlay's upper layer when
+    /// ephemeral). The agent's stages are its own words (`mount /proc`, `init`, ...).
+    func bootError() -> BootFailure? {
+        if let failure = BootFailure.read(from: paths.bootError) { return failure }
+        guard var failure = BootFailure.read(from: URL(fileURLWithPath: agentBootErrorPath)) else { return nil }
+        failure.message = "the agent: " + failure.message
+        return failure
+    }
+
+    /// `/.tether/boot-error.json` as the host sees it for this sandbox (namespace backend; with
+    /// krun the root is the same directory, shared over virtio-fs).
+    var agentBootErrorPath: String {
+        let root = config.ephemeral && config.backend == .namespace
+            ? paths.overlay.appendingPathComponent("upper").path : config.rootfs
+        return root + "/.tether/boot-error.json"
+    }
 
     /// The last lines the agent printed, for messages about an agent that died early.
     func consoleTail(lines: Int = 5) -> String {
