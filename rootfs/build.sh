@@ -133,8 +133,12 @@ tree="$cache/busybox-$key"
 build() {
   [ -d "$tree" ] && return 0
   assemble "$deb" "$agentbin" "$tree"
-  # Keep the three newest busybox trees; older ones were built for agents since replaced.
-  ls -1dt "$cache"/busybox-* 2>/dev/null | grep -v '\.tmp$' | tail -n +4 | xargs -r rm -rf
+  # Keep the three most recently built busybox trees (the .built stamps beside them say when);
+  # older ones were built for agents since replaced. Never the one just built.
+  touch "$tree.built"
+  ls -1t "$cache"/busybox-*.built 2>/dev/null | tail -n +4 | while read -r stamp; do
+    [ "${stamp%.built}" = "$tree" ] || rm -rf "${stamp%.built}" "$stamp"
+  done
 }
 tether_locked "$cache/.busybox.lock" build
 echo "$tree"

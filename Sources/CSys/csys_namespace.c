@@ -12,6 +12,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -88,6 +89,11 @@ static void child_main(const struct csys_sandbox_spec *spec, int go_read, int st
         if (syscall(SYS_pivot_root, ".", ".") < 0) child_fail(status_write, CSYS_STAGE_MOUNT, errno);
         if (umount2(".", MNT_DETACH) < 0) child_fail(status_write, CSYS_STAGE_MOUNT, errno);
         if (chdir("/") < 0) child_fail(status_write, CSYS_STAGE_MOUNT, errno);
+        if (spec->mount_proc) {
+            if (mkdir("/proc", 0555) < 0 && errno != EEXIST) child_fail(status_write, CSYS_STAGE_MOUNT, errno);
+            if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+                child_fail(status_write, CSYS_STAGE_MOUNT, errno);
+        }
     }
 
     /* Descriptors: park every source above all targets (CLOEXEC), mark everything CLOEXEC,

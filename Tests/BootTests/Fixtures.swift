@@ -74,6 +74,15 @@ enum Fixtures {
         return URL(fileURLWithPath: path, isDirectory: true)
     }
 
+    /// Whether a process still runs: not gone and not a zombie waiting for its (re)parent to
+    /// reap it (a detached supervisor is reaped by init, some time after it exited).
+    static func isRunning(_ pid: Int32?) -> Bool {
+        guard let pid, pid > 0, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        let state = stat[stat.index(close, offsetBy: 2)]
+        return state != "Z" && state != "X"
+    }
+
     /// A CLOEXEC pipe as raw descriptors (the caller closes both).
     static func pipe() -> (read: CInt, write: CInt) {
         var fds: [CInt] = [-1, -1]

@@ -4,7 +4,7 @@
  * "go" pipe (so the parent can first place it in a cgroup), then, with async-signal-safe calls
  * only: optionally setsid(2)s, unshares a cgroup namespace, sets the hostname, brings up loopback, makes
  * every mount private, bind-mounts (or overlays) the rootfs onto the mount point, pivot_root(2)s
- * into it, detaches the old root, wires the descriptors of fd_map, resets signals and execve(2)s.
+ * into it, detaches the old root, optionally mounts /proc, wires the descriptors of fd_map, resets signals and execve(2)s.
  * Any failing step writes a struct csys_boot_report to the CLOEXEC status pipe and _exit(127)s;
  * a successful exec closes that pipe, so the parent reads 0 bytes.
  */
@@ -42,6 +42,7 @@ struct csys_sandbox_spec {
     int loopback_up;             /* with CLONE_NEWNET: set IFF_UP on lo */
     int parent_death_signal;     /* PR_SET_PDEATHSIG, 0 for none */
     int new_session;             /* setsid(2): away from the caller's terminal and its signals */
+    int mount_proc;              /* after pivot_root: a procfs of the new PID namespace on /proc */
     const char *hostname;        /* NULL: leave as inherited */
     const char *rootfs;          /* NULL: no pivot_root (stay in the host's root) */
     const char *mountpoint;      /* where the root is mounted before pivot_root; NULL: rootfs */

@@ -67,6 +67,11 @@ public enum NamespaceBackend {
         launcher.namespaces = config.network == .none ? Namespaces.sandbox.union(.network) : .sandbox
         launcher.hostname = config.hostname ?? config.name
         launcher.rootfs = config.rootfs
+        // /proc is there before the agent runs, as libkrun's init leaves it for a PID 1 it execs
+        // (KRUN_INIT_PID1): a static Swift executable reads its argv (CommandLine) and its
+        // runtime path from /proc/self before main, and gets neither without it. The agent
+        // mounts its own procfs over this one.
+        launcher.mountProc = true
         // The supervisor is single-threaded, so PDEATHSIG means "when the supervisor dies".
         launcher.parentDeathSignal = SIGKILL
         launcher.descriptors = [(devNull, 0), (console, 1), (console, 2), (listener.raw, agentListenFD)]

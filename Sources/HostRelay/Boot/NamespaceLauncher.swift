@@ -59,6 +59,8 @@ public struct NamespaceLauncher {
     public var loopbackUp = true
     /// setsid(2) in the child, so the host's terminal signals (^C) do not reach the sandbox.
     public var newSession = true
+    /// With a rootfs: mount a procfs of the new PID namespace on /proc before the exec.
+    public var mountProc = false
 
     public init(path: String, arguments: [String], environment: [String] = []) {
         self.path = path
@@ -91,6 +93,7 @@ public struct NamespaceLauncher {
                     spec.loopback_up = namespaces.contains(.network) && loopbackUp ? 1 : 0
                     spec.parent_death_signal = parentDeathSignal
                     spec.new_session = newSession ? 1 : 0
+                    spec.mount_proc = mountProc ? 1 : 0
                     spec.hostname = UnsafePointer(strings[0])
                     spec.rootfs = UnsafePointer(strings[1])
                     spec.mountpoint = UnsafePointer(strings[2])
