@@ -51,18 +51,21 @@ import Testing
         let before = hostV1Cgroups()
         let state = try sandboxes.boot(SandboxConfig(name: "systemd", rootfs: rootfs, initSystem: "auto",
                                                      handshakeTimeoutMs: 60_000))
-        let link = try AgentLink(socketPath: state.agentSocket)
-        #expect(try link.exec(["cat", "/proc/1/comm"]).stdout == "systemd\n")
+        var link: AgentLink? = try AgentLink(socketPath: state.agentSocket)
+        #expect(try link!.exec(["readlink", "/proc/1/exe"]).stdout.hasSuffix("/systemd/systemd\n"))
         // systemd finished booting (a unit that cannot work in a container makes it "degraded";
-        // the failed ones are listed in the message).
-        let running = try link.exec(["systemctl", "is-system-running", "--wait"], timeoutMs: 120_000)
-        let failed = try link.exec(["systemctl", "--failed", "--no-legend", "--plain"]).stdout
+        // the failed ones are listed in the message). systemctl needs systemd's private socket,
+        // which appears a little after the agent's hello.
+        let running = try link!.exec(["sh", "-c", "while [ ! -S /run/systemd/private ]; do sleep 0.05; done; systemctl is-system-running --wait"],
+                                     timeoutMs: 120_000)
+        let failed = try link!.exec(["systemctl", "--failed", "--no-legend", "--plain"]).stdout
         #expect(running.stdout == "running\n", "systemd: \(running.stdout)\(running.stderr) failed units: \(failed)")
         // exec still works through the agent, which is not PID 1 any more.
-        let ps = try link.exec(["ps", "-e", "-o", "pid=,comm="])
+        let ps = try link!.exec(["ps", "-e", "-o", "pid=,comm="])
         #expect(ps.stdout.contains("tether-agent"))
         #expect(!ps.stdout.split(separator: "\n").contains { $0.trimmingCharacters(in: .whitespaces) == "1 tether-agent" })
-        #expect(try link.exec(["id", "-un"], user: "sandbox").stdout == "sandbox\n")
+        #expect(try link!.exec(["id", "-un"], user: "sandbox").stdout == "sandbox\n")
+        link = nil   // as a relay would be stopped: the supervisor's shutdown request goes in
 
         let outcome = try sandboxes.stop("systemd", graceMs: 15_000)
         #expect(outcome == .stopped(exit: "powered off"))
@@ -77,9 +80,14 @@ import Testing
         let rootfs = try Fixtures.debianRootfs("openrc")
         let state = try sandboxes.boot(SandboxConfig(name: "openrc", rootfs: rootfs, initSystem: "/sbin/openrc-init",
                                                      handshakeTimeoutMs: 60_000))
-        let link = try AgentLink(socketPath: state.agentSocket)
-        #expect(try link.exec(["cat", "/proc/1/comm"]).stdout == "openrc-init\n")
-        #expect(try link.exec(["id", "-un"], user: "sandbox").stdout == "sandbox\n")
+        var link: AgentLink? = try AgentLink(socketPath: state.agentSocket)
+        #expect(try link!.exec(["cat", "/proc/1/comm"]).stdout == "openrc-init\n")
+        #expect(try link!.exec(["id", "-un"], user: "sandbox").stdout == "sandbox\n")
+        // openrc-init creates its control FIFO once the default runlevel is up.
+        let runlevel = try link!.exec(["sh", "-c", "while [ ! -p /run/openrc/init.ctl ]; do sleep 0.05; done; rc-status --runlevel"],
+                                      timeoutMs: 120_000)
+        #expect(runlevel.stdout == "default\n", "\(runlevel.stdout)\(runlevel.stderr)")
+        link = nil
         // openrc-init takes `poweroff` on its control FIFO: it runs the shutdown runlevel, sends
         // the final TERM, waits 3 s, KILLs, and powers off.
         let outcome = try sandboxes.stop("openrc", graceMs: 15_000)
@@ -90,6 +98,8 @@ import Testing
     func busyboxInitIsPID1AndPowersOffOnStop() throws {
         try Fixtures.requireRoot()
         let state = try sandboxes.boot(SandboxConfig(name: "bbinit", rootfs: try Fixtures.busyboxRootfs(), initSystem: "/sbin/init"))
+        // This client stays connected through the stop: the supervisor then reaches the agent
+        // with SIGTERM instead of a shutdown frame.
         let link = try AgentLink(socketPath: state.agentSocket)
         #expect(try link.exec(["cat", "/proc/1/comm"]).stdout == "init\n")
         #expect(try link.exec(["echo", "still served"]).stdout == "still served\n")

@@ -198,10 +198,19 @@ public struct Cgroup: Sendable {
         return nil
     }
 
+    /// Every directory, v2 first.
+    public var directories: [String] { (path.map { [$0] } ?? []) + v1.values.sorted() }
+
     /// Removes the directories and the cgroups an init made inside them, deepest first.
-    public func remove() {
-        if let path { Cgroup.removeTree(path) }
-        for (_, directory) in v1 { Cgroup.removeTree(directory) }
+    public func remove() { Cgroup.remove(directories) }
+
+    /// Removes cgroup directories given by path (after a supervisor that knew them was killed).
+    /// Only directories named `tether-*` under a cgroup file system are touched.
+    public static func remove(_ directories: [String]) {
+        for directory in directories where directory.hasPrefix("/sys/fs/cgroup/")
+            && (directory.split(separator: "/").last?.hasPrefix("tether-") ?? false) {
+            removeTree(directory)
+        }
     }
 
     private static func removeTree(_ directory: String) {

@@ -31,6 +31,9 @@ public struct SandboxState: Codable, Equatable, Sendable {
     public var exit: String?
     /// Things the user asked for that this host could not do (cgroup limits, ...).
     public var warnings: [String]
+    /// The sandbox's cgroup directories (v2 and v1), for whoever has to clean up after a
+    /// supervisor that was killed.
+    public var cgroups: [String]?
 
     public init(name: String, backend: BackendKind, rootfs: String, status: Status, supervisorPid: Int32,
                 agentSocket: String, relaySocket: String, startedAt: Double = Date().timeIntervalSince1970) {

@@ -196,6 +196,16 @@ public struct Sandboxes: Sendable {
         if Handshake.wait(fds: [pidfd], timeoutMs: 5_000) != 0 {
             throw .stopTimedOut(name: name, pid: supervisor)
         }
+        // What the killed supervisor would have cleaned up. Its cgroups empty once the sandbox's
+        // processes are gone, which SIGKILL to a PID namespace's init makes happen.
+        unlink(paths.agentSocket.path)
+        unlink(paths.relaySocket.path)
+        if let cgroups = state.cgroups { Cgroup.remove(cgroups) }
+        var ended = state
+        ended.status = .stopped
+        ended.exit = "killed (the supervisor did not finish the stop in time)"
+        ended.stoppedAt = Date().timeIntervalSince1970
+        ended.save(to: paths.state)
         return .killed
     }
 }

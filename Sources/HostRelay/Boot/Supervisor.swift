@@ -115,6 +115,7 @@ public final class Supervisor {
             return failed(error)
         }
         state.sandboxPid = sandboxPid
+        state.cgroups = cgroup?.directories
         state.save(to: paths.state)
         pidfd = csys_pidfd_open(sandboxPid, 0)
         guard pidfd >= 0 else {
@@ -182,16 +183,35 @@ public final class Supervisor {
     func stop(graceMs: UInt64) -> String {
         state.status = .stopping
         state.save(to: paths.state)
-        if !requestShutdown(graceMs: graceMs) {
-            // No agent to ask. Only a namespace agent that is PID 1 itself takes SIGTERM as a
-            // shutdown; an init handed PID 1 (systemd re-executes on SIGTERM) gets nothing.
-            if config.backend == .namespace && config.initSystem == nil { kill(sandboxPid, SIGTERM) }
+        if !requestShutdown(graceMs: graceMs) && config.backend == .namespace {
+            // The agent did not read our request: another client holds its one connection (the
+            // relay is stopped first, but a client may have connected to agent.sock directly).
+            // SIGTERM is the agent's other way in: PID 1 itself, or the agent process an init
+            // handed PID 1 runs beside it (never the init: systemd re-executes on SIGTERM).
+            for pid in agentProcesses() { kill(pid, SIGTERM) }
         }
         if Handshake.wait(fds: [pidfd], timeoutMs: Int32(clamping: graceMs + Supervisor.killMarginMs)) == 0 {
             return reap()
         }
         killAndReap()
         return "killed after the \(graceMs) ms grace"
+    }
+
+    /// The agent's host pids: the sandbox's first process when it is the agent, else its
+    /// children running the agent's executable (after an `--init` hand-off).
+    func agentProcesses() -> [pid_t] {
+        guard config.initSystem != nil else { return [sandboxPid] }
+        let name = String(config.agentPath.split(separator: "/").last ?? "tether-agent").prefix(15)   // comm is 15 bytes
+        var result: [pid_t] = []
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = pid_t(entry),
+                  let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")") else { continue }
+            let comm = stat[stat.index(after: open)..<close]
+            let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+            if comm == name, fields.count > 1, pid_t(fields[1]) == sandboxPid { result.append(pid) }
+        }
+        return result
     }
 
     /// Sends `shutdown{graceMs}` to the agent over a connection of our own. The relay, when one
@@ -202,9 +222,9 @@ public final class Supervisor {
         encoder.append(id: 0, Hello(role: .relay, name: "tether-supervisor", pid: getpid()))
         encoder.append(id: 0, Shutdown(graceMs: graceMs))
         guard encoder.withPendingBytes({ Handshake.sendAll(socket.raw, $0) }) == nil else { return false }
-        // Wait briefly for the agent's hello, so we know someone read the request.
+        // The agent's hello says it took this connection, so it reads the request next.
         var buffer = [UInt8](repeating: 0, count: 512)
-        return Handshake.wait(fds: [socket.raw], timeoutMs: 2000) == 0 && Glibc.read(socket.raw, &buffer, buffer.count) > 0
+        return Handshake.wait(fds: [socket.raw], timeoutMs: 1000) == 0 && Glibc.read(socket.raw, &buffer, buffer.count) > 0
     }
 
     // MARK: backends
