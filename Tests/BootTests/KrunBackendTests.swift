@@ -112,6 +112,26 @@ import Testing
     }
 
     @Test(.timeLimit(.minutes(5)))
+    func stubbedVMBootsTheAgentAndStops() throws {
+        try Fixtures.requireRoot()
+        let stub = try Self.buildStub("e2e")
+        let sandboxes = Self.sandboxes("e2e")
+        let state = try sandboxes.boot(SandboxConfig(name: "vm", rootfs: try Fixtures.busyboxRootfs(), backend: .krun,
+                                                     krunLibrary: stub.appendingPathComponent("libkrun.so.1").path))
+        #expect(state.backend == .krun)
+        // The host reaches the guest through the path given to krun_add_vsock_port2.
+        var link: AgentLink? = try AgentLink(socketPath: state.agentSocket)
+        let cmdline = try link!.exec(["sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline"]).stdout
+        // The agent is the VM's PID 1 with the arguments krun_set_exec got (vsock:2695 is the
+        // stub's fd:3: it has no vsock, and hands over the listening socket instead).
+        #expect(cmdline == "/sbin/tether-agent --listen fd:3 --hostname vm ", "\(cmdline)")
+        #expect(try link!.exec(["hostname"]).stdout == "vm\n")
+        link = nil
+        #expect(try sandboxes.stop("vm", graceMs: 2_000) == .stopped(exit: "exited with status 0"))
+        #expect(Self.calls(in: stub).last == "guest ended: status 0")
+    }
+
+    @Test(.timeLimit(.minutes(5)))
     func callsComeInOrderWithTheirArguments() throws {
         try Fixtures.requireRoot()
         let stub = try Self.buildStub("order")

@@ -191,8 +191,12 @@ public struct Sandboxes: Sendable {
         }
         // The supervisor is stuck: kill the sandbox (PID 1 takes its namespace with it; the krun
         // runner takes the VM) and the supervisor; the lock goes with the supervisor.
+        let sandboxFD = state.sandboxPid.map { csys_pidfd_open($0, 0) } ?? -1
+        defer { if sandboxFD >= 0 { close(sandboxFD) } }
         if let sandbox = state.sandboxPid { kill(sandbox, SIGKILL) }
         kill(supervisor, SIGKILL)
+        // A PID namespace's init ends only after every process in it is gone.
+        if sandboxFD >= 0 { _ = Handshake.wait(fds: [sandboxFD], timeoutMs: 5_000) }
         if Handshake.wait(fds: [pidfd], timeoutMs: 5_000) != 0 {
             throw .stopTimedOut(name: name, pid: supervisor)
         }

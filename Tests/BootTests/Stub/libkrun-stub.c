@@ -13,7 +13,7 @@
  *   without its kernel bundle: it prints the same line and returns -ENOENT.
  * - krun_start_enter binds and listens on every listen=true port's path (libkrun's muxer does
  *   this), then runs the "guest": new PID, mount, UTS and IPC namespaces, pivot_root into the
- *   root, console output on stdout/stderr, and execve(exec_path, [exec_path, args...], envp)
+ *   root, /proc mounted (libkrun's init mounts it first), console output on stdout/stderr, and execve(exec_path, [exec_path, args...], envp)
  *   with each argument "vsock:PORT" of a listening port rewritten to "fd:N" (the stub has no
  *   vsock: the listening socket itself is handed over as fd N). It waits for the guest and
  *   _exit()s with its status, as libkrun's VMM does; a guest that powered off (reboot(2) in a
@@ -261,6 +261,10 @@ int32_t krun_start_enter(uint32_t id) {
         if (syscall(SYS_pivot_root, ".", ".") < 0) guest_fail("pivot_root");
         if (umount2(".", MNT_DETACH) < 0) guest_fail("detach old root");
         if (chdir("/") < 0) guest_fail("chdir /");
+        /* libkrun's init mounts /proc (with sysfs, devtmpfs, cgroup2 ...) before it execs a
+         * KRUN_INIT_PID1 workload; the agent needs /proc before main (argv, runtime path). */
+        if (mkdir("/proc", 0555) < 0 && errno != EEXIST) guest_fail("mkdir /proc");
+        if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) guest_fail("mount /proc");
         execve(ctx0.exec_path, ctx0.argv, ctx0.envp);
         _exit(errno == ENOENT ? 127 : 126);   /* as libkrun's init */
     }
