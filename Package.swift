@@ -46,6 +46,9 @@ let package = Package(
                 path: "Sources/HostRelay/Boot"),
         .executableTarget(name: "tether", dependencies: ["TetherRelay", "TetherClient", "TetherBoot"],
                           path: "Sources/HostRelay/CLI"),
+        // One per sandbox, started by `tether boot`: holds the name, reaps the sandbox, stops it;
+        // also the krun backend's VMM process (krun_start_enter takes over the process that calls it).
+        .executableTarget(name: "tether-sandbox", dependencies: ["TetherBoot"], path: "Sources/HostRelay/Sandbox"),
 
         .executableTarget(name: "tether-bench", dependencies: ["TetherClient", "TetherRelay", "TetherPosix"],
                           path: "Sources/Bench"),
@@ -59,8 +62,9 @@ let package = Package(
         .testTarget(name: "AgentTests", dependencies: ["TetherAgent", "TestSupport"], path: "Tests/AgentTests"),
         .testTarget(name: "RelayTests", dependencies: ["TetherRelay", "TetherClient", "TestSupport"],
                     path: "Tests/RelayTests"),
+        // Stub/ holds the C stub libkrun the krun tests compile with cc.
         .testTarget(name: "BootTests", dependencies: ["TetherBoot", "TetherClient", "TestSupport"],
-                    path: "Tests/BootTests"),
+                    path: "Tests/BootTests", exclude: ["Stub"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -23,6 +23,7 @@
 #include <linux/vm_sockets.h>
 
 #include "csys_spawn.h"
+#include "csys_namespace.h"
 #include "csys_seccomp.h"
 
 /* Wait-status macros (function-like, so not importable). */

@@ -1,0 +1,64 @@
+/* Starting a sandbox's first process in new namespaces (the namespace boot backend).
+ *
+ * csys_sandbox_clone() clone(2)s a child into new namespaces. The child waits for one byte on the
+ * "go" pipe (so the parent can first place it in a cgroup), then, with async-signal-safe calls
+ * only: optionally setsid(2)s, unshares a cgroup namespace, sets the hostname, brings up loopback, makes
+ * every mount private, bind-mounts (or overlays) the rootfs onto the mount point, pivot_root(2)s
+ * into it, detaches the old root, optionally mounts /proc, wires the descriptors of fd_map, resets signals and execve(2)s.
+ * Any failing step writes a struct csys_boot_report to the CLOEXEC status pipe and _exit(127)s;
+ * a successful exec closes that pipe, so the parent reads 0 bytes.
+ */
+#pragma once
+#include <stdint.h>
+#include <sys/types.h>
+
+/* clone(2) namespace flags (kernel ABI values; the Glibc module is built without _GNU_SOURCE,
+ * so <sched.h> does not give Swift the CLONE_NEW* macros). */
+enum {
+    CSYS_CLONE_NEWNS = 0x00020000,
+    CSYS_CLONE_NEWCGROUP = 0x02000000,
+    CSYS_CLONE_NEWUTS = 0x04000000,
+    CSYS_CLONE_NEWIPC = 0x08000000,
+    CSYS_CLONE_NEWPID = 0x20000000,
+    CSYS_CLONE_NEWNET = 0x40000000,
+};
+
+/* Where a step failed; matches TetherBoot's BootStage. */
+enum {
+    CSYS_STAGE_ROOTFS = 1,     /* the rootfs directory or mount point is unusable */
+    CSYS_STAGE_NAMESPACE = 2,  /* clone, unshare, sethostname, loopback, descriptors */
+    CSYS_STAGE_MOUNT = 3,      /* making mounts private, bind/overlay, pivot_root, detaching */
+    CSYS_STAGE_EXEC = 4,       /* execve of the first process (the agent) */
+};
+
+struct csys_boot_report {
+    int32_t stage;
+    int32_t error;   /* errno */
+};
+
+struct csys_sandbox_spec {
+    int clone_flags;             /* CLONE_NEW* flags; SIGCHLD is added */
+    int new_cgroup_ns;           /* unshare(CLONE_NEWCGROUP) after "go" (the parent moved us) */
+    int loopback_up;             /* with CLONE_NEWNET: set IFF_UP on lo */
+    int parent_death_signal;     /* PR_SET_PDEATHSIG, 0 for none */
+    int new_session;             /* setsid(2): away from the caller's terminal and its signals */
+    int mount_proc;              /* after pivot_root: a procfs of the new PID namespace on /proc */
+    const char *hostname;        /* NULL: leave as inherited */
+    const char *rootfs;          /* NULL: no pivot_root (stay in the host's root) */
+    const char *mountpoint;      /* where the root is mounted before pivot_root; NULL: rootfs */
+    const char *overlay_options; /* non-NULL: mount overlayfs with these options on mountpoint
+                                    instead of bind-mounting rootfs (lowerdir=rootfs,...) */
+    const char *path;            /* the program, resolved inside the new root */
+    char *const *argv;
+    char *const *envp;
+    const int *fd_map;           /* pairs {parent fd, child fd}; the child gets exactly these */
+    int fd_map_pairs;
+};
+
+/* Returns the child's pid (in the caller's PID namespace) or -errno from pipe2/clone. On success
+ * *go_fd is the write end of the go pipe (write one byte, then close) and *status_fd the read end
+ * of the status pipe (0 bytes: the exec happened; a csys_boot_report: it failed). Both CLOEXEC. */
+pid_t csys_sandbox_clone(const struct csys_sandbox_spec *spec, int *go_fd, int *status_fd);
+
+/* pivot_root(2) has no glibc wrapper; exposed for tests of the namespace steps. */
+int csys_pivot_root(const char *new_root, const char *put_old);

@@ -1,0 +1,86 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import TetherPosix
+
+/// Why a sandbox operation (boot, stop, list) failed. `message` says what went wrong and
+/// `hint` what to do; the CLI prints them as an error block.
+public enum BootError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// Not a usable sandbox name.
+    case invalidName(String)
+    /// A live sandbox already has this name (its supervisor holds the lock).
+    case nameInUse(name: String, supervisorPid: Int32?)
+    /// No sandbox of that name is running.
+    case notRunning(name: String)
+    /// The sandbox did not come up; the details are what `boot-error.json` holds.
+    case failed(BootFailure)
+    /// libkrun (or a symbol it needs) could not be loaded on this host.
+    case krunUnavailable(KrunLoadError)
+    /// Reading or writing the sandbox's files under $TETHER_HOME failed.
+    case state(operation: String, path: String, message: String)
+    /// A program Tether runs beside the CLI is missing.
+    case missingProgram(path: String)
+    /// Something needs privileges this process lacks.
+    case needsRoot(what: String)
+    /// The sandbox outlived SIGKILL and the wait after it.
+    case stopTimedOut(name: String, pid: Int32)
+
+    public var message: String {
+        switch self {
+        case .invalidName(let name):
+            "'\(name)' is not a valid sandbox name"
+        case .nameInUse(let name, let pid):
+            "a sandbox named '\(name)' is already running" + (pid.map { " (supervisor pid \($0))" } ?? "")
+        case .notRunning(let name):
+            "no sandbox named '\(name)' is running"
+        case .failed(let failure):
+            failure.description
+        case .krunUnavailable(let error):
+            error.message
+        case .state(let operation, let path, let message):
+            "cannot \(operation) \(path): \(message)"
+        case .missingProgram(let path):
+            "\(path) is missing"
+        case .needsRoot(let what):
+            "\(what) needs root (namespaces, mounts and pivot_root)"
+        case .stopTimedOut(let name, let pid):
+            "sandbox '\(name)' (pid \(pid)) is still there after SIGKILL"
+        }
+    }
+
+    public var hint: String? {
+        switch self {
+        case .invalidName:
+            "use 1-\(SandboxName.maxLength) letters, digits, '.', '_' or '-', starting with a letter or digit"
+        case .nameInUse(let name, _):
+            "use --replace to stop it and boot a new one, or `tether stop \(name)` first"
+        case .notRunning:
+            "`tether ls` lists the sandboxes"
+        case .failed(let failure):
+            failure.hint
+        case .krunUnavailable(let error):
+            error.hint
+        case .state:
+            "check that $TETHER_HOME (default ~/.tether) is writable"
+        case .missingProgram:
+            "build everything with `swift build` (tether-sandbox and tether-agent sit beside tether)"
+        case .needsRoot:
+            "run as root, or use --backend krun on a host with libkrun"
+        case .stopTimedOut:
+            "the process may be stuck in the kernel (D state); see `ps -o stat,wchan -p PID`"
+        }
+    }
+
+    /// The errno behind the failure, when there is one.
+    public var errno: Int32? {
+        switch self {
+        case .failed(let failure): failure.errno == 0 ? nil : failure.errno
+        case .krunUnavailable(let error): error.errno
+        default: nil
+        }
+    }
+
+    public var description: String { message + (hint.map { "\n-> " + $0 } ?? "") }
+}

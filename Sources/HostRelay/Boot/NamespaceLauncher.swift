@@ -1,0 +1,159 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CSys
+import TetherPosix
+
+/// Which namespaces a sandbox's first process gets.
+public struct Namespaces: OptionSet, Sendable {
+    public let rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+    public static let pid = Namespaces(rawValue: Int32(CSYS_CLONE_NEWPID))
+    public static let mount = Namespaces(rawValue: Int32(CSYS_CLONE_NEWNS))
+    public static let uts = Namespaces(rawValue: Int32(CSYS_CLONE_NEWUTS))
+    public static let ipc = Namespaces(rawValue: Int32(CSYS_CLONE_NEWIPC))
+    public static let network = Namespaces(rawValue: Int32(CSYS_CLONE_NEWNET))
+    /// The standard set of a sandbox: everything but the network.
+    public static let sandbox: Namespaces = [.pid, .mount, .uts, .ipc]
+}
+
+/// A step of `NamespaceLauncher.launch` that failed in the child, with its errno.
+public struct LaunchFailure: Error, Equatable, Sendable {
+    public var stage: BootStage
+    public var errno: Errno
+    public init(stage: BootStage, errno: Errno) {
+        self.stage = stage
+        self.errno = errno
+    }
+}
+
+/// Starts one process in new namespaces, inside a root directory (csys_sandbox_clone).
+///
+/// Owns nothing after `launch` returns: the caller gets the child's pid and must reap it
+/// (waitpid(2)). The child gets exactly the descriptors of `descriptors`.
+public struct NamespaceLauncher {
+    public var namespaces: Namespaces = .sandbox
+    /// Unshare a cgroup namespace after `beforeStart` ran, so the child's cgroup (where
+    /// `beforeStart` put it) is the root of what it sees.
+    public var cgroupNamespace = false
+    public var hostname: String?
+    /// The root directory to pivot_root into; nil stays in the host's root.
+    public var rootfs: String?
+    /// Where the root is mounted before pivot_root (nil: onto `rootfs` itself).
+    public var mountpoint: String?
+    /// overlayfs options (`lowerdir=...,upperdir=...,workdir=...`): mount an overlay on
+    /// `mountpoint` instead of bind-mounting `rootfs`.
+    public var overlayOptions: String?
+    /// The program, resolved inside the new root, and its argv and environment.
+    public var path: String
+    public var arguments: [String]
+    public var environment: [String]
+    /// Parent descriptor -> child descriptor number (include 0, 1 and 2).
+    public var descriptors: [(parent: CInt, child: CInt)] = []
+    /// Sent to the child when the thread that launched it exits (PR_SET_PDEATHSIG); 0: none.
+    /// Only for single-threaded parents: it fires when the launching *thread* ends.
+    public var parentDeathSignal: CInt = 0
+    /// With a network namespace: bring its loopback up.
+    public var loopbackUp = true
+    /// setsid(2) in the child, so the host's terminal signals (^C) do not reach the sandbox.
+    public var newSession = true
+    /// With a rootfs: mount a procfs of the new PID namespace on /proc before the exec.
+    public var mountProc = false
+
+    public init(path: String, arguments: [String], environment: [String] = []) {
+        self.path = path
+        self.arguments = arguments
+        self.environment = environment
+    }
+
+    /// Clones the child, runs `beforeStart(pid)` while the child waits (cgroup placement), then
+    /// lets it go and waits for its exec. Returns the pid (in our PID namespace) once the exec
+    /// succeeded; throws the failing step, after reaping the child, otherwise.
+    public func launch(beforeStart: (pid_t) throws(LaunchFailure) -> Void = { _ throws(LaunchFailure) in }) throws(LaunchFailure) -> pid_t {
+        let strings = [hostname, rootfs, mountpoint, overlayOptions, path].map { $0.map { strdup($0)! } }
+        let argv = (arguments.map { strdup($0)! } as [UnsafeMutablePointer<CChar>?]) + [nil]
+        let envp = (environment.map { strdup($0)! } as [UnsafeMutablePointer<CChar>?]) + [nil]
+        defer {
+            strings.forEach { free($0) }
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        let map = descriptors.flatMap { [$0.parent, $0.child] }
+
+        var goFD: CInt = -1
+        var statusFD: CInt = -1
+        let pid: pid_t = argv.withUnsafeBufferPointer { argvBuffer in
+            envp.withUnsafeBufferPointer { envpBuffer in
+                map.withUnsafeBufferPointer { mapBuffer in
+                    var spec = csys_sandbox_spec()
+                    spec.clone_flags = namespaces.rawValue
+                    spec.new_cgroup_ns = cgroupNamespace ? 1 : 0
+                    spec.loopback_up = namespaces.contains(.network) && loopbackUp ? 1 : 0
+                    spec.parent_death_signal = parentDeathSignal
+                    spec.new_session = newSession ? 1 : 0
+                    spec.mount_proc = mountProc ? 1 : 0
+                    spec.hostname = UnsafePointer(strings[0])
+                    spec.rootfs = UnsafePointer(strings[1])
+                    spec.mountpoint = UnsafePointer(strings[2])
+                    spec.overlay_options = UnsafePointer(strings[3])
+                    spec.path = UnsafePointer(strings[4])
+                    spec.argv = argvBuffer.baseAddress
+                    spec.envp = envpBuffer.baseAddress
+                    spec.fd_map = mapBuffer.baseAddress
+                    spec.fd_map_pairs = CInt(descriptors.count)
+                    return csys_sandbox_clone(&spec, &goFD, &statusFD)
+                }
+            }
+        }
+        guard pid > 0 else { throw LaunchFailure(stage: .namespace, errno: Errno(rawValue: -pid)) }
+        let go = OwnedFD(adopting: goFD)
+        let status = OwnedFD(adopting: statusFD)
+
+        do {
+            try beforeStart(pid)
+        } catch {
+            // Closing "go" unwritten makes the child exit without doing anything.
+            _ = consume go
+            NamespaceLauncher.reap(pid)
+            throw error
+        }
+        var byte: UInt8 = 1
+        _ = Glibc.write(go.raw, &byte, 1)
+        _ = consume go
+
+        var report = csys_boot_report()
+        var got = 0
+        while got < MemoryLayout<csys_boot_report>.size {
+            let n = withUnsafeMutableBytes(of: &report) { raw in
+                Glibc.read(status.raw, raw.baseAddress! + got, raw.count - got)
+            }
+            if n > 0 { got += n; continue }
+            if n < 0 && errno == EINTR { continue }
+            break
+        }
+        if got == 0 { return pid }     // the exec closed the CLOEXEC pipe
+        NamespaceLauncher.reap(pid)
+        guard got == MemoryLayout<csys_boot_report>.size else {
+            // The child writes its report in one 8-byte write(2), so this means it was killed mid-way.
+            throw LaunchFailure(stage: .namespace, errno: Errno(rawValue: EIO))
+        }
+        throw LaunchFailure(stage: Self.stage(report.stage), errno: Errno(rawValue: report.error))
+    }
+
+    static func stage(_ raw: Int32) -> BootStage {
+        switch raw {
+        case Int32(CSYS_STAGE_ROOTFS): .rootfs
+        case Int32(CSYS_STAGE_MOUNT): .mount
+        case Int32(CSYS_STAGE_EXEC): .agentExec
+        default: .namespace
+        }
+    }
+
+    /// Waits for a child that failed before its exec (it _exits at once).
+    static func reap(_ pid: pid_t) {
+        var status: CInt = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    }
+}

@@ -1,0 +1,215 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CSys
+import Foundation
+import TetherPosix
+
+/// The sandboxes under one `$TETHER_HOME`: boot (start a supervisor and wait until the agent
+/// said hello), list, stop. What the CLI's `run`, `boot`, `ls` and `stop` call; safe to use
+/// from several processes at once (the name lock decides).
+public struct Sandboxes: Sendable {
+    public let home: TetherHome
+    /// `tether-sandbox`, which supervises one sandbox (and runs krun's VMM).
+    public let supervisorExecutable: String
+
+    public init(home: TetherHome, supervisorExecutable: String) {
+        self.home = home
+        self.supervisorExecutable = supervisorExecutable
+    }
+
+    /// A sandbox as `tether ls` shows it.
+    public struct Entry: Sendable {
+        public var name: String
+        /// Whether its supervisor holds the name (the lock), whatever state.json says.
+        public var isLive: Bool
+        public var state: SandboxState?
+        public var paths: SandboxPaths
+    }
+
+    /// How `boot` treats a name that is in use.
+    public enum Conflict: Sendable {
+        case fail
+        /// Stop the running one (shutdown, grace, kill) and boot anew.
+        case replace(graceMs: UInt64)
+    }
+
+    // MARK: boot
+
+    /// Boots a sandbox and returns once its agent said hello (or throws why not). The sandbox
+    /// keeps running after this returns, under its supervisor, until `stop`.
+    public func boot(_ config: SandboxConfig, onConflict: Conflict = .fail) throws(BootError) -> SandboxState {
+        guard SandboxName.isValid(config.name) else { throw .invalidName(config.name) }
+        guard FileManager.default.isExecutableFile(atPath: supervisorExecutable) else {
+            throw .missingProgram(path: supervisorExecutable)
+        }
+        let paths = home.sandbox(config.name)
+        // sun_path holds 107 bytes: the relay's socket is the longest path a client connects to.
+        guard paths.relaySocket.path.utf8.count < 108 else {
+            throw .state(operation: "create", path: paths.relaySocket.path,
+                         message: "the path is longer than a unix socket allows (107 bytes); use a shorter $TETHER_HOME or name")
+        }
+        do {
+            try FileManager.default.createDirectory(at: paths.directory, withIntermediateDirectories: true)
+        } catch {
+            throw .state(operation: "create", path: paths.directory.path, message: "\(error)")
+        }
+
+        let lock = try takeName(config.name, paths: paths, onConflict: onConflict)
+        for stale in [paths.bootError, paths.state, paths.console, paths.supervisorLog] {
+            try? FileManager.default.removeItem(at: stale)
+        }
+        try config.save(to: paths.config)
+
+        // The supervisor gets the locked descriptor as fd 3 and a pipe's write end as fd 4; it
+        // writes "ready" there once the agent said hello, or writes boot-error.json and exits.
+        var pipeFDs: [CInt] = [-1, -1]
+        guard csys_pipe2(&pipeFDs, O_CLOEXEC) == 0 else {
+            throw .state(operation: "create a pipe for", path: supervisorExecutable, message: "\(Errno.current)")
+        }
+        let readyRead = OwnedFD(adopting: pipeFDs[0])
+        let readyWrite = OwnedFD(adopting: pipeFDs[1])
+        let log = open(paths.supervisorLog.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer {
+            if log >= 0 { close(log) }
+            if devNull >= 0 { close(devNull) }
+        }
+        var launcher = NamespaceLauncher(
+            path: supervisorExecutable,
+            arguments: [supervisorExecutable, "supervise", paths.directory.path, "--lock-fd", "3", "--ready-fd", "4", "--detach"],
+            environment: KrunLibrary.processEnvironment().map { "\($0.key)=\($0.value)" })
+        launcher.namespaces = []
+        launcher.descriptors = [(devNull, 0), (log, 1), (log, 2), (lock.fd.raw, 3), (readyWrite.raw, 4)]
+        let pid: pid_t
+        do {
+            pid = try launcher.launch()
+        } catch {
+            throw .failed(BootFailure(stage: .namespace, errno: error.errno.rawValue,
+                                      message: "starting \(supervisorExecutable) failed: \(error.errno)"))
+        }
+        // --detach: this child forks the real supervisor and exits at once.
+        var status: CInt = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        _ = consume readyWrite
+        _ = consume lock     // the supervisor holds the name now
+
+        let ready = readLine(readyRead.raw)
+        if ready == "ready" {
+            guard let state = SandboxState.load(from: paths.state) else {
+                throw .state(operation: "read", path: paths.state.path, message: "missing after the sandbox said ready")
+            }
+            return state
+        }
+        if let failure = BootFailure.read(from: paths.bootError) { throw .failed(failure) }
+        let said = ((try? String(contentsOf: paths.supervisorLog, encoding: .utf8)) ?? "")
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        throw .failed(BootFailure(stage: .handshake, errno: 0,
+                                  message: "the supervisor ended without a boot error" + (said.isEmpty ? "" : ": " + said)))
+    }
+
+    /// Takes the name's lock, stopping whoever holds it first when asked to.
+    private func takeName(_ name: String, paths: SandboxPaths, onConflict: Conflict) throws(BootError) -> NameLock {
+        do {
+            if let lock = try NameLock.tryAcquire(paths.lock.path) { return lock }
+        } catch {
+            throw .state(operation: "lock", path: paths.lock.path, message: "\(error)")
+        }
+        guard case .replace(let graceMs) = onConflict else {
+            throw .nameInUse(name: name, supervisorPid: SandboxState.load(from: paths.state)?.supervisorPid)
+        }
+        _ = try? stop(name, graceMs: graceMs)
+        // stop() returns once the supervisor is gone, and the kernel released its lock then.
+        do {
+            if let lock = try NameLock.tryAcquire(paths.lock.path) { return lock }
+        } catch {
+            throw .state(operation: "lock", path: paths.lock.path, message: "\(error)")
+        }
+        throw .nameInUse(name: name, supervisorPid: SandboxState.load(from: paths.state)?.supervisorPid)
+    }
+
+    /// Reads one line from a pipe, blocking until a newline or EOF.
+    private func readLine(_ fd: CInt) -> String {
+        var bytes: [UInt8] = []
+        var byte: UInt8 = 0
+        while true {
+            let n = Glibc.read(fd, &byte, 1)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 || byte == 0x0A { break }
+            bytes.append(byte)
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    // MARK: list
+
+    public func list() -> [Entry] {
+        home.sandboxNames().map(entry)
+    }
+
+    public func entry(_ name: String) -> Entry {
+        let paths = home.sandbox(name)
+        return Entry(name: name, isLive: NameLock.isHeld(paths.lock.path), state: SandboxState.load(from: paths.state), paths: paths)
+    }
+
+    // MARK: stop
+
+    /// How a stop went.
+    public enum StopOutcome: Equatable, Sendable {
+        /// The supervisor ended within the grace and its margin; `exit` says how the sandbox ended.
+        case stopped(exit: String?)
+        /// It had to be killed.
+        case killed
+    }
+
+    /// Stops a running sandbox: the supervisor asks the agent to shut down (`shutdown{graceMs}`,
+    /// which reaches an init handed PID 1 in its own language), waits the grace, then kills it.
+    /// Should the supervisor not be gone by the grace plus a margin, the sandbox's process and
+    /// the supervisor are killed here. Never waits longer than grace + 10 s.
+    @discardableResult
+    public func stop(_ name: String, graceMs: UInt64 = Supervisor.defaultGraceMs) throws(BootError) -> StopOutcome {
+        guard SandboxName.isValid(name) else { throw .invalidName(name) }
+        let paths = home.sandbox(name)
+        guard NameLock.isHeld(paths.lock.path), let state = SandboxState.load(from: paths.state) else {
+            throw .notRunning(name: name)
+        }
+        let supervisor = state.supervisorPid
+        let pidfd = csys_pidfd_open(supervisor, 0)
+        guard pidfd >= 0 else {
+            // Gone between the lock probe and now.
+            return .stopped(exit: SandboxState.load(from: paths.state)?.exit)
+        }
+        defer { close(pidfd) }
+        var value = sigval()
+        value.sival_int = Int32(clamping: graceMs)
+        sigqueue(supervisor, SIGTERM, value)
+        let waitMs = Int32(clamping: graceMs + Supervisor.killMarginMs + 2_000)
+        if Handshake.wait(fds: [pidfd], timeoutMs: waitMs) == 0 {
+            return .stopped(exit: SandboxState.load(from: paths.state)?.exit)
+        }
+        // The supervisor is stuck: kill the sandbox (PID 1 takes its namespace with it; the krun
+        // runner takes the VM) and the supervisor; the lock goes with the supervisor.
+        let sandboxFD = state.sandboxPid.map { csys_pidfd_open($0, 0) } ?? -1
+        defer { if sandboxFD >= 0 { close(sandboxFD) } }
+        if let sandbox = state.sandboxPid { kill(sandbox, SIGKILL) }
+        kill(supervisor, SIGKILL)
+        // A PID namespace's init ends only after every process in it is gone.
+        if sandboxFD >= 0 { _ = Handshake.wait(fds: [sandboxFD], timeoutMs: 5_000) }
+        if Handshake.wait(fds: [pidfd], timeoutMs: 5_000) != 0 {
+            throw .stopTimedOut(name: name, pid: supervisor)
+        }
+        // What the killed supervisor would have cleaned up. Its cgroups empty once the sandbox's
+        // processes are gone, which SIGKILL to a PID namespace's init makes happen.
+        unlink(paths.agentSocket.path)
+        unlink(paths.relaySocket.path)
+        if let cgroups = state.cgroups { Cgroup.remove(cgroups) }
+        var ended = state
+        ended.status = .stopped
+        ended.exit = "killed (the supervisor did not finish the stop in time)"
+        ended.stoppedAt = Date().timeIntervalSince1970
+        ended.save(to: paths.state)
+        return .killed
+    }
+}

@@ -1,0 +1,360 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CSys
+import Foundation
+import TetherPosix
+import TetherProtocol
+
+/// The host process that stays with one sandbox (`tether-sandbox supervise DIR`).
+///
+/// Owns: the name's lock (inherited, held until it exits), the sandbox's first process (its
+/// child: namespace PID 1 or the krun runner, reaped here), the sandbox's cgroup and sockets,
+/// and `state.json`. Single-threaded: it blocks in poll(2) on a signalfd and the sandbox's pidfd.
+/// Ends when the sandbox ends: after a stop request (SIGTERM, whose sigqueue(3) value is the
+/// grace in milliseconds), or when the sandbox exits by itself; either way it records how the
+/// sandbox ended, removes sockets, cgroup and overlay, and exits (releasing the name).
+public final class Supervisor {
+    /// Grace for a plain SIGTERM (no sigqueue value), and the margin after the grace before the
+    /// sandbox is killed: the agent spends up to the grace on its sessions, then powers off.
+    public static let defaultGraceMs: UInt64 = 10_000
+    static let killMarginMs: UInt64 = 3_000
+
+    let paths: SandboxPaths
+    let config: SandboxConfig
+    let lock: NameLock
+    var readyFD: CInt
+    let executable: String
+    var state: SandboxState
+    var sandboxPid: pid_t = 0
+    var pidfd: CInt = -1
+    var cgroup: Cgroup?
+    var signals: OwnedFD
+
+    init(paths: SandboxPaths, config: SandboxConfig, lock: consuming NameLock, readyFD: CInt, executable: String) throws(Errno) {
+        self.paths = paths
+        self.config = config
+        self.lock = lock
+        self.readyFD = readyFD
+        self.executable = executable
+        let handled = [SIGTERM, SIGINT, SIGHUP, SIGCHLD]
+        try Signals.block(handled)
+        Signals.ignore(SIGPIPE)
+        signals = try Signals.openSignalFD(handled)
+        state = SandboxState(name: config.name, backend: config.backend, rootfs: config.rootfs, status: .booting,
+                             supervisorPid: getpid(), agentSocket: paths.agentSocket.path,
+                             relaySocket: paths.relaySocket.path)
+    }
+
+    deinit { if pidfd >= 0 { close(pidfd) } }
+
+    /// `tether-sandbox supervise DIR [--lock-fd N] [--ready-fd N] [--detach]`: returns the exit code.
+    public static func main(_ arguments: [String]) -> Int32 {
+        var lockFD: CInt = 3
+        var readyFD: CInt = -1
+        var detach = false
+        var directory: String?
+        var rest = arguments[...]
+        while let argument = rest.popFirst() {
+            switch argument {
+            case "--lock-fd": lockFD = CInt(rest.popFirst() ?? "") ?? -1
+            case "--ready-fd": readyFD = CInt(rest.popFirst() ?? "") ?? -1
+            case "--detach": detach = true
+            default: directory = argument
+            }
+        }
+        guard let directory, lockFD >= 0 else {
+            log("usage: tether-sandbox supervise DIR [--lock-fd N] [--ready-fd N] [--detach]")
+            return 2
+        }
+        if detach {
+            // A daemon: the parent (the CLI's child) exits at once and is reaped by the CLI; this
+            // process is then nobody's child but init's. Only one thread exists so far.
+            let pid = fork()
+            if pid < 0 { log("fork: \(Errno.current)"); return 1 }
+            if pid > 0 { _exit(0) }
+        }
+        let paths = SandboxPaths(directory: URL(fileURLWithPath: directory, isDirectory: true))
+        let config: SandboxConfig
+        do { config = try SandboxConfig.load(from: paths.config) } catch {
+            log(error.message)
+            return 1
+        }
+        let supervisor: Supervisor
+        do {
+            supervisor = try Supervisor(paths: paths, config: config, lock: NameLock(adopting: lockFD),
+                                        readyFD: readyFD, executable: selfExecutable())
+        } catch {
+            log("signal setup failed: \(error)")
+            return 1
+        }
+        return supervisor.run()
+    }
+
+    public static func log(_ line: String) {
+        FileHandle.standardError.write(Data("tether-sandbox: \(line)\n".utf8))
+    }
+
+    static func selfExecutable() -> String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    }
+
+    // MARK: lifecycle
+
+    func run() -> Int32 {
+        try? FileManager.default.removeItem(at: paths.bootError)
+        // A report an earlier boot of this rootfs left behind is not about this one.
+        unlink(agentBootErrorPath)
+        state.save(to: paths.state)
+        let startedNs = Clock.monotonicNs()
+        do {
+            (sandboxPid, cgroup) = try startBackend()
+        } catch {
+            return failed(error)
+        }
+        state.sandboxPid = sandboxPid
+        state.cgroups = cgroup?.directories
+        state.save(to: paths.state)
+        pidfd = csys_pidfd_open(sandboxPid, 0)
+        guard pidfd >= 0 else {
+            kill(sandboxPid, SIGKILL)
+            return failed(BootFailure(stage: .namespace, errno: -pidfd, message: "pidfd_open(\(sandboxPid)) failed"))
+        }
+
+        let deadline = startedNs + config.handshakeTimeoutMs * 1_000_000
+        switch Handshake.waitForAgent(socketPath: paths.agentSocket.path, pidfd: pidfd, abortFD: signals.raw, deadlineNs: deadline) {
+        case .hello(let hello):
+            state.status = .running
+            state.readyAt = Date().timeIntervalSince1970
+            state.bootToHelloMs = Double(Clock.monotonicNs() - startedNs) / 1e6
+            state.agentVersion = hello.agentVersion ?? "protocol \(hello.version)"
+            state.save(to: paths.state)
+        case .exited:
+            let how = reap()
+            return failed(bootError() ?? BootFailure(
+                stage: .handshake, errno: 0,
+                message: "the sandbox \(how) before the agent said hello\(consoleTail())"))
+        case .refused(let error):
+            killAndReap()
+            return failed(BootFailure(stage: .handshake, errno: error.errno ?? 0,
+                                      message: "the agent answered the handshake with \(error.code): \(error.message)"))
+        case .aborted:
+            killAndReap()
+            return failed(BootFailure(stage: .handshake, errno: ECANCELED, message: "stopped while booting"))
+        case .timedOut(let lastError):
+            killAndReap()
+            let seconds = Double(config.handshakeTimeoutMs) / 1000
+            return failed(bootError() ?? BootFailure(
+                stage: .handshake, errno: ETIMEDOUT,
+                message: "the agent did not say hello within \(seconds) s"
+                    + (lastError.map { " (last attempt: \($0))" } ?? "") + consoleTail(),
+                hint: "see \(paths.console.path); a slow init may need a longer handshake deadline"))
+        }
+
+        signalReady()
+        return serve()
+    }
+
+    /// Waits for the sandbox to end or for a stop request.
+    func serve() -> Int32 {
+        while true {
+            switch Handshake.wait(fds: [pidfd, signals.raw], timeoutMs: -1) {
+            case 0:
+                let how = reap()
+                return finished(exit: how)
+            case 1:
+                var info = signalfd_siginfo()
+                while Glibc.read(signals.raw, &info, MemoryLayout<signalfd_siginfo>.size) == MemoryLayout<signalfd_siginfo>.size {
+                    let signal = CInt(info.ssi_signo)
+                    guard signal != SIGCHLD else { continue }
+                    // sigqueue(3) from `tether stop` carries the grace; a plain kill has no value.
+                    let graceMs = info.ssi_code == SI_QUEUE && info.ssi_int > 0 ? UInt64(info.ssi_int) : Supervisor.defaultGraceMs
+                    return finished(exit: stop(graceMs: graceMs))
+                }
+            default:
+                continue
+            }
+        }
+    }
+
+    /// Asks the agent to shut down, waits the grace and a margin, then kills.
+    func stop(graceMs: UInt64) -> String {
+        state.status = .stopping
+        state.save(to: paths.state)
+        if !requestShutdown(graceMs: graceMs) && config.backend == .namespace {
+            // The agent did not read our request: another client holds its one connection (the
+            // relay is stopped first, but a client may have connected to agent.sock directly).
+            // SIGTERM is the agent's other way in: PID 1 itself, or the agent process an init
+            // handed PID 1 runs beside it (never the init: systemd re-executes on SIGTERM).
+            for pid in agentProcesses() { kill(pid, SIGTERM) }
+        }
+        if Handshake.wait(fds: [pidfd], timeoutMs: Int32(clamping: graceMs + Supervisor.killMarginMs)) == 0 {
+            return reap()
+        }
+        killAndReap()
+        return "killed after the \(graceMs) ms grace"
+    }
+
+    /// The agent's host pids: the sandbox's first process when it is the agent, else its
+    /// children running the agent's executable (after an `--init` hand-off).
+    func agentProcesses() -> [pid_t] {
+        guard config.initSystem != nil else { return [sandboxPid] }
+        let name = String(config.agentPath.split(separator: "/").last ?? "tether-agent").prefix(15)   // comm is 15 bytes
+        var result: [pid_t] = []
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = pid_t(entry),
+                  let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")") else { continue }
+            let comm = stat[stat.index(after: open)..<close]
+            let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+            if comm == name, fields.count > 1, pid_t(fields[1]) == sandboxPid { result.append(pid) }
+        }
+        return result
+    }
+
+    /// Sends `shutdown{graceMs}` to the agent over a connection of our own. The relay, when one
+    /// runs, has been stopped first (the agent serves one connection at a time).
+    func requestShutdown(graceMs: UInt64) -> Bool {
+        guard let socket = try? Socket.connect(.unix(path: paths.agentSocket.path)) else { return false }
+        var encoder = FrameEncoder()
+        encoder.append(id: 0, Hello(role: .relay, name: "tether-supervisor", pid: getpid()))
+        encoder.append(id: 0, Shutdown(graceMs: graceMs))
+        guard encoder.withPendingBytes({ Handshake.sendAll(socket.raw, $0) }) == nil else { return false }
+        // The agent's hello says it took this connection, so it reads the request next.
+        var buffer = [UInt8](repeating: 0, count: 512)
+        return Handshake.wait(fds: [socket.raw], timeoutMs: 1000) == 0 && Glibc.read(socket.raw, &buffer, buffer.count) > 0
+    }
+
+    // MARK: backends
+
+    func startBackend() throws(BootFailure) -> (pid_t, Cgroup?) {
+        switch config.backend {
+        case .namespace:
+            var warnings = state.warnings
+            defer { state.warnings = warnings }
+            return try NamespaceBackend.start(config, paths: paths, warnings: &warnings)
+        case .krun:
+            return (try startKrunRunner(), nil)
+        }
+    }
+
+    /// The VMM runner is this executable again (`tether-sandbox krun DIR`): krun_start_enter
+    /// takes over its process, so it cannot run in this one.
+    func startKrunRunner() throws(BootFailure) -> pid_t {
+        let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { if devNull >= 0 { close(devNull) } }
+        var launcher = NamespaceLauncher(path: executable, arguments: [executable, "krun", paths.directory.path],
+                                         environment: KrunLibrary.processEnvironment().map { "\($0.key)=\($0.value)" })
+        launcher.namespaces = []
+        launcher.newSession = false
+        launcher.parentDeathSignal = SIGKILL
+        // Our own stderr is supervisor.log: the runner's messages go there too.
+        launcher.descriptors = [(devNull, 0), (2, 1), (2, 2)]
+        do {
+            return try launcher.launch()
+        } catch {
+            throw BootFailure(stage: .krunLoad, errno: error.errno.rawValue, message: "starting the VMM runner \(executable) failed: \(error.errno)")
+        }
+    }
+
+    // MARK: endings
+
+    /// Reaps the sandbox's first process and says how it ended.
+    @discardableResult
+    func reap() -> String {
+        var status: CInt = 0
+        while waitpid(sandboxPid, &status, 0) < 0 && errno == EINTR {}
+        return Supervisor.describe(status: status, backend: config.backend)
+    }
+
+    func killAndReap() {
+        kill(sandboxPid, SIGKILL)
+        reap()
+    }
+
+    static func describe(status: CInt, backend: BackendKind) -> String {
+        if csys_wifexited(status) != 0 { return "exited with status \(csys_wexitstatus(status))" }
+        let signal = csys_wtermsig(status)
+        // reboot(2) in a PID namespace ends its init "killed" by SIGINT (power off, halt) or
+        // SIGHUP (restart): pid_namespaces(7).
+        if backend == .namespace && signal == SIGINT { return "powered off" }
+        if backend == .namespace && signal == SIGHUP { return "rebooted (treated as stopped)" }
+        return "was killed by signal \(signal)"
+    }
+
+    /// Why the sandbox did not come up, if anyone wrote it down: the launcher or krun runner
+    /// (the sandbox's `boot-error.json`), else the agent itself, which writes
+    /// `/.tether/boot-error.json` inside the guest's root (the overlay's upper layer when
+    /// ephemeral). The agent's stages are its own words (`mount /proc`, `init`, ...).
+    func bootError() -> BootFailure? {
+        if let failure = BootFailure.read(from: paths.bootError) { return failure }
+        guard var failure = BootFailure.read(from: URL(fileURLWithPath: agentBootErrorPath)) else { return nil }
+        failure.message = "the agent: " + failure.message
+        return failure
+    }
+
+    /// `/.tether/boot-error.json` as the host sees it for this sandbox (namespace backend; with
+    /// krun the root is the same directory, shared over virtio-fs).
+    var agentBootErrorPath: String {
+        let root = config.ephemeral && config.backend == .namespace
+            ? paths.overlay.appendingPathComponent("upper").path : config.rootfs
+        return root + "/.tether/boot-error.json"
+    }
+
+    /// The last lines the agent printed, for messages about an agent that died early.
+    func consoleTail(lines: Int = 5) -> String {
+        guard let text = try? String(contentsOf: paths.console, encoding: .utf8) else { return "" }
+        let tail = text.split(separator: "\n").suffix(lines)
+        return tail.isEmpty ? "" : "; its console ended with:\n  " + tail.joined(separator: "\n  ")
+    }
+
+    func failed(_ failure: BootFailure) -> Int32 {
+        failure.write(to: paths.bootError)
+        state.status = .failed
+        state.exit = failure.description
+        state.stoppedAt = Date().timeIntervalSince1970
+        cleanUp()
+        state.save(to: paths.state)
+        // Free the name before telling the CLI: once `boot` has thrown, the name is usable.
+        flock(lock.fd.raw, LOCK_UN)
+        closeReady()
+        return 1
+    }
+
+    func finished(exit how: String) -> Int32 {
+        state.status = .stopped
+        state.exit = how
+        state.stoppedAt = Date().timeIntervalSince1970
+        cleanUp()
+        state.save(to: paths.state)
+        return 0
+    }
+
+    func cleanUp() {
+        unlink(paths.agentSocket.path)
+        unlink(paths.relaySocket.path)
+        cgroup?.remove()
+        if config.ephemeral { try? FileManager.default.removeItem(at: paths.overlay) }
+    }
+
+    /// Tells the CLI that booted us that the sandbox is up (one line, then EOF).
+    func signalReady() {
+        guard readyFD >= 0 else { return }
+        _ = Handshake.sendAllFile(readyFD, Array("ready\n".utf8))
+        closeReady()
+    }
+
+    func closeReady() {
+        if readyFD >= 0 { close(readyFD) }
+        readyFD = -1
+    }
+}
+
+extension Handshake {
+    /// write(2) everything to a pipe (EPIPE: the reader went away; nothing to do about it).
+    static func sendAllFile(_ fd: CInt, _ bytes: [UInt8]) -> Bool {
+        (try? FileIO.writeAll(fd, bytes)) != nil
+    }
+}

@@ -1,0 +1,302 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import Foundation
+import TetherBoot
+import TetherPosix
+
+/// `tether boot`, `tether ls`, `tether stop` and the sandbox half of `tether run`: sandboxes under
+/// `$TETHER_HOME` (see TetherBoot's `Sandboxes`).
+enum SandboxCommands {
+    static let bootUsage = """
+        usage: tether boot --rootfs DIR --name NAME [--backend namespace|krun] [--cpus N] [--memory MiB]
+                           [--init PATH|auto] [--network host|none] [--ephemeral]
+                           [--replace [--replace-grace D]] [--handshake-timeout D]
+        Boots a sandbox from DIR and leaves it running in the background (its supervisor and relay
+        stay with it); `tether exec --sandbox NAME -- CMD` runs commands in it, `tether stop NAME`
+        ends it. D is a duration: 500ms, 10s, 2m (a plain number is seconds).
+          --backend B          namespace (default: Linux namespaces, root) or krun (libkrun microVM)
+          --cpus N, --memory M vCPUs and MiB (krun); cgroup limits where the host allows (namespace)
+          --init PATH|auto     hand PID 1 to an init (systemd, OpenRC, busybox init); the agent keeps serving
+          --network host|none  the host's network (default) or loopback only
+          --ephemeral          writes go to an overlay that is dropped at stop (namespace)
+          --replace            stop a running sandbox of that name first (TERM, grace, KILL)
+        """
+    static let lsUsage = """
+        usage: tether ls
+        Lists the sandboxes under $TETHER_HOME (default ~/.tether): name, status, backend, pid, age, rootfs.
+        """
+    static let stopUsage = """
+        usage: tether stop NAME [--grace D]
+        Asks the sandbox to shut down (its init powers off, if it has one), waits the grace (default
+        10s), then kills it.
+        """
+
+    /// The sandboxes of `$TETHER_HOME`, with `tether-sandbox` found beside this executable.
+    static func sandboxes() -> Sandboxes {
+        Sandboxes(home: TetherHome.fromEnvironment(), supervisorExecutable: sibling("tether-sandbox"))
+    }
+
+    /// A program built beside this one (`.build/debug/tether-sandbox`, ...).
+    static func sibling(_ name: String) -> String {
+        let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent(name).path
+    }
+
+    // MARK: boot
+
+    static func boot(_ arguments: [String]) -> Int32 {
+        var parser = SandboxArguments(arguments)
+        var rootfs: String?
+        var name: String?
+        var config = SandboxConfig(name: "", rootfs: "")
+        var replace = false
+        var replaceGraceMs: UInt64 = 10_000
+        do {
+            while let option = try parser.nextOption() {
+                switch option {
+                case "--rootfs": rootfs = try parser.value(for: option)
+                case "--name": name = try parser.value(for: option)
+                case "--replace": replace = true
+                case "--replace-grace": replaceGraceMs = try parser.duration(for: option)
+                case "-h", "--help":
+                    print(bootUsage)
+                    return 0
+                default:
+                    guard try applyCommon(option, &parser, &config) else { throw SandboxUsageError("unknown option \(option)") }
+                }
+            }
+            guard parser.remaining.isEmpty else { throw SandboxUsageError("unexpected argument \(parser.remaining[0])") }
+            guard let rootfs else { throw SandboxUsageError("--rootfs DIR is required") }
+            guard let name else { throw SandboxUsageError("--name NAME is required") }
+            config.rootfs = absolute(rootfs)
+            config.name = name
+        } catch {
+            return usageError(error, usage: bootUsage)
+        }
+        do {
+            let state = try sandboxes().boot(config, onConflict: replace ? .replace(graceMs: replaceGraceMs) : .fail)
+            printBooted(state)
+            return 0
+        } catch {
+            return report(error)
+        }
+    }
+
+    /// Options `boot` and `run` share. Returns false for an option it does not know.
+    static func applyCommon(_ option: String, _ parser: inout SandboxArguments, _ config: inout SandboxConfig) throws -> Bool {
+        switch option {
+        case "--backend":
+            let text = try parser.value(for: option)
+            guard let backend = BackendKind(rawValue: text) else { throw SandboxUsageError("--backend must be namespace or krun, not '\(text)'") }
+            config.backend = backend
+        case "--cpus":
+            config.cpus = try parser.integer(for: option, in: 1...255)
+        case "--memory":
+            config.memoryMiB = try parser.integer(for: option, in: 16...(1 << 22))
+        case "--init":
+            let text = try parser.value(for: option)
+            guard text == "auto" || text.hasPrefix("/") else { throw SandboxUsageError("--init takes an absolute path in the guest or 'auto'") }
+            config.initSystem = text
+        case "--network":
+            let text = try parser.value(for: option)
+            guard let network = NetworkMode(rawValue: text) else { throw SandboxUsageError("--network must be host or none, not '\(text)'") }
+            config.network = network
+        case "--ephemeral":
+            config.ephemeral = true
+        case "--handshake-timeout":
+            config.handshakeTimeoutMs = try parser.duration(for: option)
+        case "--hostname":
+            config.hostname = try parser.value(for: option)
+        default:
+            return false
+        }
+        return true
+    }
+
+    static func printBooted(_ state: SandboxState) {
+        var lines = ["sandbox \(state.name) is running (\(state.backend.rawValue), pid \(state.sandboxPid.map(String.init) ?? "?"))"]
+        if let ms = state.bootToHelloMs { lines.append("  agent said hello after \(String(format: "%.1f", ms)) ms") }
+        lines.append("  relay: unix:\(state.relaySocket)")
+        lines.append("  run commands: tether exec --sandbox \(state.name) -- CMD   stop: tether stop \(state.name)")
+        print(lines.joined(separator: "\n"))
+        for warning in state.warnings { printWarning(warning) }
+    }
+
+    // MARK: ls
+
+    static func list(_ arguments: [String]) -> Int32 {
+        if arguments.contains("-h") || arguments.contains("--help") {
+            print(lsUsage)
+            return 0
+        }
+        guard arguments.isEmpty else { return usageError(SandboxUsageError("tether ls takes no arguments"), usage: lsUsage) }
+        let entries = sandboxes().list()
+        var rows = [["NAME", "STATUS", "BACKEND", "PID", "AGE", "ROOTFS"]]
+        let now = Date().timeIntervalSince1970
+        for entry in entries {
+            let state = entry.state
+            // The lock is the truth about liveness; state.json may be from a supervisor that died.
+            let status = entry.isLive ? (state?.status.rawValue ?? "booting") : (state.map { $0.status == .running || $0.status == .stopping || $0.status == .booting ? "dead" : $0.status.rawValue } ?? "unknown")
+            let age = state.map { formatAge(now - $0.startedAt) } ?? "-"
+            rows.append([entry.name, status, state?.backend.rawValue ?? "-",
+                         entry.isLive ? (state?.sandboxPid.map(String.init) ?? "-") : "-", age, state?.rootfs ?? "-"])
+        }
+        let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        for row in rows {
+            print(row.enumerated().map { $0.offset == row.count - 1 ? $0.element : $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }
+                .joined(separator: "  "))
+        }
+        return 0
+    }
+
+    static func formatAge(_ seconds: Double) -> String {
+        let s = Int(max(0, seconds))
+        if s < 120 { return "\(s)s" }
+        if s < 7200 { return "\(s / 60)m" }
+        if s < 172_800 { return "\(s / 3600)h" }
+        return "\(s / 86400)d"
+    }
+
+    // MARK: stop
+
+    static func stop(_ arguments: [String]) -> Int32 {
+        var parser = SandboxArguments(arguments)
+        var graceMs: UInt64 = 10_000
+        do {
+            while let option = try parser.nextOption() {
+                switch option {
+                case "--grace": graceMs = try parser.duration(for: option)
+                case "-h", "--help":
+                    print(stopUsage)
+                    return 0
+                default: throw SandboxUsageError("unknown option \(option)")
+                }
+            }
+            guard parser.remaining.count == 1 else { throw SandboxUsageError("tether stop takes one sandbox name") }
+        } catch {
+            return usageError(error, usage: stopUsage)
+        }
+        let name = parser.remaining[0]
+        do {
+            switch try sandboxes().stop(name, graceMs: graceMs) {
+            case .stopped(let exit):
+                print("sandbox \(name) stopped" + (exit.map { ": \($0)" } ?? ""))
+            case .killed:
+                print("sandbox \(name) killed: it did not stop within the \(graceMs) ms grace")
+            }
+            return 0
+        } catch {
+            return report(error)
+        }
+    }
+
+    // MARK: output
+
+    static func absolute(_ path: String) -> String {
+        URL(fileURLWithPath: path, relativeTo: URL(fileURLWithPath: FileManager.default.currentDirectoryPath)).standardizedFileURL.path
+    }
+
+    /// An error block: what went wrong, then what to do (`-> ...`). Exit status 1.
+    static func report(_ error: BootError) -> Int32 {
+        var text = "error: \(error.message)\n"
+        if case .failed(let failure) = error {
+            text = "error: the sandbox did not boot (stage \(failure.stage)"
+                + (failure.errno == 0 ? "" : ", \(Errno(rawValue: failure.errno))") + ")\n  \(failure.message)\n"
+        }
+        if let hint = error.hint { text += "-> \(hint)\n" }
+        FileHandle.standardError.write(Data(text.utf8))
+        return 1
+    }
+
+    static func printWarning(_ text: String) {
+        FileHandle.standardError.write(Data("warning: \(text)\n".utf8))
+    }
+
+    static func usageError(_ error: any Error, usage: String) -> Int32 {
+        FileHandle.standardError.write(Data("error: \(error)\n\(usage)\n".utf8))
+        return 2
+    }
+}
+
+/// A command line the user got wrong (exit status 2, with the usage).
+struct SandboxUsageError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Reads `--option value`, `--option=value`, positional arguments between them, and a `--`
+/// after which everything is positional. With `stopAtPositional` (a command to run follows),
+/// the first positional argument ends the options too.
+struct SandboxArguments {
+    private var arguments: ArraySlice<String>
+    private var inlineValue: String?
+    private let stopAtPositional: Bool
+    /// The positional arguments, in order (what follows `--` included).
+    private(set) var remaining: [String] = []
+
+    init(_ arguments: [String], stopAtPositional: Bool = false) {
+        self.arguments = arguments[...]
+        self.stopAtPositional = stopAtPositional
+    }
+
+    /// The next option name, or nil at the end of the options.
+    mutating func nextOption() throws -> String? {
+        inlineValue = nil
+        while let argument = arguments.first {
+            if argument == "--" {
+                arguments.removeFirst()
+                remaining += arguments
+                arguments = []
+                return nil
+            }
+            guard argument.hasPrefix("-"), argument != "-" else {
+                if stopAtPositional {
+                    remaining += arguments
+                    arguments = []
+                    return nil
+                }
+                remaining.append(argument)
+                arguments.removeFirst()
+                continue
+            }
+            arguments.removeFirst()
+            if argument.hasPrefix("--"), let equals = argument.firstIndex(of: "=") {
+                inlineValue = String(argument[argument.index(after: equals)...])
+                return String(argument[..<equals])
+            }
+            return argument
+        }
+        return nil
+    }
+
+    mutating func value(for option: String) throws -> String {
+        if let inlineValue {
+            self.inlineValue = nil
+            return inlineValue
+        }
+        guard let value = arguments.popFirst() else { throw SandboxUsageError("\(option) needs a value") }
+        return value
+    }
+
+    mutating func integer(for option: String, in range: ClosedRange<Int>) throws -> Int {
+        let text = try value(for: option)
+        guard let number = Int(text), range.contains(number) else {
+            throw SandboxUsageError("\(option) takes a number from \(range.lowerBound) to \(range.upperBound), not '\(text)'")
+        }
+        return number
+    }
+
+    /// 500ms, 10s, 2m, 1h, or a plain number of seconds; in milliseconds.
+    mutating func duration(for option: String) throws -> UInt64 {
+        let text = try value(for: option)
+        let units: [(String, Double)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)]
+        for (suffix, scale) in units where text.hasSuffix(suffix) {
+            if let number = Double(text.dropLast(suffix.count)), number >= 0 { return UInt64(number * scale) }
+        }
+        if let seconds = Double(text), seconds >= 0 { return UInt64(seconds * 1000) }
+        throw SandboxUsageError("\(option) takes a duration such as 500ms, 10s or 2m, not '\(text)'")
+    }
+}
