@@ -52,21 +52,21 @@ static void child_main(const struct csys_sandbox_spec *spec, int go_read, int st
     close(go_read);
 
     if (spec->parent_death_signal && prctl(PR_SET_PDEATHSIG, spec->parent_death_signal) < 0)
-        child_fail(status_write, CSYS_STAGE_NAMESPACE, errno);
+        child_fail(status_write, CSYS_BOOT_STAGE_NAMESPACE, errno);
     if (spec->new_session && setsid() < 0)
-        child_fail(status_write, CSYS_STAGE_NAMESPACE, errno);
+        child_fail(status_write, CSYS_BOOT_STAGE_NAMESPACE, errno);
     if (spec->new_cgroup_ns && unshare(CLONE_NEWCGROUP) < 0)
-        child_fail(status_write, CSYS_STAGE_NAMESPACE, errno);
+        child_fail(status_write, CSYS_BOOT_STAGE_NAMESPACE, errno);
     if (spec->hostname && sethostname(spec->hostname, strlen(spec->hostname)) < 0)
-        child_fail(status_write, CSYS_STAGE_NAMESPACE, errno);
+        child_fail(status_write, CSYS_BOOT_STAGE_NAMESPACE, errno);
     if (spec->loopback_up) {
         int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
         struct ifreq ifr;
         memset(&ifr, 0, sizeof ifr);
         memcpy(ifr.ifr_name, "lo", 3);
-        if (s < 0 || ioctl(s, SIOCGIFFLAGS, &ifr) < 0) child_fail(status_write, CSYS_STAGE_NAMESPACE, errno);
+        if (s < 0 || ioctl(s, SIOCGIFFLAGS, &ifr) < 0) child_fail(status_write, CSYS_BOOT_STAGE_NAMESPACE, errno);
         ifr.ifr_flags |= IFF_UP;
-        if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) child_fail(status_write, CSYS_STAGE_NAMESPACE, errno);
+        if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) child_fail(status_write, CSYS_BOOT_STAGE_NAMESPACE, errno);
         close(s);
     }
 
@@ -74,25 +74,25 @@ static void child_main(const struct csys_sandbox_spec *spec, int go_read, int st
         const char *target = spec->mountpoint ? spec->mountpoint : spec->rootfs;
         /* Private first, so nothing below propagates back to the host's mount table. */
         if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
-            child_fail(status_write, CSYS_STAGE_MOUNT, errno);
+            child_fail(status_write, CSYS_BOOT_STAGE_MOUNT, errno);
         if (spec->overlay_options) {
             if (mount("overlay", target, "overlay", 0, spec->overlay_options) < 0)
-                child_fail(status_write, CSYS_STAGE_MOUNT, errno);
+                child_fail(status_write, CSYS_BOOT_STAGE_MOUNT, errno);
         } else {
             /* pivot_root needs the new root to be a mount point: bind it onto itself. */
             if (mount(spec->rootfs, target, NULL, MS_BIND | MS_REC, NULL) < 0)
-                child_fail(status_write, errno == ENOENT || errno == ENOTDIR ? CSYS_STAGE_ROOTFS : CSYS_STAGE_MOUNT, errno);
+                child_fail(status_write, errno == ENOENT || errno == ENOTDIR ? CSYS_BOOT_STAGE_ROOTFS : CSYS_BOOT_STAGE_MOUNT, errno);
         }
-        if (chdir(target) < 0) child_fail(status_write, CSYS_STAGE_ROOTFS, errno);
+        if (chdir(target) < 0) child_fail(status_write, CSYS_BOOT_STAGE_ROOTFS, errno);
         /* pivot_root(".", "."): the old root ends up stacked on the new one, then is detached,
          * so the rootfs needs no directory for it (pivot_root(2), NOTES). */
-        if (syscall(SYS_pivot_root, ".", ".") < 0) child_fail(status_write, CSYS_STAGE_MOUNT, errno);
-        if (umount2(".", MNT_DETACH) < 0) child_fail(status_write, CSYS_STAGE_MOUNT, errno);
-        if (chdir("/") < 0) child_fail(status_write, CSYS_STAGE_MOUNT, errno);
+        if (syscall(SYS_pivot_root, ".", ".") < 0) child_fail(status_write, CSYS_BOOT_STAGE_MOUNT, errno);
+        if (umount2(".", MNT_DETACH) < 0) child_fail(status_write, CSYS_BOOT_STAGE_MOUNT, errno);
+        if (chdir("/") < 0) child_fail(status_write, CSYS_BOOT_STAGE_MOUNT, errno);
         if (spec->mount_proc) {
-            if (mkdir("/proc", 0555) < 0 && errno != EEXIST) child_fail(status_write, CSYS_STAGE_MOUNT, errno);
+            if (mkdir("/proc", 0555) < 0 && errno != EEXIST) child_fail(status_write, CSYS_BOOT_STAGE_MOUNT, errno);
             if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
-                child_fail(status_write, CSYS_STAGE_MOUNT, errno);
+                child_fail(status_write, CSYS_BOOT_STAGE_MOUNT, errno);
         }
     }
 
@@ -103,22 +103,22 @@ static void child_main(const struct csys_sandbox_spec *spec, int go_read, int st
     for (int i = 0; i < spec->fd_map_pairs; i++)
         if (spec->fd_map[2 * i + 1] > highest) highest = spec->fd_map[2 * i + 1];
     int parked[64];
-    if (spec->fd_map_pairs > 64) child_fail(status_write, CSYS_STAGE_NAMESPACE, E2BIG);
+    if (spec->fd_map_pairs > 64) child_fail(status_write, CSYS_BOOT_STAGE_NAMESPACE, E2BIG);
     for (int i = 0; i < spec->fd_map_pairs; i++) {
         parked[i] = fcntl(spec->fd_map[2 * i], F_DUPFD_CLOEXEC, highest + 1);
-        if (parked[i] < 0) child_fail(status_write, CSYS_STAGE_NAMESPACE, errno);
+        if (parked[i] < 0) child_fail(status_write, CSYS_BOOT_STAGE_NAMESPACE, errno);
     }
     /* The status pipe must not be one of the targets. */
     if (status_write <= highest) {
         int moved = fcntl(status_write, F_DUPFD_CLOEXEC, highest + 1);
-        if (moved < 0) child_fail(status_write, CSYS_STAGE_NAMESPACE, errno);
+        if (moved < 0) child_fail(status_write, CSYS_BOOT_STAGE_NAMESPACE, errno);
         status_write = moved;
     }
     cloexec_all();
     for (int i = 0; i < spec->fd_map_pairs; i++) {
         int r;
         do { r = dup2(parked[i], spec->fd_map[2 * i + 1]); } while (r < 0 && errno == EINTR);
-        if (r < 0) child_fail(status_write, CSYS_STAGE_NAMESPACE, errno);
+        if (r < 0) child_fail(status_write, CSYS_BOOT_STAGE_NAMESPACE, errno);
     }
 
     struct sigaction dfl;
@@ -130,7 +130,7 @@ static void child_main(const struct csys_sandbox_spec *spec, int go_read, int st
     sigprocmask(SIG_SETMASK, &empty, NULL);
 
     execve(spec->path, spec->argv, spec->envp);
-    child_fail(status_write, CSYS_STAGE_EXEC, errno);
+    child_fail(status_write, CSYS_BOOT_STAGE_EXEC, errno);
 }
 
 pid_t csys_sandbox_clone(const struct csys_sandbox_spec *spec, int *go_fd, int *status_fd) {

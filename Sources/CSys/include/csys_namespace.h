@@ -25,10 +25,10 @@ enum {
 
 /* Where a step failed; matches TetherBoot's BootStage. */
 enum {
-    CSYS_STAGE_ROOTFS = 1,     /* the rootfs directory or mount point is unusable */
-    CSYS_STAGE_NAMESPACE = 2,  /* clone, unshare, sethostname, loopback, descriptors */
-    CSYS_STAGE_MOUNT = 3,      /* making mounts private, bind/overlay, pivot_root, detaching */
-    CSYS_STAGE_EXEC = 4,       /* execve of the first process (the agent) */
+    CSYS_BOOT_STAGE_ROOTFS = 1,     /* the rootfs directory or mount point is unusable */
+    CSYS_BOOT_STAGE_NAMESPACE = 2,  /* clone, unshare, sethostname, loopback, descriptors */
+    CSYS_BOOT_STAGE_MOUNT = 3,      /* making mounts private, bind/overlay, pivot_root, detaching */
+    CSYS_BOOT_STAGE_EXEC = 4,       /* execve of the first process (the agent) */
 };
 
 struct csys_boot_report {

@@ -144,9 +144,9 @@ public struct NamespaceLauncher {
 
     static func stage(_ raw: Int32) -> BootStage {
         switch raw {
-        case Int32(CSYS_STAGE_ROOTFS): .rootfs
-        case Int32(CSYS_STAGE_MOUNT): .mount
-        case Int32(CSYS_STAGE_EXEC): .agentExec
+        case Int32(CSYS_BOOT_STAGE_ROOTFS): .rootfs
+        case Int32(CSYS_BOOT_STAGE_MOUNT): .mount
+        case Int32(CSYS_BOOT_STAGE_EXEC): .agentExec
         default: .namespace
         }
     }
