@@ -70,7 +70,7 @@ func sh(_ script: String, _ configure: (inout ExecRequest) -> Void = { _ in }) -
     func coreDumpIsFlagged() throws {
         let pattern = (try? String(contentsOfFile: "/proc/sys/kernel/core_pattern", encoding: .utf8)) ?? ""
         if pattern.hasPrefix("|") { try Test.cancel("core_pattern pipes cores to a helper (\(pattern)); no core file to flag") }
-        let dir = try TempDirectory()
+        let dir = try TemporaryDirectory()
         let agent = try startAgent()
         let t = try run(agent, sh("kill -SEGV $$") {
             $0.cwd = OSString(dir.path)
@@ -97,7 +97,7 @@ func sh(_ script: String, _ configure: (inout ExecRequest) -> Void = { _ in }) -
 
     @Test(.timeLimit(.minutes(1)))
     func workingDirectoryUserAndGroups() throws {
-        let dir = try TempDirectory()
+        let dir = try TemporaryDirectory()
         let agent = try startAgent()
         let t = try run(agent, sh("pwd; id -u; id -g; id -G; echo $HOME $USER") {
             $0.cwd = OSString(dir.path)
@@ -111,7 +111,7 @@ func sh(_ script: String, _ configure: (inout ExecRequest) -> Void = { _ in }) -
 
     @Test(.timeLimit(.minutes(1)))
     func programsAreLookedUpInTheChildsPath() throws {
-        let dir = try TempDirectory()
+        let dir = try TemporaryDirectory()
         try dir.write("bin/hello-tether", "#!/bin/sh\necho found \"$@\"\n", mode: 0o755)
         try dir.write("noexec/hello-tether", "#!/bin/sh\necho wrong\n", mode: 0o644)
         let agent = try startAgent()

@@ -20,7 +20,7 @@ import TetherProtocol
 
     @Test(.timeLimit(.minutes(1)))
     func notFoundPermissionDeniedNotExecutable() throws {
-        let dir = try TempDirectory()
+        let dir = try TemporaryDirectory()
         let plain = try dir.write("plain", "#!/bin/sh\necho no\n", mode: 0o644)
         let garbage = try dir.write("garbage", "\u{7F}not an executable format\n", mode: 0o755)
         let agent = try startAgent()
@@ -131,7 +131,7 @@ import TetherProtocol
 
     @Test(.timeLimit(.minutes(1)))
     func otherForErrorsWithoutAKindOfTheirOwn() throws {
-        let dir = try TempDirectory()
+        let dir = try TemporaryDirectory()
         _ = symlink(dir.path + "/b", dir.path + "/a")
         _ = symlink(dir.path + "/a", dir.path + "/b")
         let agent = try startAgent()

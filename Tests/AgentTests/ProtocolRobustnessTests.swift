@@ -79,7 +79,7 @@ import TetherProtocol
 
     @Test(.timeLimit(.minutes(1)))
     func framingErrorsCloseThatConnectionOnlyAndTheNextOneWorks() throws {
-        let dir = try TempDirectory()
+        let dir = try TemporaryDirectory()
         let socket = dir.path + "/agent.sock"
         let agent = try AgentProcess(arguments: ["--listen", "unix:" + socket])
         func connect() throws -> FrameClient {
@@ -120,7 +120,7 @@ import TetherProtocol
 
     @Test(.timeLimit(.minutes(1)))
     func randomBytesNeverKillTheAgent() throws {
-        let dir = try TempDirectory()
+        let dir = try TemporaryDirectory()
         let socket = dir.path + "/agent.sock"
         let agent = try AgentProcess(arguments: ["--listen", "unix:" + socket])
         #expect(eventually { FileManager.default.fileExists(atPath: socket) })

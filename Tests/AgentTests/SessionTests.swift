@@ -12,12 +12,12 @@ import TetherProtocol
 @Suite struct SessionTests {
     /// An agent listening on a unix socket, so the test can drop and reopen connections.
     final class ListeningAgent {
-        let dir: TempDirectory
+        let dir: TemporaryDirectory
         let socket: String
         let process: AgentProcess
 
         init() throws {
-            dir = try TempDirectory()
+            dir = try TemporaryDirectory()
             socket = dir.path + "/agent.sock"
             process = try AgentProcess(arguments: ["--listen", "unix:" + socket])
         }

@@ -46,7 +46,7 @@ import TetherProtocol
             state = state &* 1_103_515_245 &+ 12345
             data[i] = UInt8(truncatingIfNeeded: state >> 16)
         }
-        let dir = try TempDirectory()
+        let dir = try TemporaryDirectory()
         let file = dir.path + "/input"
         try Data(data).write(to: URL(fileURLWithPath: file))
         let expected = try runCommand(["/usr/bin/sha256sum", file]).output.split(separator: " ").first.map(String.init)

@@ -7,14 +7,14 @@ import Foundation
 /// The agent is the static build from TETHER_AGENT_STATIC (scripts/test.sh builds it) or,
 /// without it, the debug build with the shared libraries `ldd` names copied to the same paths.
 public final class GuestRoot {
-    public let directory: TempDirectory
+    public let directory: TemporaryDirectory
     public var path: String { directory.path }
 
     public init() throws {
         guard FileManager.default.isExecutableFile(atPath: "/bin/busybox") else {
             throw ClientError("/bin/busybox is missing (apt-get install busybox-static)")
         }
-        directory = try TempDirectory("tether-root")
+        directory = try TemporaryDirectory("tether-root")
         let fm = FileManager.default
         for dir in ["bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "run", "root", "home/sandbox", ".tether", "usr/bin"] {
             try fm.createDirectory(atPath: path + "/" + dir, withIntermediateDirectories: true)

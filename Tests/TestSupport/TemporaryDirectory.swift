@@ -24,4 +24,14 @@ public final class TemporaryDirectory: @unchecked Sendable {
 
     /// `path/name`.
     public func file(_ name: String) -> String { path + "/" + name }
+
+    /// Writes a file (with `mode`, parent directories made) and returns its path.
+    @discardableResult
+    public func write(_ name: String, _ contents: String, mode: Int = 0o644) throws -> String {
+        let file = file(name)
+        try FileManager.default.createDirectory(atPath: (file as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try Data(contents.utf8).write(to: URL(fileURLWithPath: file))
+        try FileManager.default.setAttributes([.posixPermissions: mode], ofItemAtPath: file)
+        return file
+    }
 }

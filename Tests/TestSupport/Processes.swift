@@ -1,28 +1,5 @@
 import Foundation
 
-/// A fresh directory under the system's temporary directory, removed on deinit.
-public final class TempDirectory {
-    public let path: String
-
-    public init(_ prefix: String = "tether-test") throws {
-        let base = FileManager.default.temporaryDirectory.path
-        path = base + "/" + prefix + "-" + UUID().uuidString.prefix(8).lowercased()
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    }
-
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-
-    /// Writes a file (with `mode`) and returns its path.
-    @discardableResult
-    public func write(_ name: String, _ contents: String, mode: Int = 0o644) throws -> String {
-        let file = path + "/" + name
-        try FileManager.default.createDirectory(atPath: (file as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        try Data(contents.utf8).write(to: URL(fileURLWithPath: file))
-        try FileManager.default.setAttributes([.posixPermissions: mode], ofItemAtPath: file)
-        return file
-    }
-}
-
 /// Polls `condition` until it holds or `seconds` pass (for conditions the system reaches on
 /// its own, such as a process disappearing; never for measuring time).
 public func eventually(within seconds: Double = 20, _ condition: () -> Bool) -> Bool {
