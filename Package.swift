@@ -38,7 +38,7 @@ let package = Package(
                           path: "Sources/GuestAgent/Main"),
 
         // The host side: relay daemon, client library, sandbox boot backends, CLI.
-        .target(name: "TetherRelay", dependencies: ["TetherProtocol", "TetherPosix", "CSys"],
+        .target(name: "TetherRelay", dependencies: ["TetherProtocol", "TetherPosix", "TetherSeccomp", "CSys"],
                 path: "Sources/HostRelay/Relay"),
         .target(name: "TetherClient", dependencies: ["TetherProtocol", "TetherPosix", "CSys"],
                 path: "Sources/HostRelay/Client"),

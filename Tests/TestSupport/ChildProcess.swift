@@ -82,12 +82,13 @@ public final class ChildProcess: @unchecked Sendable {
         return String(decoding: stderrBytes, as: UTF8.self)
     }
 
-    /// Waits until stdout contains `text` (or the deadline passes); true if it does.
-    public func waitForOutput(_ text: String, timeout: TimeInterval = 30) -> Bool {
+    /// Waits until stdout (or, with `onStandardError`, stderr) contains `text` (or the
+    /// deadline passes); true if it does.
+    public func waitForOutput(_ text: String, onStandardError: Bool = false, timeout: TimeInterval = 30) -> Bool {
         let deadline = Date(timeIntervalSinceNow: timeout)
         collected.lock()
         defer { collected.unlock() }
-        while !String(decoding: stdoutBytes, as: UTF8.self).contains(text) {
+        while !String(decoding: onStandardError ? stderrBytes : stdoutBytes, as: UTF8.self).contains(text) {
             if !collected.wait(until: deadline) { return false }
         }
         return true

@@ -31,6 +31,8 @@ enum RelayCommand: Command {
               --log-files N         files kept, the live one included (default 3)
               --no-log              write no exec.log
               --name NAME           the relay's name in its hello (default tether-relay)
+              --no-seccomp          do not confine the relay with its seccomp allow-list
+                                    (SECCOMP.md); for debugging only
           -h, --help                this text
 
         """
@@ -40,7 +42,7 @@ enum RelayCommand: Command {
         OptionSpec("--ping-interval", value: true), OptionSpec("--unresponsive-after", value: true),
         OptionSpec("--replay-bytes", value: true), OptionSpec("--log-dir", value: true),
         OptionSpec("--log-max-bytes", value: true), OptionSpec("--log-files", value: true), OptionSpec("--no-log"),
-        OptionSpec("--name", value: true),
+        OptionSpec("--name", value: true), OptionSpec("--no-seccomp"),
     ]
 
     static func run(_ arguments: ArraySlice<String>) -> Int32 {
@@ -81,6 +83,11 @@ enum RelayCommand: Command {
         }
         if let text = parsed.value("replay-bytes") { configuration.replayBytes = try parseByteCount(text, option: "--replay-bytes", command: name) }
         if let text = parsed.value("name") { configuration.name = text }
+        if parsed.has("no-seccomp") {
+            writeStandardError("tether relay: warning: --no-seccomp: the relay parses bytes from the guest without its seccomp confinement\n")
+        } else {
+            configuration.afterSetup = { try RelayConfinement.apply() }
+        }
         guard configuration.pingInterval > .zero, configuration.unresponsiveAfter > .zero else {
             throw UsageError(message: "--ping-interval and --unresponsive-after must be above zero", command: name)
         }
