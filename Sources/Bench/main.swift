@@ -8,6 +8,7 @@
 import Glibc
 #endif
 import Foundation
+import TetherClient
 
 var quick = false
 for argument in CommandLine.arguments.dropFirst() {
@@ -25,8 +26,16 @@ signal(SIGPIPE, SIG_IGN)
 
 let spawnCount = quick ? 200 : 2000
 let streamBytes = quick ? 64 << 20 : 1 << 30
+let stdinBytes = quick ? 32 << 20 : 256 << 20
+let (clientCount, sessionsPerClient) = quick ? (10, 10) : (50, 20)
+let bootCount = quick ? 5 : 20
 let report = Report()
 do {
+    report.section("machine")
+    report.value("cpus", String(ProcessInfo.processInfo.activeProcessorCount))
+    report.value("memory", formatted(Double(ProcessInfo.processInfo.physicalMemory) / Double(1 << 30), decimals: 1) + " GiB")
+    report.value("kernel", ProcessInfo.processInfo.operatingSystemVersionString)
+
     report.section("baselines")
     let spawn = try Baselines.spawnTrue(count: spawnCount)
     report.value("posix_spawn+waitpid /bin/true median", microseconds(spawn.median))
@@ -37,6 +46,59 @@ do {
     let socketNs = try Baselines.socketThroughput(bytes: streamBytes)
     let socketMBps = megabytesPerSecond(bytes: streamBytes, ns: socketNs)
     report.value("AF_UNIX socketpair ceiling", formatted(socketMBps, decimals: 0) + " MB/s")
+
+    report.section("tether")
+    let binaries = try Binaries.locate()
+    report.value("agent", binaries.agent + (binaries.agentIsStatic ? "" : " (not the static build: run scripts/build-agent.sh for shipping figures)"))
+    var agentStat = stat()
+    _ = stat(binaries.agent, &agentStat)
+    report.value("agent binary size", mebibytes(kib: Int(agentStat.st_size) / 1024))
+    let fixture = try Fixture(binaries: binaries)
+    let viaRelay = try await TetherClient.connect(to: fixture.relaySocket, name: "tether-bench")
+    let direct = try await TetherClient.connect(to: fixture.agentSocket, name: "tether-bench")
+    let exec = try await TetherMeasurements.execRoundTrip(viaRelay, count: spawnCount)
+    report.value("exec /bin/true via relay median", microseconds(exec.median))
+    report.value("exec /bin/true via relay p99", microseconds(exec.p99))
+    let execDirect = try await TetherMeasurements.execRoundTrip(direct, count: spawnCount)
+    report.value("exec /bin/true direct to agent median", microseconds(execDirect.median))
+    report.value("exec /bin/true direct to agent p99", microseconds(execDirect.p99))
+    direct.close()
+    let idle = try ResidentSet(pid: fixture.agent.processIdentifier)
+    report.value("agent RSS idle", mebibytes(kib: idle.currentKiB))
+    let stdoutNs = try await TetherMeasurements.stdoutThroughput(viaRelay, bytes: streamBytes)
+    let stdoutMBps = megabytesPerSecond(bytes: streamBytes, ns: stdoutNs)
+    report.value("stdout \(streamBytes >> 20) MiB end to end", formatted(stdoutMBps, decimals: 0) + " MB/s")
+    let streaming = try ResidentSet(pid: fixture.agent.processIdentifier)
+    report.value("agent RSS peak (VmHWM) after streaming", mebibytes(kib: streaming.peakKiB))
+    let stdinNs = try await TetherMeasurements.stdinThroughput(viaRelay, bytes: stdinBytes)
+    let stdinMBps = megabytesPerSecond(bytes: stdinBytes, ns: stdinNs)
+    report.value("stdin \(stdinBytes >> 20) MiB end to end (sha256 checked)", formatted(stdinMBps, decimals: 0) + " MB/s")
+    viaRelay.close()
+    let many = try await TetherMeasurements.concurrentSessions(socket: fixture.relaySocket, clients: clientCount, perClient: sessionsPerClient)
+    report.value("\(clientCount * sessionsPerClient) concurrent sessions from \(clientCount) clients", formatted(Double(many.ns) / 1e6, decimals: 0) + " ms")
+    report.value("bytes lost of \(many.total)", String(many.lost))
+    let afterLoad = try ResidentSet(pid: fixture.agent.processIdentifier)
+    report.value("agent RSS after the concurrent sessions", mebibytes(kib: afterLoad.currentKiB))
+
+    var bootMedian: UInt64?
+    do {
+        let rootfs = try BootTiming.bundledRootfs(agent: binaries.agent)
+        let boots = try BootTiming.namespaceBootToHello(rootfs: rootfs, count: bootCount)
+        bootMedian = boots.median
+        report.value("namespace boot to hello median (\(bootCount) boots)", microseconds(boots.median))
+        report.value("namespace boot to hello p99", microseconds(boots.p99))
+    } catch {
+        report.value("namespace boot to hello", "not measured: \(error)")
+    }
+
+    report.section("ratios")
+    report.value("exec round trip via relay / posix_spawn", formatted(Double(exec.median) / Double(spawn.median), decimals: 2) + "x (target <= 1.15x)")
+    report.value("exec round trip direct / posix_spawn", formatted(Double(execDirect.median) / Double(spawn.median), decimals: 2) + "x")
+    report.value("stdout / pipe ceiling", formatted(100 * stdoutMBps / pipeMBps, decimals: 0) + "% (target >= 60% and >= 1000 MB/s)")
+    report.value("stdin / socket ceiling", formatted(100 * stdinMBps / socketMBps, decimals: 0) + "%")
+    report.value("agent peak RSS", mebibytes(kib: streaming.peakKiB) + " (target <= 8 MiB)")
+    report.value("agent binary", mebibytes(kib: Int(agentStat.st_size) / 1024) + " (target <= 8 MiB)")
+    if let bootMedian { report.value("namespace boot to hello", microseconds(bootMedian) + " (target <= 50 ms)") }
 } catch {
     report.failure("\(error)")
     exit(1)

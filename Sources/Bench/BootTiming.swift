@@ -1,0 +1,69 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CSys
+import Foundation
+import TetherBoot
+import TetherPosix
+
+/// Boot to hello with the namespace backend: from the clone(2) of the sandbox's PID 1 (new
+/// PID, mount, UTS, IPC namespaces, pivot_root into the bundled rootfs, the static agent as
+/// PID 1 doing its mounts and /dev) to the agent's hello read on the host side.
+enum BootTiming {
+    static func namespaceBootToHello(rootfs: String, count: Int) throws -> Timings {
+        guard geteuid() == 0 else { throw BenchError.missing("root (the namespace backend needs namespaces and mounts)") }
+        var template = Array("/tmp/tether-bench-home-XXXXXX".utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw BenchError.failed("mkdtemp: \(Errno.current)")
+        }
+        let home = TetherHome(root: URL(fileURLWithPath: String(cString: made)))
+        defer { try? FileManager.default.removeItem(at: home.root) }
+        var timings = Timings(reserving: count)
+        for index in 0..<count {
+            let name = "bench-\(getpid())-\(index)"
+            let paths = home.sandbox(name)
+            try FileManager.default.createDirectory(at: paths.directory, withIntermediateDirectories: true)
+            var warnings: [String] = []
+            let config = SandboxConfig(name: name, rootfs: rootfs)
+            let start = Clock.monotonicNs()
+            let (pid, cgroup) = try NamespaceBackend.start(config, paths: paths, warnings: &warnings)
+            let pidfd = csys_pidfd_open(pid, 0)
+            defer {
+                kill(pid, SIGKILL)
+                var status: CInt = 0
+                _ = waitpid(pid, &status, 0)
+                if pidfd >= 0 { close(pidfd) }
+                cgroup?.remove()
+            }
+            guard pidfd >= 0 else { throw BenchError.failed("pidfd_open: \(Errno.current)") }
+            let outcome = Handshake.waitForAgent(socketPath: paths.agentSocket.path, pidfd: pidfd,
+                                                 deadlineNs: start + 30_000_000_000)
+            guard case .hello = outcome else {
+                let console = (try? String(contentsOf: paths.console, encoding: .utf8)) ?? ""
+                throw BenchError.failed("boot \(index): \(outcome)\n\(console)")
+            }
+            timings.add(Clock.monotonicNs() - start)
+        }
+        return timings
+    }
+
+    /// The bundled rootfs (rootfs/build.sh, cached after the first build) with `agent` in it.
+    static func bundledRootfs(agent: String) throws -> String {
+        let script = FileManager.default.currentDirectoryPath + "/rootfs/build.sh"
+        guard FileManager.default.isExecutableFile(atPath: script) else {
+            throw BenchError.missing("\(script): run tether-bench from the repository's root")
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: script)
+        process.arguments = ["--agent", agent]
+        let output = Foundation.Pipe()
+        process.standardOutput = output
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        guard process.terminationStatus == 0, let path = text.split(separator: "\n").last.map(String.init) else {
+            throw BenchError.failed("rootfs/build.sh failed (status \(process.terminationStatus))")
+        }
+        return path
+    }
+}

@@ -1,0 +1,110 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import TetherPosix
+
+/// The processes a Tether measurement runs against, as users run them: the stripped static
+/// agent (what a VM image embeds) listening on a unix socket, and a `tether relay` process in
+/// front of it. Both are killed when the fixture goes away.
+final class Fixture {
+    let directory: String
+    let agent: Process
+    let relay: Process
+    let agentBinary: String
+    var agentSocket: String { "unix:" + directory + "/agent.sock" }
+    var relaySocket: String { "unix:" + directory + "/relay.sock" }
+
+    init(binaries: Binaries) throws {
+        var template = Array("/tmp/tether-bench-XXXXXX".utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw BenchError.failed("mkdtemp: \(Errno.current)")
+        }
+        directory = String(cString: made)
+        agentBinary = binaries.agent
+        agent = try Self.start(binaries.agent, ["--listen", "unix:\(directory)/agent.sock"], log: directory + "/agent.log")
+        try Self.waitFor(socket: directory + "/agent.sock", process: agent, what: "the agent")
+        // No exec.log: the figures are for exec and streaming, not for the log writer's disk.
+        relay = try Self.start(binaries.tether, ["relay", "--agent", "unix:\(directory)/agent.sock",
+                                                 "--listen", "unix:\(directory)/relay.sock", "--no-log"],
+                               log: directory + "/relay.log")
+        try Self.waitFor(socket: directory + "/relay.sock", process: relay, what: "the relay")
+    }
+
+    deinit {
+        for process in [relay, agent] where process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    private static func start(_ executable: String, _ arguments: [String], log: String) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        process.standardOutput = handle
+        process.standardError = handle
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
+    private static func waitFor(socket path: String, process: Process, what: String) throws {
+        for _ in 0..<1000 {
+            if FileManager.default.fileExists(atPath: path) { return }
+            guard process.isRunning else { throw BenchError.failed("\(what) exited before listening (see its log)") }
+            usleep(10_000)
+        }
+        throw BenchError.failed("\(what) did not listen on \(path) within 10 s")
+    }
+}
+
+/// Where the programs under test are.
+struct Binaries {
+    /// The agent: $TETHER_AGENT_STATIC, else ./.build-static/tether-agent (scripts/build-agent.sh),
+    /// else the tether-agent next to this benchmark (not stripped, not static: said so).
+    let agent: String
+    let agentIsStatic: Bool
+    /// The `tether` CLI next to this benchmark (for `tether relay`).
+    let tether: String
+
+    static func locate() throws -> Binaries {
+        let here = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
+        let fm = FileManager.default
+        let tether = here + "/tether"
+        guard fm.isExecutableFile(atPath: tether) else {
+            throw BenchError.missing("\(tether): build every product first (swift build -c release)")
+        }
+        let candidates = [ProcessInfo.processInfo.environment["TETHER_AGENT_STATIC"], fm.currentDirectoryPath + "/.build-static/tether-agent"]
+        if let agent = candidates.compactMap({ $0 }).first(where: { fm.isExecutableFile(atPath: $0) }) {
+            return Binaries(agent: agent, agentIsStatic: true, tether: tether)
+        }
+        guard fm.isExecutableFile(atPath: here + "/tether-agent") else {
+            throw BenchError.missing("no agent: run scripts/build-agent.sh (or swift build -c release)")
+        }
+        return Binaries(agent: here + "/tether-agent", agentIsStatic: false, tether: tether)
+    }
+}
+
+/// A process's resident set, now and at its peak (`VmRSS`, `VmHWM` of /proc/PID/status), in KiB.
+struct ResidentSet {
+    let currentKiB: Int
+    let peakKiB: Int
+
+    init(pid: pid_t) throws {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else {
+            throw BenchError.failed("cannot read /proc/\(pid)/status")
+        }
+        func field(_ name: String) -> Int {
+            guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix(name + ":") }) else { return 0 }
+            return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0
+        }
+        currentKiB = field("VmRSS")
+        peakKiB = field("VmHWM")
+    }
+}
+
+func mebibytes(kib: Int) -> String { formatted(Double(kib) / 1024, decimals: 1) + " MiB" }

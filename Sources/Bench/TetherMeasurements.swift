@@ -1,0 +1,133 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import TetherClient
+import TetherPosix
+
+/// Tether end to end: TetherClient -> `tether relay` -> agent, the path users take, and the
+/// client straight to the agent (what the relay costs).
+enum TetherMeasurements {
+    /// `exec` of /bin/true and its result, `count` times after a warm-up.
+    static func execRoundTrip(_ client: TetherClient, count: Int) async throws -> Timings {
+        for _ in 0..<min(100, count) { _ = try await client.exec(["/bin/true"]) }
+        var timings = Timings(reserving: count)
+        for _ in 0..<count {
+            let start = Clock.monotonicNs()
+            let output = try await client.exec(["/bin/true"])
+            timings.add(Clock.monotonicNs() - start)
+            guard output.success else { throw BenchError.failed("/bin/true exited \(output.status)") }
+        }
+        return timings
+    }
+
+    /// `head -c BYTES /dev/zero` in the sandbox, its stdout counted by the client as it arrives
+    /// (acknowledged as it is consumed, so the 256 KiB window is end to end). Elapsed ns from
+    /// the request to the exit status.
+    static func stdoutThroughput(_ client: TetherClient, bytes: Int) async throws -> UInt64 {
+        let start = Clock.monotonicNs()
+        let handle = try await client.execStream(["head", "-c", String(bytes), "/dev/zero"])
+        var received = 0
+        var exited: ExitStatus?
+        for try await event in handle.events {
+            switch event {
+            case .stdout(let chunk): received += chunk.count
+            case .exited(let status): exited = status
+            default: break
+            }
+        }
+        let elapsed = Clock.monotonicNs() - start
+        guard received == bytes else { throw BenchError.shortRead(expected: bytes, got: received) }
+        guard exited?.success == true else { throw BenchError.failed("head exited \(String(describing: exited))") }
+        return elapsed
+    }
+
+    /// `bytes` of pseudo-random data written to `sha256sum`'s stdin in the sandbox; the digest
+    /// it prints must equal the local one. Elapsed ns from the request to the exit status.
+    static func stdinThroughput(_ client: TetherClient, bytes: Int, chunk: Int = 256 << 10) async throws -> UInt64 {
+        let data = pseudoRandomBytes(count: bytes)
+        let expected = try localSHA256(data)
+        var options = ExecOptions()
+        options.stdin = true
+        let start = Clock.monotonicNs()
+        let handle = try await client.execStream(["sha256sum"], options)
+        guard let stdin = handle.takeStdin() else { throw BenchError.failed("no stdin sink") }
+        let collector = Task { try await handle.collect() }
+        var offset = 0
+        while offset < data.count {
+            let end = min(offset + chunk, data.count)
+            try await stdin.write(Array(data[offset..<end]))
+            offset = end
+        }
+        try stdin.close()
+        let output = try await collector.value
+        let elapsed = Clock.monotonicNs() - start
+        let digest = output.stdoutText.split(separator: " ").first.map(String.init) ?? ""
+        guard digest == expected else {
+            throw BenchError.failed("sha256 in the sandbox \(digest) != local \(expected): stdin bytes were lost or reordered")
+        }
+        return elapsed
+    }
+
+    /// `clients` connections, each running `perClient` sessions at once that print a known text
+    /// (`seq 1 LINES`); every byte is compared. Returns the wall time and the bytes missing or
+    /// wrong across all sessions.
+    static func concurrentSessions(socket: String, clients: Int, perClient: Int, lines: Int = 2000) async throws -> (ns: UInt64, lost: Int, total: Int) {
+        let expected = Array((1...lines).map { "\($0)\n" }.joined().utf8)
+        let start = Clock.monotonicNs()
+        let lost = try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<clients {
+                group.addTask {
+                    let client = try await TetherClient.connect(to: socket, name: "tether-bench")
+                    defer { client.close() }
+                    return try await withThrowingTaskGroup(of: Int.self) { sessions in
+                        for _ in 0..<perClient {
+                            sessions.addTask {
+                                let output = try await client.exec(["seq", "1", String(lines)])
+                                return output.stdout == expected && output.success ? 0 : max(expected.count - output.stdout.count, 1)
+                            }
+                        }
+                        return try await sessions.reduce(0, +)
+                    }
+                }
+            }
+            return try await group.reduce(0, +)
+        }
+        return (Clock.monotonicNs() - start, lost, clients * perClient * expected.count)
+    }
+
+    /// xorshift64*: fast, deterministic, and no repeating block a reordering could hide behind.
+    static func pseudoRandomBytes(count: Int) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        bytes.withUnsafeMutableBytes { raw in
+            let words = raw.count / 8
+            let wordPointer = raw.baseAddress!.assumingMemoryBound(to: UInt64.self)
+            for i in 0..<words {
+                state ^= state >> 12; state ^= state << 25; state ^= state >> 27
+                wordPointer[i] = state &* 0x2545_F491_4F6C_DD1D
+            }
+            for i in (words * 8)..<raw.count { raw[i] = UInt8(truncatingIfNeeded: i) }
+        }
+        return bytes
+    }
+
+    /// The digest from this machine's own sha256sum (coreutils), computed before the timing.
+    static func localSHA256(_ data: [UInt8]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/sha256sum")
+        let input = Foundation.Pipe()
+        let output = Foundation.Pipe()
+        process.standardInput = input
+        process.standardOutput = output
+        try process.run()
+        let writer = Thread {
+            data.withUnsafeBytes { input.fileHandleForWriting.write(Data($0)) }
+            try? input.fileHandleForWriting.close()
+        }
+        writer.start()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return text.split(separator: " ").first.map(String.init) ?? ""
+    }
+}
