@@ -43,7 +43,7 @@ enum AttachCommand: Command {
                 if handle.droppedBytes > 0 {
                     writeStandardError("tether: \(handle.droppedBytes) bytes of session \(session)'s output were lost before the replay (the relay's replay buffer was full)\n")
                 }
-                if handle.isTerminal { return try await InteractiveSession.run(handle, detachKeys: keys) }
+                if handle.isTerminal { return try await InteractiveSession.run(handle, detachKeys: keys, endInputOnEOF: false) }
                 guard let status = try await streamSession(handle) else { return 125 }
                 return status.shellStatus
             }

@@ -17,7 +17,10 @@ import TetherProtocol
 /// CLI (then `SignalWatcher` restores it before the CLI dies of the signal, and the relay
 /// kills the session when the connection goes).
 enum InteractiveSession {
-    static func run(_ handle: ExecHandle, detachKeys: DetachKeys) async throws(TetherError) -> Int32 {
+    /// `endInputOnEOF`: EOF on local stdin is EOF for the program (the pty's EOF character).
+    /// `attach` passes false: re-attaching from a script with no input must not end a shell
+    /// someone else started.
+    static func run(_ handle: ExecHandle, detachKeys: DetachKeys, endInputOnEOF: Bool = true) async throws(TetherError) -> Int32 {
         let raw = Terminal.isTerminal(0) && Terminal.enterRawMode(0)
         defer { Terminal.restore() }
         if raw {
@@ -40,7 +43,7 @@ enum InteractiveSession {
 
         let detach = DetachRequest()
         if let writer = handle.takeStdin() {
-            TerminalInput.start(writer, keys: detachKeys) { detach.request(handle) }
+            TerminalInput.start(writer, keys: detachKeys, endInputOnEOF: endInputOnEOF) { detach.request(handle) }
         }
         let pump = OutputPump()
         var status: ExitStatus?
@@ -92,7 +95,7 @@ final class DetachRequest: Sendable {
 /// Copies local stdin to the session on a dedicated thread (read(2) blocks), watching for the
 /// detach keys; EOF on stdin is EOF for the session (the agent types the pty's EOF character).
 enum TerminalInput {
-    static func start(_ writer: StdinWriter, keys: DetachKeys, onDetach: @escaping @Sendable () -> Void) {
+    static func start(_ writer: StdinWriter, keys: DetachKeys, endInputOnEOF: Bool, onDetach: @escaping @Sendable () -> Void) {
         let thread = Thread {
             var matcher = DetachMatcher(keys)
             var buffer = [UInt8](repeating: 0, count: 16 << 10)
@@ -115,7 +118,7 @@ enum TerminalInput {
                     return
                 }
             }
-            try? writer.close()
+            if endInputOnEOF { try? writer.close() }
         }
         thread.name = "tether-stdin"
         thread.start()

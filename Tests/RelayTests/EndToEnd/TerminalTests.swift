@@ -63,6 +63,15 @@ final class TmuxTerminal {
         try tmux(["resize-window", "-t", "t", "-x", String(width), "-y", String(height)])
     }
 
+    /// Waits until the CLI (every child of the local shell) is gone. Keys typed before that
+    /// would be read by the CLI's stdin thread and sent to a session that has ended.
+    func waitForLocalShell() throws {
+        let shell = try shellPID()
+        guard eventually(within: 20, { childProcesses(of: shell).isEmpty }) else {
+            throw ClientError("tether is still running in the pane:\n\(screen())")
+        }
+    }
+
     /// The pid of the local shell in the pane.
     func shellPID() throws -> Int32 {
         guard let pid = Int32(try tmux(["display-message", "-p", "-t", "t", "#{pane_pid}"]).trimmingCharacters(in: .whitespacesAndNewlines)) else {
@@ -117,7 +126,7 @@ struct TerminalTests {
         #expect(term.screen().contains("\n40 120\n"), "\(term.screen())")
 
         try term.type("exit 3")
-        #expect(term.waitForScreen("local$ "), "\(term.screen())")
+        try term.waitForLocalShell()
         #expect(try term.local("echo status=$st").contains("status=3"), "\(term.screen())")
         #expect(try term.localTerminalFlags() == TmuxTerminal.sane)
         #expect(eventually { live.sessionProcesses().isEmpty })
@@ -136,6 +145,7 @@ struct TerminalTests {
         // The remote shell (and the CLI) are still there.
         #expect(try term.remote("echo still-$((1+1))"), "\(term.screen())")
         try term.type("exit")
+        try term.waitForLocalShell()
         #expect(try term.local("echo status=$st").contains("status=0"))
     }
 
@@ -146,6 +156,7 @@ struct TerminalTests {
         #expect(try term.remote("KEPT=kept-value"), "\(term.screen())")
         try term.key("C-]")
         #expect(term.waitForScreen("tether: detached from session"), "\(term.screen())")
+        try term.waitForLocalShell()
         let line = try #require(term.screen().split(separator: "\n").first { $0.contains("detached from session") })
         let number = try #require(line.split(separator: " ").drop { $0 != "session" }.dropFirst().first.flatMap { UInt32($0.dropLast()) },
                                   "\(line)")
@@ -158,7 +169,7 @@ struct TerminalTests {
         #expect(try term.remote("echo $KEPT-$((1+1))"), "\(term.screen())")
         #expect(term.screen().contains("kept-value-2"), "\(term.screen())")
         try term.type("exit 4")
-        #expect(term.waitForScreen("local$ "))
+        try term.waitForLocalShell()
         #expect(try term.local("echo status=$st").contains("status=4"), "\(term.screen())")
         #expect(try term.localTerminalFlags() == TmuxTerminal.sane)
     }
@@ -176,6 +187,7 @@ struct TerminalTests {
         try term.key("C-p")
         try term.key("C-q")
         #expect(term.waitForScreen("tether: detached from session"), "\(term.screen())")
+        try term.waitForLocalShell()
         #expect(try term.localTerminalFlags() == TmuxTerminal.sane)
     }
 
@@ -188,6 +200,7 @@ struct TerminalTests {
         let shell = try term.shellPID()
         let cli = try #require(childProcesses(of: shell).first?.pid)
         kill(cli, signal)
+        try term.waitForLocalShell()
         #expect(try term.local("echo status=$st").contains("status=\(128 + signal)"), "\(term.screen())")
         #expect(try term.localTerminalFlags() == TmuxTerminal.sane)
         #expect(eventually { live.sessionProcesses().isEmpty }, "the remote shell goes with the CLI")
@@ -202,6 +215,7 @@ struct TerminalTests {
         live.agent.signal(SIGKILL)
         for pid in left { kill(pid, SIGKILL) }
         #expect(term.waitForScreen("-> "), "an error block: \(term.screen())")
+        try term.waitForLocalShell()
         #expect(try term.local("echo status=$st").contains("status=125"), "\(term.screen())")
         #expect(try term.localTerminalFlags() == TmuxTerminal.sane)
     }
