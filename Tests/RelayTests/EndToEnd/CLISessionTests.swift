@@ -108,3 +108,26 @@ import TestSupport
         #expect(cli.stderr.contains("-> "), "\(cli.stderr)")
     }
 }
+
+/// A frozen agent (SIGSTOP: its socket stays open, nothing answers) through the CLI.
+@Suite(.serialized, .timeLimit(.minutes(2))) struct UnresponsiveAgentTests {
+    @Test func aFrozenAgentIsReportedAsUnresponsiveUntilItAnswersAgain() throws {
+        let live = try LiveRelay(relayArguments: ["--ping-interval", "100ms", "--unresponsive-after", "600ms"])
+        #expect(try live.cli(["ping"]).status == 0)
+        kill(live.agent.pid, SIGSTOP)
+        defer { kill(live.agent.pid, SIGCONT) }
+        // A ping in flight when the silence passes the limit fails then (the relay tells every
+        // client on the control channel).
+        let ping = try live.cli(["ping"], timeout: 20)
+        #expect(ping.status == 1, "\(ping)")
+        #expect(ping.stderr.contains("no frame from the agent"), "\(ping)")
+        #expect(ping.stderr.hasPrefix("tether: ping: "), "\(ping)")
+        // New requests are refused at once while it stays silent.
+        let last = try live.cli(["exec", "--connect-timeout", "0s", "--", "true"], timeout: 20)
+        #expect(last.stderr.contains("agentUnresponsive") || last.stderr.contains("not answered"), "\(last)")
+        #expect(last.status == 125, "\(last)")
+        #expect(last.stderr.hasPrefix("tether: exec: "), "\(last)")
+        kill(live.agent.pid, SIGCONT)
+        #expect(eventually(within: 20) { (try? live.cli(["exec", "--", "echo", "back"]))?.stdout == "back\n" })
+    }
+}
