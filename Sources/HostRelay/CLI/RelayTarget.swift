@@ -23,6 +23,12 @@ enum RelayTarget {
     static func clientOptions(_ arguments: ParsedArguments, command: String) throws -> ClientOptions {
         var options = ClientOptions(socket: try resolve(arguments, command: command))
         options.name = "tether " + command
+        // A session waiting on a silent agent would otherwise look like a hang. (Requests such
+        // as ping fail with the same news anyway.)
+        if ["exec", "shell", "attach"].contains(command) { options.onNotice = { error in
+            writeStandardError(ErrorBlock.render(message: "warning: \(error.message) (\(error.code)); still waiting",
+                                                 hint: "the sandbox may be overloaded or stuck; tether ps, tether ping, or interrupt"))
+        } }
         if let text = arguments.value("connect-timeout") {
             options.retryBudget = try parseDuration(text, option: "--connect-timeout", command: command)
         }

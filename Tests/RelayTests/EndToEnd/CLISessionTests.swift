@@ -114,6 +114,8 @@ import TestSupport
     @Test func aFrozenAgentIsReportedAsUnresponsiveUntilItAnswersAgain() throws {
         let live = try LiveRelay(relayArguments: ["--ping-interval", "100ms", "--unresponsive-after", "600ms"])
         #expect(try live.cli(["ping"]).status == 0)
+        let running = try live.startCLI(["exec", "--", "sh", "-c", "echo go; sleep 1.5; echo finished"])
+        #expect(running.waitForOutput("go"))
         kill(live.agent.pid, SIGSTOP)
         defer { kill(live.agent.pid, SIGCONT) }
         // A ping in flight when the silence passes the limit fails then (the relay tells every
@@ -127,7 +129,11 @@ import TestSupport
         #expect(last.stderr.contains("agentUnresponsive") || last.stderr.contains("not answered"), "\(last)")
         #expect(last.status == 125, "\(last)")
         #expect(last.stderr.hasPrefix("tether: exec: "), "\(last)")
+        // The session in flight was told, and keeps waiting rather than failing.
+        #expect(running.waitForOutput("warning: no frame from the agent", onStandardError: true), "\(running.stderr)")
         kill(live.agent.pid, SIGCONT)
+        #expect(running.wait(timeout: 30) == 0, "\(running.stderr)")
+        #expect(running.stdout == "go\nfinished\n")
         #expect(eventually(within: 20) { (try? live.cli(["exec", "--", "echo", "back"]))?.stdout == "back\n" })
     }
 }
