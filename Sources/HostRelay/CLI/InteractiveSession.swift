@@ -42,8 +42,11 @@ enum InteractiveSession {
         handle.resize(rows: size.rows, cols: size.cols)
 
         let detach = DetachRequest()
+        let finished = Atomic<Bool>(false)
+        defer { finished.store(true, ordering: .relaxed) }
         if let writer = handle.takeStdin() {
-            TerminalInput.start(writer, keys: detachKeys, endInputOnEOF: endInputOnEOF) { detach.request(handle) }
+            TerminalInput.start(writer, keys: detachKeys, endInputOnEOF: endInputOnEOF,
+                                finished: { finished.load(ordering: .relaxed) }) { detach.request(handle) }
         }
         let pump = OutputPump()
         var status: ExitStatus?
@@ -95,11 +98,19 @@ final class DetachRequest: Sendable {
 /// Copies local stdin to the session on a dedicated thread (read(2) blocks), watching for the
 /// detach keys; EOF on stdin is EOF for the session (the agent types the pty's EOF character).
 enum TerminalInput {
-    static func start(_ writer: StdinWriter, keys: DetachKeys, endInputOnEOF: Bool, onDetach: @escaping @Sendable () -> Void) {
+    /// `finished`: the session is over; stop reading, so what is typed next stays in the
+    /// terminal for the local shell instead of going to a session that has ended.
+    static func start(_ writer: StdinWriter, keys: DetachKeys, endInputOnEOF: Bool, finished: @escaping @Sendable () -> Bool,
+                      onDetach: @escaping @Sendable () -> Void) {
         let thread = Thread {
             var matcher = DetachMatcher(keys)
             var buffer = [UInt8](repeating: 0, count: 16 << 10)
             while true {
+                // Read only what is there already (poll first), checking for the end between.
+                var ready = pollfd(fd: 0, events: Int16(POLLIN), revents: 0)
+                let polled = poll(&ready, 1, 100)
+                if finished() { return }
+                if polled == 0 || (polled < 0 && errno == EINTR) { continue }
                 let n = buffer.withUnsafeMutableBytes { raw in
                     while true {
                         let n = Glibc.read(0, raw.baseAddress, raw.count)

@@ -45,6 +45,9 @@ enum Terminal {
         return true
     }
 
+    /// Raw mode is on (output needs "\r\n" for a new line: the terminal no longer adds "\r").
+    static var isRaw: Bool { saved.withLock { $0 != nil } }
+
     /// Puts the saved settings back (once; later calls do nothing). Safe from any thread.
     static func restore() {
         guard var entry = saved.withLock({ slot -> (fd: Int32, settings: termios)? in
