@@ -236,9 +236,14 @@ struct TerminalTests {
         let both = try live.cli(["exec", "-t", "--no-tty", "--", "tty"])
         #expect(both.status == 2, "\(both)")
         // A shell without a terminal reads its commands from stdin.
-        let piped = try live.cli(["shell"], stdin: "echo piped-$((1+1))\nexit 6\n")
+        let piped = try live.cli(["shell"], stdin: "echo piped-$((1+1)) shell=$SHELL\nexit 6\n")
         #expect(piped.status == 6, "\(piped)")
-        #expect(piped.stdout.contains("piped-2"), "\(piped)")
+        // The agent runs on this host in these tests, so its /etc/passwd is the one here.
+        let passwd = (try? String(contentsOfFile: "/etc/passwd", encoding: .utf8)) ?? ""
+        let entry = passwd.split(separator: "\n").first { $0.split(separator: ":", omittingEmptySubsequences: false).dropFirst(2).first == Substring(String(getuid())) }
+        let loginShell = entry.flatMap { $0.split(separator: ":", omittingEmptySubsequences: false).last.map(String.init) } ?? "/bin/sh"
+        let expected = FileManager.default.isExecutableFile(atPath: loginShell) ? loginShell : "/bin/sh"
+        #expect(piped.stdout.contains("piped-2 shell=\(expected)\n"), "the login shell of /etc/passwd: \(piped)")
     }
 }
 
