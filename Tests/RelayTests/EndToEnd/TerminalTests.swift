@@ -174,6 +174,22 @@ struct TerminalTests {
         #expect(try term.localTerminalFlags() == TmuxTerminal.sane)
     }
 
+    @Test func aTerminalSessionStartedDetachedIsInteractiveOnAttach() throws {
+        let live = try LiveRelay("tty")
+        let started = try live.cli(["exec", "-t", "--detach", "--", "sh", "-c", "stty size; read line; stty size; echo got-$line; exit 7"])
+        let number = try #require(started.stdout.split(separator: "\n").last.flatMap { UInt32($0) }, "\(started)")
+        let term = try TmuxTerminal(socket: live.socket, width: 90, height: 20)
+        try term.type("\(term.tether) attach \(number)")
+        // Started at the CLI's default 24x80 without a terminal; attaching resizes it to this window.
+        #expect(term.waitForScreen("24 80"), "\(term.screen())")
+        try term.type("typed")
+        #expect(term.waitForScreen("got-typed"), "\(term.screen())")
+        #expect(term.screen().contains("20 90\n"), "\(term.screen())")
+        try term.waitForLocalShell()
+        #expect(try term.local("echo status=$st").contains("status=7"), "\(term.screen())")
+        #expect(try term.localTerminalFlags() == TmuxTerminal.sane)
+    }
+
     @Test func theDetachKeysAreConfigurable() throws {
         let live = try LiveRelay("tty")
         let term = try TmuxTerminal(socket: live.socket)
