@@ -62,6 +62,8 @@ let package = Package(
         .testTarget(name: "AgentTests", dependencies: ["TetherAgent", "TestSupport"], path: "Tests/AgentTests"),
         .testTarget(name: "RelayTests", dependencies: ["TetherRelay", "TetherClient", "TestSupport"],
                     path: "Tests/RelayTests"),
+        // The CLI's own logic (argument parsing, detach keys), imported from the executable.
+        .testTarget(name: "CLITests", dependencies: ["tether"], path: "Tests/CLITests"),
         // Stub/ holds the C stub libkrun the krun tests compile with cc.
         .testTarget(name: "BootTests", dependencies: ["TetherBoot", "TetherClient", "TestSupport"],
                     path: "Tests/BootTests", exclude: ["Stub"]),

@@ -142,7 +142,10 @@ import TetherProtocol
         let directory = try TemporaryDirectory("log")
         var configuration = ExecLog.Configuration(directory: directory.path)
         configuration.maxFileBytes = 2048
-        configuration.files = 4
+        // Enough files to hold the whole burst below (about 10 KiB): a follower the machine
+        // does not schedule while the writer rotates past every kept file loses what was
+        // deleted (retention bounds the log, not the followers), which is not under test here.
+        configuration.files = 8
         let log = try ExecLog(configuration, diagnostics: { _ in })
         log.start()
         for i in 0..<20 { log.record(session: i % 2 == 0 ? 7 : 8, .data(.stdout, Array("old \(i)\n".utf8))) }

@@ -93,6 +93,17 @@ import TetherProtocol
         try harness.agent.send(id: exec.id, Started(pid: 99))
         _ = try client.expect(.started, id: 3)
         client.close()
+        // Output the relay forwards before it noticed the close went to that client and is
+        // not the replay's; wait until the relay lists the session as unwatched.
+        let observer = try harness.client()
+        var listID: UInt32 = 100
+        #expect(eventually {
+            listID += 1
+            guard (try? observer.send(id: listID, flags: .start, ListSessions())) != nil,
+                  let list = try? observer.expect(.sessionList, id: listID).decode(SessionList.self) else { return false }
+            return list.sessions.contains { $0.session == exec.id && !$0.attached }
+        })
+        observer.close()
         // 3 MiB while nobody watches: the relay keeps reading (acking) and keeps the last 1 MiB.
         var sent: [UInt8] = []
         var acked: UInt64 = 0

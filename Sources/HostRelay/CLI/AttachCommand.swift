@@ -12,8 +12,14 @@ enum AttachCommand: Command {
         watched comes first (up to the relay's replay buffer; if older output was lost, a line
         on stderr says how many bytes), then its live output, then its exit status.
 
+        A session on a pseudo-terminal (tether shell, exec -t) is interactive again: this
+        terminal goes in raw mode (restored however tether ends), keystrokes go to it, its
+        size follows this window, and the detach keys leave it running again.
+
         Options:
               --no-replay       skip the buffered output, start with what comes next
+              --detach-key KEYS the keys that detach from a terminal session (default
+                                ctrl-]; several like ctrl-p,ctrl-q; none)
         \(RelayTarget.helpLines)
           -h, --help            this text
 
@@ -22,7 +28,7 @@ enum AttachCommand: Command {
 
         """
 
-    static let options: [OptionSpec] = [OptionSpec("--no-replay")] + RelayTarget.options
+    static let options: [OptionSpec] = [OptionSpec("--no-replay"), OptionSpec("--detach-key", value: true)] + RelayTarget.options
 
     static func run(_ arguments: ArraySlice<String>) -> Int32 {
         TetherCLI.guarded(name, onTetherError: { _ in 125 }) {
@@ -31,11 +37,13 @@ enum AttachCommand: Command {
             let session = try parseSession(parsed.positionals[0], command: name)
             let clientOptions = try RelayTarget.clientOptions(parsed, command: name)
             let replay = !parsed.has("no-replay")
+            let keys = try DetachKeys(parsing: parsed.value("detach-key") ?? DetachKeys.defaultSpelling, command: name)
             return withClient(clientOptions, failureStatus: { _ in 125 }) { client async throws(TetherError) -> Int32 in
                 let handle = try await client.attach(session: session, replay: replay)
                 if handle.droppedBytes > 0 {
                     writeStandardError("tether: \(handle.droppedBytes) bytes of session \(session)'s output were lost before the replay (the relay's replay buffer was full)\n")
                 }
+                if handle.isTerminal { return try await InteractiveSession.run(handle, detachKeys: keys, endInputOnEOF: false) }
                 guard let status = try await streamSession(handle) else { return 125 }
                 return status.shellStatus
             }

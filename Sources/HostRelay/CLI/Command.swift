@@ -16,7 +16,7 @@ protocol Command {
 
 /// Every subcommand, in the order `tether --help` lists them.
 nonisolated(unsafe) let commands: [any Command.Type] = [
-    ExecCommand.self, AttachCommand.self, PsCommand.self, KillCommand.self, LogsCommand.self, PingCommand.self,
+    ExecCommand.self, ShellCommand.self, AttachCommand.self, PsCommand.self, KillCommand.self, LogsCommand.self, PingCommand.self,
     RelayCommand.self,
 ]
 

@@ -23,12 +23,20 @@ enum ExecCommand: Command {
           -u, --user USER       run as USER (name, uid, or user:group)
               --timeout D       SIGTERM the command after D (500ms, 10s, 2m), SIGKILL 2s later
           -i, --interactive     pipe this terminal's stdin to the command (EOF closes it)
+          -t, --tty             run the command on a pseudo-terminal: this terminal goes in
+                                raw mode (restored when tether ends, however it ends), its
+                                size follows the window, keystrokes (ctrl-C too) go to the
+                                command; the default when stdin and stdout are terminals
+              --no-tty          never a pseudo-terminal (the default otherwise)
+              --detach-key KEYS with a terminal: the keys that detach and leave the command
+                                running (default ctrl-]; like ctrl-p,ctrl-q; none)
               --detach          start it, print its session number, and leave it running
                                 (`tether attach N` picks it up; output until then is printed)
         \(RelayTarget.helpLines)
           -h, --help            this text
 
-        SIGINT, SIGTERM and SIGHUP sent to tether go to the command's process group.
+        SIGINT, SIGTERM and SIGHUP sent to tether go to the command's process group; with a
+        terminal in raw mode they end tether (and the command with it).
 
         Exit status: the command's own; 128+N when a signal N killed it; 127 when the
         program was not found, 126 when it is not executable or permission was denied,
@@ -40,7 +48,8 @@ enum ExecCommand: Command {
     static let options: [OptionSpec] = [
         OptionSpec("-e", "--env", value: true), OptionSpec("-w", "--workdir", value: true),
         OptionSpec("-u", "--user", value: true), OptionSpec("--timeout", value: true),
-        OptionSpec("-i", "--interactive"), OptionSpec("--detach"),
+        OptionSpec("-i", "--interactive"), OptionSpec("--detach"), OptionSpec("-t", "--tty"), OptionSpec("--no-tty"),
+        OptionSpec("--detach-key", value: true),
     ] + RelayTarget.options
 
     static func run(_ arguments: ArraySlice<String>) -> Int32 {
@@ -57,10 +66,15 @@ enum ExecCommand: Command {
             exec.stdin = parsed.has("interactive")
             exec.detach = parsed.has("detach")
             if exec.stdin && exec.detach { throw UsageError(message: "--interactive and --detach do not go together", command: name) }
+            let keys = try DetachKeys(parsing: parsed.value("detach-key") ?? DetachKeys.defaultSpelling, command: name)
+            if try wantsTerminal(parsed, command: name, automatic: !exec.detach) {
+                exec.tty = Terminal.currentSize
+                if exec.env["TERM"] == nil { exec.env["TERM"] = localTerm }
+            }
             let clientOptions = try RelayTarget.clientOptions(parsed, command: name)
             let argv = parsed.positionals
             let request = exec
-            return execute(argv, request, clientOptions: clientOptions)
+            return execute(argv, request, clientOptions: clientOptions, detachKeys: keys)
         }
     }
 
@@ -78,6 +92,23 @@ enum ExecCommand: Command {
         return env
     }
 
+    /// `-t` asks for a pseudo-terminal, `--no-tty` refuses one; neither: one when stdin and
+    /// stdout are both terminals (someone is typing and watching), as ssh decides for a shell.
+    static func wantsTerminal(_ parsed: ParsedArguments, command: String, automatic: Bool = true) throws -> Bool {
+        if parsed.has("tty") && parsed.has("no-tty") {
+            throw UsageError(message: "--tty and --no-tty contradict each other; give one", command: command)
+        }
+        if parsed.has("tty") { return true }
+        if parsed.has("no-tty") { return false }
+        return automatic && Terminal.isTerminal(0) && Terminal.isTerminal(1)
+    }
+
+    /// The remote terminal's type: the local one's, so programs draw for what displays them.
+    static var localTerm: String {
+        let term = ProcessInfo.processInfo.environment["TERM"] ?? ""
+        return term.isEmpty ? "xterm-256color" : term
+    }
+
     /// 127 notFound, 126 permissionDenied/notExecutable, 1 other spawn failures, 125 tether.
     static func exitStatus(for error: TetherError) -> Int32 {
         guard let spawn = error.spawn else { return 125 }
@@ -88,9 +119,12 @@ enum ExecCommand: Command {
         }
     }
 
-    private static func execute(_ argv: [String], _ exec: ExecOptions, clientOptions: ClientOptions) -> Int32 {
+    static func execute(_ argv: [String], _ exec: ExecOptions, clientOptions: ClientOptions, detachKeys: DetachKeys) -> Int32 {
         withClient(clientOptions, failureStatus: exitStatus) { client async throws(TetherError) -> Int32 in
             let handle = try await client.execStream(argv, exec)
+            if exec.tty != nil && !exec.detach {
+                return try await InteractiveSession.run(handle, detachKeys: detachKeys)
+            }
             if exec.detach {
                 let number = try await handle.detach()
                 // What arrived before the relay took the detach is printed, not replayed.

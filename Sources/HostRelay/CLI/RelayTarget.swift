@@ -23,6 +23,13 @@ enum RelayTarget {
     static func clientOptions(_ arguments: ParsedArguments, command: String) throws -> ClientOptions {
         var options = ClientOptions(socket: try resolve(arguments, command: command))
         options.name = "tether " + command
+        // A session waiting on a silent agent would otherwise look like a hang. (Requests such
+        // as ping fail with the same news anyway.)
+        if ["exec", "shell", "attach"].contains(command) { options.onNotice = { error in
+            let text = ErrorBlock.render(message: "warning: \(error.message) (\(error.code)); still waiting",
+                                                 hint: "the sandbox may be overloaded or stuck; tether ps, tether ping, or interrupt")
+            writeStandardError(Terminal.isRaw ? text.replacingOccurrences(of: "\n", with: "\r\n") : text)
+        } }
         if let text = arguments.value("connect-timeout") {
             options.retryBudget = try parseDuration(text, option: "--connect-timeout", command: command)
         }

@@ -19,6 +19,7 @@ import TetherProtocol
 final class Connection: Sendable {
     let address: Address
     let name: String
+    let onNotice: (@Sendable (TetherError) -> Void)?
 
     enum Command: Sendable {
         case start(SessionChannel, Frame)
@@ -49,9 +50,10 @@ final class Connection: Sendable {
         init(loop: EventLoop) { self.loop = loop }
     }
 
-    private init(address: Address, name: String) throws(TetherError) {
+    private init(address: Address, name: String, onNotice: (@Sendable (TetherError) -> Void)?) throws(TetherError) {
         self.address = address
         self.name = name
+        self.onNotice = onNotice
         let loop: EventLoop
         do { loop = try EventLoop() } catch {
             throw TetherError(.internal, "cannot create an event loop: \(error)", operation: "connect", errno: error.rawValue)
@@ -61,8 +63,8 @@ final class Connection: Sendable {
     }
 
     /// Connects and waits for the server's hello. One attempt; `TetherClient` retries.
-    static func open(_ address: Address, name: String) async throws(TetherError) -> Connection {
-        let connection = try Connection(address: address, name: name)
+    static func open(_ address: Address, name: String, onNotice: (@Sendable (TetherError) -> Void)? = nil) async throws(TetherError) -> Connection {
+        let connection = try Connection(address: address, name: name, onNotice: onNotice)
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Hello, TetherError>, Never>) in
             connection.shared.withLock { $0.opened = continuation }
             let thread = Thread { connection.threadMain() }
@@ -326,6 +328,8 @@ final class Connection: Sendable {
             for ping in pings { ping.resume(returning: .failure(error)) }
             if message.code == .framing || message.code == .unsupported {
                 end(error.operation("connection"))
+            } else {
+                onNotice?(error.operation("connection"))
             }
         default:
             break

@@ -15,22 +15,27 @@ public final class ExecHandle: Sendable {
     public var session: UInt32? { sessionNumber.withLock { $0 } }
     /// For `attach`: output lost while nobody watched (the oldest, before the replay).
     public let droppedBytes: UInt64
+    /// The program runs on a pseudo-terminal (`ExecOptions.tty`, or an attached tty session):
+    /// its output is all `stdout`, stdin goes to the terminal (closing it types the EOF
+    /// character), and `resize` applies.
+    public let isTerminal: Bool
 
     let channel: SessionChannel
     private let sessionNumber: Mutex<UInt32?>
 
-    init(channel: SessionChannel, pid: Int32, session: UInt32? = nil, droppedBytes: UInt64 = 0) {
+    init(channel: SessionChannel, pid: Int32, session: UInt32? = nil, droppedBytes: UInt64 = 0, isTerminal: Bool = false) {
         self.channel = channel
         self.pid = pid
         self.sessionNumber = Mutex(session)
         self.droppedBytes = droppedBytes
+        self.isTerminal = isTerminal
     }
 
     /// The session's events; the sequence ends after `done` and throws if the session ends
     /// otherwise. A second iteration throws `invalidArgument`.
     public var events: ExecEvents { ExecEvents(channel: channel) }
 
-    /// The stdin sink, once (nil on a second call). Needs `ExecOptions.stdin`.
+    /// The stdin sink, once (nil on a second call). Needs `ExecOptions.stdin` or a terminal.
     public func takeStdin() -> StdinWriter? {
         let first = channel.state.withLock { state -> Bool in
             defer { state.stdinTaken = true }
@@ -96,7 +101,7 @@ public final class ExecHandle: Sendable {
         channel.connection.send(Frame(id: id, kind: .kill, payload: KillRequest().cborBytes), for: channel)
     }
 
-    /// Sets the terminal size of a tty session.
+    /// Sets the terminal size of a tty session (the program gets SIGWINCH).
     public func resize(rows: UInt16, cols: UInt16) {
         channel.connection.send(Frame(id: id, kind: .resize, payload: Resize(rows: rows, cols: cols).cborBytes), for: channel)
     }

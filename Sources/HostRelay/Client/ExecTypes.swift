@@ -112,6 +112,10 @@ public struct ClientOptions: Sendable {
     public var retryBudget: Duration = .seconds(10)
     public var retryInitialDelay: Duration = .milliseconds(20)
     public var retryMaxDelay: Duration = .seconds(1)
+    /// News about the connection that ends no session, such as `agentUnresponsive` (the
+    /// relay has not heard from its agent for a while; running sessions keep waiting, since
+    /// it may come back). Called on the connection's thread; keep it short.
+    public var onNotice: (@Sendable (TetherError) -> Void)?
 
     public init(socket: Address) { self.socket = socket }
 }

@@ -37,7 +37,7 @@ public final class TetherClient: Sendable {
 
     public static func connect(_ options: ClientOptions) async throws(TetherError) -> TetherClient {
         let connection = try await Retry(options, operation: "connect").run { () async throws(TetherError) -> Connection in
-            try await Connection.open(options.socket, name: options.name)
+            try await Connection.open(options.socket, name: options.name, onNotice: options.onNotice)
         }
         return TetherClient(options: options, connection: connection)
     }
@@ -52,7 +52,7 @@ public final class TetherClient: Sendable {
     private func connection() async throws(TetherError) -> Connection {
         if let live = current.withLock({ $0.flatMap { $0.isClosed ? nil : $0 } }) { return live }
         let fresh = try await Retry(options, operation: "connect").run { () async throws(TetherError) -> Connection in
-            try await Connection.open(options.socket, name: options.name)
+            try await Connection.open(options.socket, name: options.name, onNotice: options.onNotice)
         }
         current.withLock { $0 = fresh }
         return fresh
@@ -69,7 +69,10 @@ public final class TetherClient: Sendable {
         try await execStream(request).collect()
     }
 
-    /// Starts a program and returns once it started (or throws why it did not).
+    /// Starts a program and returns once it started (or throws why it did not). With
+    /// `options.tty` it runs on a pseudo-terminal of that size: write keystrokes with
+    /// `takeStdin()`, follow the local window with `resize(rows:cols:)`, and `detach()` /
+    /// `attach(session:)` to leave it and come back.
     public func execStream(_ argv: [String], _ options: ExecOptions = ExecOptions()) async throws(TetherError) -> ExecHandle {
         guard !argv.isEmpty else { throw TetherError(.invalidArgument, "argv is empty", operation: "exec") }
         return try await execStream(options.request(argv))
@@ -82,9 +85,10 @@ public final class TetherClient: Sendable {
             let channel = try await connection().startSession(kind: .exec, payload: payload, operation: "exec", context: context)
             // Wait for `started` (or the reason there is none); the event stays for `events`.
             let first = try await channel.peek()
-            if case .event(.started(let pid))? = first { return ExecHandle(channel: channel, pid: pid) }
+            let tty = request.tty != nil
+            if case .event(.started(let pid))? = first { return ExecHandle(channel: channel, pid: pid, isTerminal: tty) }
             if case .failed(let error)? = channel.end, first == nil { throw error }
-            return ExecHandle(channel: channel, pid: 0)
+            return ExecHandle(channel: channel, pid: 0, isTerminal: tty)
         }
     }
 
@@ -113,7 +117,8 @@ public final class TetherClient: Sendable {
             guard case .attached(let attached) = first else {
                 throw TetherError(.protocolError, "expected `attached`, got another frame", operation: "attach", context: context)
             }
-            return ExecHandle(channel: channel, pid: attached.pid, session: attached.session, droppedBytes: attached.droppedBytes)
+            return ExecHandle(channel: channel, pid: attached.pid, session: attached.session, droppedBytes: attached.droppedBytes,
+                              isTerminal: attached.tty)
         }
     }
 
