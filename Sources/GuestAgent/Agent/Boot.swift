@@ -203,8 +203,8 @@ public enum Boot {
     /// Needs /proc.
     static func isInitialPIDNamespace() -> Bool {
         guard let bytes = try? FileIO.readFile("/proc/2/status", limit: 4096) else { return false }
-        let text = String(decoding: bytes, as: UTF8.self)
-        return text.contains("Name:\tkthreadd") && text.contains("PPid:\t0\n")
+        let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n")
+        return lines.contains("Name:\tkthreadd") && lines.contains("PPid:\t0")
     }
 
     /// Records a failed boot where the host can read it (see the type's comment) and on stderr.
