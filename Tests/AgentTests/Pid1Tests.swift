@@ -109,8 +109,10 @@ import TetherProtocol
         let socket = root.path + "/.tether/agent.sock"
         let agent = try AgentProcess(command: root.pid1Command(["--listen", "unix:/.tether/agent.sock"]),
                                      stderrPath: root.path + "/.tether/agent.log")
-        #expect(eventually { FileManager.default.fileExists(atPath: socket) })
-        let client = FrameClient(adopting: try Socket.connect(.unix(path: socket)).release())
+        // The agent binds (the file appears) before it listens: until then connect is refused.
+        var connected: CInt?
+        #expect(eventually { connected = try? Socket.connect(.unix(path: socket)).release(); return connected != nil })
+        let client = FrameClient(adopting: try #require(connected))
         #expect(try client.expectHello().pid == 1)
         try client.exec(sh("echo inside"), id: 1)
         #expect(try client.collect(id: 1).stdoutText == "inside\n")
