@@ -80,6 +80,54 @@ import TetherProtocol
         #expect(root.read(".tether/boot-error.json") == nil)
     }
 
+    /// The exec core of the subreaper tests, once more with the agent as PID 1 (its own /dev,
+    /// signal handling as init, reaping everything): exit codes, a death by signal, a failure
+    /// kind, output and stdin byte-exact, a signal to a whole process group.
+    @Test(.timeLimit(.minutes(1)))
+    func theExecCoreHoldsAsPID1() throws {
+        try Self.requireNamespaces()
+        let root = try GuestRoot()
+        let (agent, _) = try boot(root)
+
+        let code = try run(agent, sh("echo out; echo err >&2; exit 7"), id: 1)
+        #expect(code.stdoutText == "out\n")
+        #expect(code.stderrText == "err\n")
+        #expect(code.exited == .code(7))
+        #expect(try run(agent, sh("kill -TERM $$"), id: 2).exited == .signal(SIGTERM))
+        let missing = try run(agent, ExecRequest(argv: ["/no/such/program"]), id: 3)
+        #expect(missing.failed?.kind == .notFound)
+        #expect(missing.failed?.errno == ENOENT)
+        #expect(missing.failed?.stage == "exec")
+
+        // 8 MiB out (through the output window and acks), every byte accounted for.
+        let out = try run(agent, sh("head -c 8388608 /dev/zero | tr '\\0' x"), id: 4)
+        #expect(out.stdout.count == 8 << 20)
+        #expect(out.stdout.allSatisfy { $0 == UInt8(ascii: "x") })
+        #expect(out.exited == .code(0))
+
+        // Stdin through a pipe, checked by the guest's own wc.
+        try agent.client.exec(ExecRequest(argv: ["/bin/wc", "-c"], stdin: .pipe), id: 5)
+        try agent.client.sendData(id: 5, Array(repeating: UInt8(ascii: "y"), count: 100_000))
+        try agent.client.sendData(id: 5, [], flags: .end)
+        let counted = try agent.client.collect(id: 5)
+        #expect(counted.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) == "100000")
+
+        // One signal ends the whole group: no sleep is left in the guest afterwards.
+        try agent.client.exec(sh("sleep 1000 & sleep 1000 & echo ready; wait"), id: 6)
+        while try agent.client.next(id: 6).kind != .stdout {}
+        try agent.client.send(SignalRequest(number: SIGTERM), id: 6)
+        #expect(try agent.client.collect(id: 6).exited == .signal(SIGTERM))
+        var probe: UInt32 = 100
+        #expect(eventually {
+            probe += 1
+            return (try? run(agent, sh("pgrep -x sleep || true"), id: probe).stdoutText) == ""
+        })
+
+        try agent.client.send(Shutdown(graceMs: 200), id: 0)
+        #expect(agent.client.waitForClose())
+        #expect(agent.waitForExit() == 0)
+    }
+
     @Test(.timeLimit(.minutes(1)))
     func asInitItReapsOrphansAndShutdownKillsEverything() throws {
         try Self.requireNamespaces()
