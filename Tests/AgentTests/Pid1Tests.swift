@@ -22,8 +22,12 @@ import TetherProtocol
 
     func boot(_ root: GuestRoot, _ arguments: [String] = ["--listen", "fd:3", "--hostname", "guest"]) throws -> (AgentProcess, Hello) {
         let agent = try AgentProcess(command: root.pid1Command(arguments), stderrPath: root.path + "/.tether/agent.log")
-        let hello = try agent.handshake()
-        return (agent, hello)
+        do {
+            return (agent, try agent.handshake())
+        } catch {
+            throw ClientError("\(error); status \(agent.waitForExit()); agent log:\n\(root.read(".tether/agent.log") ?? "-")"
+                              + "\nboot-error.json: \(root.read(".tether/boot-error.json") ?? "-")")
+        }
     }
 
     @Test(.timeLimit(.minutes(1)))

@@ -241,8 +241,10 @@ import TetherProtocol
         try Pid1Tests.requireNamespaces()
         let root = try GuestRoot()
         try FileManager.default.createDirectory(atPath: root.path + "/mnt", withIntermediateDirectories: true)
-        let agent = try AgentProcess(command: root.pid1Command(["--listen", "fd:3"] + extra), stderrPath: root.path + "/.tether/agent.log")
-        try agent.handshake()
+        let agent = try AgentProcess(command: root.pid1Command(["--listen", "fd:3", "--hostname", "guest"] + extra), stderrPath: root.path + "/.tether/agent.log")
+        do { try agent.handshake() } catch {
+            throw ClientError("\(error); status \(agent.waitForExit()); agent log:\n\(root.read(".tether/agent.log") ?? "-")")
+        }
         return (root, agent)
     }
 

@@ -76,6 +76,8 @@ public final class Agent {
 
     private(set) var shuttingDown = false
     private var finalizing = false
+    /// `.initChild`: the init was asked to power off; its SIGTERM now means exit at once.
+    private var powerOffRequested = false
     private var graceTimer: TimerID?
     public private(set) var finalAction = FinalAction.exit(0)
 
@@ -338,7 +340,13 @@ public final class Agent {
             case SIGCHLD:
                 reap()
             case SIGTERM, SIGINT:
-                if shuttingDown {
+                if powerOffRequested {
+                    // The init's own end of shutdown (systemd-shutdown, busybox init) TERMs
+                    // every process left and waits for them before it powers off: go.
+                    Log.info("the init is powering off; exiting")
+                    finalAction = .exit(0)
+                    loop.stopping = true
+                } else if shuttingDown {
                     // Asked again: no more grace.
                     graceOver()
                 } else {
@@ -466,7 +474,8 @@ public final class Agent {
             loop.stopping = true
         case .initChild(let initSystem):
             // The init takes it from here and ends this process with everything else; the
-            // agent keeps answering (refusing new sessions) until then.
+            // agent keeps answering (refusing new sessions) until its SIGTERM.
+            powerOffRequested = true
             Log.info(initSystem.requestPowerOff())
         }
     }
