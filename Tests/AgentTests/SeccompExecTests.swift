@@ -176,6 +176,23 @@ import TetherProtocol
         #expect(tty.stdoutText.contains("term"))
     }
 
+    /// no_new_privs: a set-user-ID root program run by another user does not become root.
+    @Test(.timeLimit(.minutes(1)))
+    func restrictedRunsSetuidProgramsWithoutTheirPrivilege() throws {
+        let dir = try TemporaryDirectory("tether-suid")
+        #expect(chmod(dir.path, 0o755) == 0)
+        let program = dir.path + "/id"
+        try GuestRoot.copyExecutable("/usr/bin/id", to: program)
+        #expect(chown(program, 0, 0) == 0 && chmod(program, 0o4755) == 0)
+        let agent = try startAgent()
+        let control = try run(agent, ExecRequest(argv: [OSString(program), "-u"], user: "nobody"), id: 1)
+        if control.stdoutText != "0\n" {
+            try Test.cancel("set-user-ID does not take effect in \(dir.path) (nosuid mount?): \(control.stdoutText)\(control.stderrText)")
+        }
+        let confined = try run(agent, ExecRequest(argv: [OSString(program), "-u"], user: "nobody", seccomp: .restricted), id: 2)
+        #expect(confined.stdoutText == "65534\n", "\(confined.stderrText)")
+    }
+
     @Test(.timeLimit(.minutes(1)))
     func restrictedAppliesToOtherUsersToo() throws {
         let agent = try startAgent()

@@ -62,7 +62,7 @@ public final class GuestRoot {
     /// Copies through a CLOEXEC descriptor. Tests start processes from other threads at any
     /// time: a child forked while a plain write descriptor to the copy is open keeps it open,
     /// and execve of the copy then fails with ETXTBSY ("Text file busy").
-    static func copyExecutable(_ source: String, to target: String) throws {
+    public static func copyExecutable(_ source: String, to target: String) throws {
         let bytes = try Data(contentsOf: URL(fileURLWithPath: source))
         let fd = open(target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o755)
         guard fd >= 0 else { throw ClientError("open \(target): errno \(errno)") }
