@@ -32,7 +32,7 @@ let package = Package(
 
         // The guest agent: a library (so tests and fuzzers drive it in-process) and a thin main.
         // No Foundation: the static binary carries the standard library and Glibc only.
-        .target(name: "TetherAgent", dependencies: ["TetherProtocol", "TetherPosix", "CSys"],
+        .target(name: "TetherAgent", dependencies: ["TetherProtocol", "TetherPosix", "TetherSeccomp", "CSys"],
                 path: "Sources/GuestAgent/Agent"),
         .executableTarget(name: "tether-agent", dependencies: ["TetherAgent"],
                           path: "Sources/GuestAgent/Main"),

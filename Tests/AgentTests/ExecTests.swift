@@ -98,6 +98,8 @@ func sh(_ script: String, _ configure: (inout ExecRequest) -> Void = { _ in }) -
     @Test(.timeLimit(.minutes(1)))
     func workingDirectoryUserAndGroups() throws {
         let dir = try TemporaryDirectory()
+        // mkdtemp makes it 0700: nobody must be able to enter it (chdir runs as the user).
+        #expect(chmod(dir.path, 0o755) == 0)
         let agent = try startAgent()
         let t = try run(agent, sh("pwd; id -u; id -g; id -G; echo $HOME $USER") {
             $0.cwd = OSString(dir.path)

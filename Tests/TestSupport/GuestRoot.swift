@@ -4,8 +4,7 @@ import Foundation
 /// in new namespaces: /bin/busybox with a link per applet, the agent at /sbin/tether-agent,
 /// /etc/passwd and /etc/group with root and `sandbox` (uid 1000, also in group `wheel`).
 ///
-/// The agent is the static build from TETHER_AGENT_STATIC (scripts/test.sh builds it) or,
-/// without it, the debug build with the shared libraries `ldd` names copied to the same paths.
+/// The agent is the static build (see `staticAgent`).
 public final class GuestRoot {
     public let directory: TemporaryDirectory
     public var path: String { directory.path }
@@ -15,6 +14,9 @@ public final class GuestRoot {
             throw ClientError("/bin/busybox is missing (apt-get install busybox-static)")
         }
         directory = try TemporaryDirectory("tether-root")
+        // A temporary directory is 0700; as the guest's / it must let other users (sandbox)
+        // reach /bin, as a root file system does.
+        guard chmod(directory.path, 0o755) == 0 else { throw ClientError("chmod \(directory.path): errno \(errno)") }
         let fm = FileManager.default
         for dir in ["bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "run", "root", "home/sandbox", ".tether", "usr/bin"] {
             try fm.createDirectory(atPath: path + "/" + dir, withIntermediateDirectories: true)
@@ -39,21 +41,40 @@ public final class GuestRoot {
         try installAgent()
     }
 
+    /// The static agent: $TETHER_AGENT_STATIC (scripts/test.sh sets it), else what
+    /// scripts/build-agent.sh left in .build-static; nil when neither exists. Only a static
+    /// agent can start as PID 1 without /proc: a dynamically linked Swift runtime runs its own
+    /// initializers (which read /proc/self) before the agent's early-init constructor.
+    public static var staticAgent: String? {
+        if let path = ProcessInfo.processInfo.environment["TETHER_AGENT_STATIC"], !path.isEmpty,
+           FileManager.default.isExecutableFile(atPath: path) { return path }
+        let built = Binaries.repositoryRoot.appendingPathComponent(".build-static/tether-agent").path
+        return FileManager.default.isExecutableFile(atPath: built) ? built : nil
+    }
+
     private func installAgent() throws {
-        let fm = FileManager.default
-        let target = path + "/sbin/tether-agent"
-        if let staticAgent = ProcessInfo.processInfo.environment["TETHER_AGENT_STATIC"], fm.fileExists(atPath: staticAgent) {
-            try fm.copyItem(atPath: staticAgent, toPath: target)
-            return
+        guard let agent = Self.staticAgent else {
+            throw ClientError("no static agent: run scripts/build-agent.sh and set TETHER_AGENT_STATIC")
         }
-        let debug = AgentProcess.debugBinary
-        try fm.copyItem(atPath: debug, toPath: target)
-        // `libx.so => /path/libx.so (0x...)` and `/lib64/ld-linux-x86-64.so.2 (0x...)`.
-        for line in try runCommand(["/usr/bin/ldd", debug]).output.split(separator: "\n") {
-            guard let library = line.split(separator: " ").first(where: { $0.hasPrefix("/") }).map(String.init) else { continue }
-            let destination = path + library
-            try fm.createDirectory(atPath: (destination as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-            if !fm.fileExists(atPath: destination) { try fm.copyItem(atPath: library, toPath: destination) }
+        try Self.copyExecutable(agent, to: path + "/sbin/tether-agent")
+    }
+
+    /// Copies through a CLOEXEC descriptor. Tests start processes from other threads at any
+    /// time: a child forked while a plain write descriptor to the copy is open keeps it open,
+    /// and execve of the copy then fails with ETXTBSY ("Text file busy").
+    public static func copyExecutable(_ source: String, to target: String) throws {
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: source))
+        let fd = open(target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o755)
+        guard fd >= 0 else { throw ClientError("open \(target): errno \(errno)") }
+        defer { close(fd) }
+        var offset = 0
+        try bytes.withUnsafeBytes { raw in
+            while offset < raw.count {
+                let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { throw ClientError("write \(target): errno \(errno)") }
+                offset += n
+            }
         }
     }
 

@@ -25,6 +25,7 @@
 #include "csys_spawn.h"
 #include "csys_namespace.h"
 #include "csys_seccomp.h"
+#include "csys_early_init.h"
 
 /* Wait-status macros (function-like, so not importable). */
 static inline int csys_wifexited(int status) { return WIFEXITED(status); }

@@ -35,7 +35,8 @@ public final class Agent {
     }
 
     public static let version = "0.1.0"
-    public static let capabilities = ["exec", "pty", "stdin", "signals", "rlimits", "detach", "sessions", "shutdown"]
+    public static let capabilities = ["exec", "pty", "stdin", "signals", "rlimits", "detach", "sessions", "shutdown",
+                                             "seccomp"]
     /// Live sessions at most; more are refused with `limitReached`.
     static let maxSessions = 1024
     /// Finished detached sessions kept for a later `attach` when nobody has read them.
@@ -52,6 +53,9 @@ public final class Agent {
     /// Limits every child starts with before its request's own: the agent raised its
     /// descriptor limit for itself, programs get the usual one back.
     let baseLimits: [csys_rlimit]
+    /// Built once here, not per exec (libseccomp compiles the policy in some hundred
+    /// microseconds, and must not run in a fork child); shared by every restricted child.
+    let restrictedSeccomp: Result<SeccompProgram, SpawnFailure>
     private let hostname: String
     private let bootNs: UInt64
     private var readyNs: UInt64 = 0
@@ -72,6 +76,8 @@ public final class Agent {
 
     private(set) var shuttingDown = false
     private var finalizing = false
+    /// `.initChild`: the init was asked to power off; its SIGTERM now means exit at once.
+    private var powerOffRequested = false
     private var graceTimer: TimerID?
     public private(set) var finalAction = FinalAction.exit(0)
 
@@ -85,6 +91,10 @@ public final class Agent {
         self.signalFD = signalFD
         self.bootNs = bootNs
         self.baseLimits = baseLimits
+        self.restrictedSeccomp = SeccompProgram.restricted()
+        if case .failure(let failure) = restrictedSeccomp {
+            Log.warning("\(failure.message); execs under the restricted profile will fail")
+        }
         var name = [UInt8](repeating: 0, count: 256)
         _ = name.withUnsafeMutableBufferPointer { gethostname(UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), 255) }
         self.hostname = String(decoding: name.prefix { $0 != 0 }, as: UTF8.self)
@@ -286,7 +296,13 @@ public final class Agent {
         let plan: SpawnPlan
         do {
             plan = try SpawnPlan(request: request, users: users, baseLimits: baseLimits)
-            child = try ChildSpawner.start(plan, request: request)
+            var filter: SeccompProgram?
+            if (request.seccomp ?? options.seccomp) == .restricted {
+                filter = try restrictedSeccomp.get()
+            }
+            child = try withExtendedLifetime(filter) { () throws(SpawnFailure) -> StartedChild in
+                try ChildSpawner.start(plan, request: request, seccompFilter: filter?.pointer)
+            }
         } catch {
             connection.send(error.event, id: id, flags: .end)
             return
@@ -324,7 +340,13 @@ public final class Agent {
             case SIGCHLD:
                 reap()
             case SIGTERM, SIGINT:
-                if shuttingDown {
+                if powerOffRequested {
+                    // The init's own end of shutdown (systemd-shutdown, busybox init) TERMs
+                    // every process left and waits for them before it powers off: go.
+                    Log.info("the init is powering off; exiting")
+                    finalAction = .exit(0)
+                    loop.stopping = true
+                } else if shuttingDown {
                     // Asked again: no more grace.
                     graceOver()
                 } else {
@@ -452,7 +474,8 @@ public final class Agent {
             loop.stopping = true
         case .initChild(let initSystem):
             // The init takes it from here and ends this process with everything else; the
-            // agent keeps answering (refusing new sessions) until then.
+            // agent keeps answering (refusing new sessions) until its SIGTERM.
+            powerOffRequested = true
             Log.info(initSystem.requestPowerOff())
         }
     }

@@ -3,6 +3,7 @@ import TetherProtocol
 /// What the command line asks for:
 ///
 ///     tether-agent [--listen ADDR | --connect ADDR] [--hostname NAME] [--init PATH|auto]
+///                  [--seccomp default|restricted]
 ///
 /// `--listen` defaults to `vsock:2695`. Options may also be written `--name=value`.
 public struct AgentOptions: Equatable, Sendable {
@@ -24,11 +25,15 @@ public struct AgentOptions: Equatable, Sendable {
 
     public static let defaultPort: UInt32 = 2695
     public static let usage = "usage: tether-agent [--listen ADDR | --connect ADDR] [--hostname NAME] [--init PATH|auto]\n"
-        + "  ADDR is vsock:PORT, vsock:CID:PORT, unix:PATH or fd:N (default --listen vsock:\(defaultPort))"
+        + "                    [--seccomp default|restricted]\n"
+        + "  ADDR is vsock:PORT, vsock:CID:PORT, unix:PATH or fd:N (default --listen vsock:\(defaultPort))\n"
+        + "  --seccomp: the profile of execs whose request does not name one (default: default)"
 
     public var endpoint: Endpoint = .listen(.vsock(cid: nil, port: defaultPort))
     public var hostname: String?
     public var initProgram: InitProgram?
+    /// The seccomp profile of an exec whose request does not say (`--seccomp`).
+    public var seccomp: SeccompProfile = .default
     /// `--help` or `--version`: print and exit 0.
     public var helpRequested = false
     public var versionRequested = false
@@ -93,6 +98,12 @@ public struct AgentOptions: Equatable, Sendable {
                     guard text.hasPrefix("/") else { throw UsageError(message: "--init: '\(text)' must be an absolute path or 'auto'") }
                     initProgram = .path(text)
                 }
+            case "--seccomp":
+                let text = try value(for: name, inline: inline)
+                guard let profile = SeccompProfile(rawValue: text) else {
+                    throw UsageError(message: "--seccomp: '\(text)' is not a profile (default or restricted)")
+                }
+                seccomp = profile
             case "--help", "-h":
                 helpRequested = true
             case "--version":

@@ -84,8 +84,25 @@ public enum Boot {
     /// What was mounted, in order, for the unmount at power-off.
     nonisolated(unsafe) static var mounted: [String] = []
 
-    /// Mounts /proc first (everything else may need it).
-    static func mountProc() throws(BootError) { try mount(proc) }
+    /// Mounts /proc first (everything else may need it), unless a procfs of this PID
+    /// namespace is already there: the early-init constructor (csys_early_init.h) mounts it
+    /// before the Swift runtime starts, and the namespace backend may mount it before exec.
+    /// Mounting again would only stack a second procfs over the first.
+    static func mountProc() throws(BootError) {
+        if procIsOurs() {
+            if csys_early_proc_mounted() != 0 { mounted.append(proc.target) }
+            return
+        }
+        try mount(proc)
+    }
+
+    /// /proc/self names PID 1 only in a procfs of the agent's own PID namespace (one mounted
+    /// for a parent namespace shows the agent's PID there).
+    static func procIsOurs() -> Bool {
+        var buffer = [CChar](repeating: 0, count: 16)
+        let count = readlink("/proc/self", &buffer, buffer.count - 1)
+        return count == 1 && buffer[0] == CChar(UInt8(ascii: "1"))
+    }
 
     /// The rest of the PID 1 file systems. With `minimalDev`, a tmpfs /dev with a handful of
     /// nodes (not the host's devices), /dev/pts as a new devpts instance and /dev/shm;
@@ -186,8 +203,8 @@ public enum Boot {
     /// Needs /proc.
     static func isInitialPIDNamespace() -> Bool {
         guard let bytes = try? FileIO.readFile("/proc/2/status", limit: 4096) else { return false }
-        let text = String(decoding: bytes, as: UTF8.self)
-        return text.contains("Name:\tkthreadd") && text.contains("PPid:\t0\n")
+        let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n")
+        return lines.contains("Name:\tkthreadd") && lines.contains("PPid:\t0")
     }
 
     /// Records a failed boot where the host can read it (see the type's comment) and on stderr.

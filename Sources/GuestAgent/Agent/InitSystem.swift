@@ -29,7 +29,10 @@ public struct InitSystem: Equatable, Sendable {
     public var flavor: Flavor
 
     /// Probed in this order by `--init auto`; busybox last, run as its `init` applet.
-    public static let autoCandidates = ["/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd", "/sbin/openrc-init"]
+    /// /bin/init last: busybox roots may link the applet only there; exec'd by that name the
+    /// init's comm is `init`, as tools expect.
+    public static let autoCandidates = ["/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd", "/sbin/openrc-init",
+                                        "/bin/init"]
     public static let busyboxCandidates = ["/bin/busybox", "/sbin/busybox", "/usr/bin/busybox"]
 
     /// Finds the init to run; nil with `auto` when there is none (the agent stays PID 1).

@@ -31,6 +31,8 @@ struct SpawnFailure: Error, Equatable {
         case "setgroups", "setgid", "setuid": return .userSetupFailed
         case "chdir": return .badCwd
         case "setrlimit": return .resourceLimit
+        // The profile could not be applied: never a property of the program or its path.
+        case "noNewPrivs", "seccomp": return .other
         case "openpt", "unlockpt", "openSlave", "winsize", "ptyNonblock", "controllingTty": return .ptySetupFailed
         default: break
         }
