@@ -225,20 +225,29 @@ import TetherProtocol
         #expect(try await client.exec(["/bin/echo", "up"]).stdoutText == "up\n")
 
         // A memory cgroup, where the host lets us make one: the kernel's OOM killer ends it.
-        let group = "/sys/fs/cgroup/tether-rel-\(getpid())"
-        let controllers = (try? String(contentsOfFile: "/sys/fs/cgroup/cgroup.subtree_control", encoding: .utf8)) ?? ""
-        guard controllers.contains("memory"), mkdir(group, 0o755) == 0 else {
-            print("skipped the memory-cgroup half: /sys/fs/cgroup has no writable memory controller here (\(String(cString: strerror(errno))))")
+        // cgroup v2 where it has the memory controller, else the v1 memory hierarchy.
+        let v2 = "/sys/fs/cgroup/tether-rel-\(getpid())"
+        let v1 = "/sys/fs/cgroup/memory/tether-rel-\(getpid())"
+        let v2Controllers = (try? String(contentsOfFile: "/sys/fs/cgroup/cgroup.subtree_control", encoding: .utf8)) ?? ""
+        let group: String
+        if v2Controllers.contains("memory"), mkdir(v2, 0o755) == 0,
+           (try? "64M".write(toFile: v2 + "/memory.max", atomically: false, encoding: .utf8)) != nil {
+            try? "0".write(toFile: v2 + "/memory.swap.max", atomically: false, encoding: .utf8)
+            group = v2
+        } else if mkdir(v1, 0o755) == 0,
+                  (try? "64M".write(toFile: v1 + "/memory.limit_in_bytes", atomically: false, encoding: .utf8)) != nil {
+            // Without swap accounting the limit alone still holds memory; with it, no swapping either.
+            try? "64M".write(toFile: v1 + "/memory.memsw.limit_in_bytes", atomically: false, encoding: .utf8)
+            group = v1
+        } else {
+            rmdir(v2)
+            rmdir(v1)
+            print("skipped the memory-cgroup half: no writable memory cgroup (v2 or v1) on this host")
             return
         }
-        defer { rmdir(group) }
-        guard (try? "64M".write(toFile: group + "/memory.max", atomically: false, encoding: .utf8)) != nil else {
-            print("skipped the memory-cgroup half: cannot set memory.max")
-            return
-        }
-        try? "0".write(toFile: group + "/memory.swap.max", atomically: false, encoding: .utf8)
+        defer { _ = eventually(within: 10) { rmdir(group) == 0 } }
         let killed = try await client.exec(["/bin/sh", "-c", "echo $$ > \(group)/cgroup.procs && exec /bin/sh -c '\(grow)'"])
-        print("memory (cgroup 64M): \(killed.status)")
+        print("memory (cgroup \(group), 64M): \(killed.status)")
         #expect(killed.status.signal == SIGKILL, "the OOM killer ends it with SIGKILL: \(killed.status)")
         #expect(try await client.exec(["/bin/echo", "up"]).stdoutText == "up\n")
     }
