@@ -91,7 +91,7 @@ echo "fuzzing $target for ${seconds}s"
 set +e
 "${run[@]}" -max_total_time="$seconds" -print_final_stats=1 -timeout=20 -rss_limit_mb=2048 -max_len=65536 \
   -artifact_prefix="$out/artifacts/$target-" "$out/corpus/$target" "$root/fuzz/corpus/$target" 2>&1 \
-  | grep -aE "^(#[0-9]+ +(INITED|DONE)|stat::|==[0-9]+==|SUMMARY|Done)|ERROR|crash|deadly"
+  | grep -aE "^(#[0-9]+[[:space:]]+(INITED|DONE)|stat::|==[0-9]+==|SUMMARY|Done)|ERROR|crash|deadly"
 status=${PIPESTATUS[0]}
 set -e
 [ -n "${scratch:-}" ] && rm -rf "$scratch"

@@ -202,7 +202,7 @@ import TetherProtocol
             return
         }
         watch.flag.store(true, ordering: .relaxed)
-        print("fork bomb: \(output.status), at most \(watch.count.load(ordering: .relaxed)) processes of uid \(uid), stderr \(output.stderr.count) bytes")
+        print("fork bomb: \(output.status), at most \(watch.count.load(ordering: .relaxed)) processes of uid \(uid) seen; stderr starts: \(output.stderrText.prefix(160))")
         // The timeout ended it: killed by a signal, not a clean exit.
         #expect(output.status.signal != nil, "status \(output.status)")
         #expect(watch.count.load(ordering: .relaxed) <= 64 + 2, "the nproc limit did not hold")
