@@ -79,22 +79,36 @@ case "$target" in
 esac
 
 run=("$binary")
+corpora=("$out/corpus/$target" "$root/fuzz/corpus/$target")
+artifacts="$out/artifacts/$target-"
 if [ "$target" = agent ]; then
+  # Inputs may start any program: run as nobody, with at most 64 processes, in a scratch
+  # directory under /tmp that holds copies of everything it needs (the checkout may sit where
+  # nobody cannot read, such as /root); new corpus entries and crashes are copied back after.
   scratch=$(mktemp -d /tmp/fuzz-agent.XXXXXX)
-  chmod 0777 "$scratch" "$out/corpus/$target" "$out/artifacts"
-  chmod o+rx "$out" "$binary"
-  # Inputs may start any program; keep them away from anything that matters.
-  run=(setpriv --reuid=65534 --regid=65534 --clear-groups env -C "$scratch" prlimit --nproc=64 "$binary")
+  mkdir -p "$scratch/corpus" "$scratch/seeds" "$scratch/artifacts" "$scratch/work"
+  cp "$binary" "$scratch/"
+  cp -r "$out/corpus/$target/." "$scratch/corpus/"
+  cp -r "$root/fuzz/corpus/$target/." "$scratch/seeds/"
+  chown -R 65534:65534 "$scratch"
+  chmod 0755 "$scratch"
+  run=(setpriv --reuid=65534 --regid=65534 --clear-groups env -C "$scratch/work" prlimit --nproc=64 "$scratch/fuzz-$target")
+  corpora=("$scratch/corpus" "$scratch/seeds")
+  artifacts="$scratch/artifacts/$target-"
 fi
 
 echo "fuzzing $target for ${seconds}s"
 set +e
 "${run[@]}" -max_total_time="$seconds" -print_final_stats=1 -timeout=20 -rss_limit_mb=2048 -max_len=65536 \
-  -artifact_prefix="$out/artifacts/$target-" "$out/corpus/$target" "$root/fuzz/corpus/$target" 2>&1 \
+  -artifact_prefix="$artifacts" "${corpora[@]}" 2>&1 \
   | grep -aE "^(#[0-9]+[[:space:]]+(INITED|DONE)|stat::|==[0-9]+==|SUMMARY|Done)|ERROR|crash|deadly"
 status=${PIPESTATUS[0]}
 set -e
-[ -n "${scratch:-}" ] && rm -rf "$scratch"
+if [ -n "${scratch:-}" ]; then
+  cp -n "$scratch/corpus/"* "$out/corpus/$target/" 2>/dev/null || true
+  cp "$scratch/artifacts/"* "$out/artifacts/" 2>/dev/null || true
+  rm -rf "$scratch"
+fi
 if [ "$status" -ne 0 ]; then
   echo "fuzzer $target failed (exit $status); inputs in $out/artifacts" >&2
   exit "$status"
