@@ -7,6 +7,13 @@ import TestSupport
 import TetherClient
 import TetherProtocol
 
+/// Where the binaries under test are: this build's, or TETHER_BIN_DIR (e.g. `.build/release`, to
+/// measure the flood ratio with optimized binaries).
+func binary(_ name: String) -> String {
+    if let dir = ProcessInfo.processInfo.environment["TETHER_BIN_DIR"], !dir.isEmpty { return dir + "/" + name }
+    return Binaries.product(name).path
+}
+
 /// A real `tether-agent` (unprivileged: a child subreaper listening on a unix socket) and a real
 /// `tether relay` process in front of it, as a host runs them outside a VM.
 final class AgentAndRelay: @unchecked Sendable {
@@ -20,12 +27,12 @@ final class AgentAndRelay: @unchecked Sendable {
     init(_ name: String, agentTimeout: String = "20s") throws {
         directory = try TemporaryDirectory(name)
         self.agentTimeout = agentTimeout
-        agent = try ChildProcess(Binaries.product("tether-agent").path, ["--listen", "unix:" + directory.file("agent.sock")])
+        agent = try ChildProcess(binary("tether-agent"), ["--listen", "unix:" + directory.file("agent.sock")])
         relay = try Self.startRelay(directory: directory, agentTimeout: agentTimeout)
     }
 
     static func startRelay(directory: TemporaryDirectory, agentTimeout: String) throws -> ChildProcess {
-        let relay = try ChildProcess(Binaries.product("tether").path, [
+        let relay = try ChildProcess(binary("tether"), [
             "relay", "--agent", "unix:" + directory.file("agent.sock"), "--listen", "unix:" + directory.file("relay.sock"),
             "--agent-timeout", agentTimeout, "--no-log",
         ])
