@@ -10,7 +10,8 @@
 #   relay     the relay's frame dispatch: a real Relay between a fake agent and a fake client
 # Protocol-only targets are compiled into the TetherProtocol module itself. The agent and relay
 # targets link the library modules (built here with the same sanitizers) and import them.
-# Seeds: fuzz/corpus/NAME (committed, written by scripts/fuzz-seeds.py). New inputs go to
+# Seeds: fuzz/corpus/NAME (committed, written by scripts/fuzz-seeds.py) and fuzz/regressions/NAME
+# (inputs that once crashed the target, committed by hand). New inputs go to
 # .build-fuzz/corpus/NAME (not committed); a crash leaves its input in .build-fuzz/artifacts/
 # and fails the script.
 #
@@ -80,6 +81,8 @@ esac
 
 run=("$binary")
 corpora=("$out/corpus/$target" "$root/fuzz/corpus/$target")
+# Inputs that once crashed a target (kept by hand, not by fuzz-seeds.py): replayed every run.
+[ -d "$root/fuzz/regressions/$target" ] && corpora+=("$root/fuzz/regressions/$target")
 artifacts="$out/artifacts/$target-"
 if [ "$target" = agent ]; then
   # Inputs may start any program: run as nobody, with at most 64 processes, in a scratch
