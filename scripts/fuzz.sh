@@ -93,6 +93,7 @@ if [ "$target" = agent ]; then
   cp "$binary" "$scratch/"
   cp -r "$out/corpus/$target/." "$scratch/corpus/"
   cp -r "$root/fuzz/corpus/$target/." "$scratch/seeds/"
+  [ -d "$root/fuzz/regressions/$target" ] && cp -r "$root/fuzz/regressions/$target/." "$scratch/seeds/"
   chown -R 65534:65534 "$scratch"
   chmod 0755 "$scratch"
   run=(setpriv --reuid=65534 --regid=65534 --clear-groups env -C "$scratch/work" prlimit --nproc=64 "$scratch/fuzz-$target")
