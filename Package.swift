@@ -67,6 +67,9 @@ let package = Package(
         // Stub/ holds the C stub libkrun the krun tests compile with cc.
         .testTarget(name: "BootTests", dependencies: ["TetherBoot", "TetherClient", "TestSupport"],
                     path: "Tests/BootTests", exclude: ["Stub"]),
+        // Faults end to end (killed agent or relay, floods, limits, a long soak): real processes.
+        .testTarget(name: "ReliabilityTests", dependencies: ["TetherClient", "TetherPosix", "TetherProtocol", "TestSupport"],
+                    path: "Tests/ReliabilityTests"),
     ],
     swiftLanguageModes: [.v6]
 )

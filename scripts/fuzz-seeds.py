@@ -1,28 +1,110 @@
 #!/usr/bin/env python3
-"""Writes the seed corpus of the protocol fuzzer: every cbor2 vector as a bare CBOR input and
-wrapped in a frame of its message kind, plus a few stream shapes (several frames, data frames,
-bad lengths). Each seed starts with the read-size byte the fuzz target uses to split the stream.
+"""Writes the committed seed corpora of the fuzz targets (see scripts/fuzz.sh):
 
-  fuzz-seeds.py VECTORS_FILE OUT_DIR
+  protocol  every cbor2 vector as a bare CBOR input and wrapped in a frame of its message kind,
+            plus stream shapes (several frames, data frames, bad lengths); first byte = read size
+  frame     the framed seeds of `protocol` (first byte = read size)
+  cbor      every cbor2 vector, bare
+  messages  every msg-* vector, prefixed with the index of its type in fuzz/targets/messages.swift
+  agent     host-to-agent streams (after the harness's hello): exec of /bin/true, cat with stdin,
+            a pty, failures, control frames, garbage
+  relay     [u16 BE length of agent bytes][agent-to-relay bytes][client-to-relay bytes]
+
+  /usr/bin/python3 scripts/fuzz-seeds.py VECTORS_FILE FUZZ_DIR (python3-cbor2)     (usually: Tests/ProtocolTests/Vectors/cbor2-vectors.txt fuzz)
 """
 import hashlib
 import os
+import shutil
 import struct
 import sys
+
+import cbor2
 
 KINDS = {"hello": 0x01, "error": 0x02, "ping": 0x03, "pong": 0x04, "shutdown": 0x05, "exec": 0x10,
          "started": 0x11, "stdinError": 0x15, "exited": 0x16, "done": 0x17, "failed": 0x18, "resize": 0x19,
          "signal": 0x1A, "kill": 0x1B, "ack": 0x1C, "listSessions": 0x20, "sessionList": 0x21,
          "attach": 0x22, "attached": 0x23, "detach": 0x24, "detached": 0x25}
+# The order of `checks` in fuzz/targets/messages.swift.
+MESSAGE_ORDER = ["hello", "error", "ping", "pong", "shutdown", "exec", "started", "stdinError", "exited",
+                 "done", "failed", "resize", "signal", "kill", "ack", "listSessions", "sessionList", "attach",
+                 "attached", "detach", "detached", "logs", "signalSession"]
+START, END = 2, 1
 
 
 def frame(session, flags, kind, payload):
+    if isinstance(kind, str):
+        kind = KINDS[kind]
+    if not isinstance(payload, (bytes, bytearray)):
+        payload = cbor2.dumps(payload)
     return struct.pack(">IIBB", len(payload) + 6, session, flags, kind) + payload
 
 
-def main(vectors, out):
-    os.makedirs(out, exist_ok=True)
-    seeds = []
+def write(out, seeds):
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    os.makedirs(out)
+    for seed in seeds:
+        with open(os.path.join(out, hashlib.sha1(seed).hexdigest()), "wb") as f:
+            f.write(seed)
+    print("%d seeds in %s" % (len(seeds), out))
+
+
+def exec_frame(session, argv, **keys):
+    keys["argv"] = argv
+    return frame(session, START, "exec", keys)
+
+
+def agent_streams():
+    hello = frame(0, 0, "hello", {"version": 1, "role": "client", "name": "seed", "pid": 1, "capabilities": []})
+    true = exec_frame(1, ["/bin/true"])
+    return [
+        true,
+        exec_frame(1, ["/bin/echo", "hi"]) + frame(1, 0, "ack", {"bytes": 65536}),
+        exec_frame(1, ["/bin/cat"], stdin="pipe") + frame(1, 0, 0x14, b"data\n") + frame(1, END, 0x14, b""),
+        exec_frame(1, ["/bin/sh", "-c", "exit 3"], env={"A": "b"}, cwd="/", timeoutMs=1000, killGraceMs=10),
+        exec_frame(1, ["/bin/true"], tty={"rows": 24, "cols": 80}) + frame(1, 0, "resize", {"rows": 30, "cols": 100}),
+        exec_frame(1, ["/nonexistent"]),
+        exec_frame(1, ["/bin/true"], cwd="/nonexistent"),
+        exec_frame(1, ["/bin/true"], rlimits={"nofile": [64, 64], "bogus": [1, 1]}),
+        exec_frame(1, ["/bin/true"], user="nobody"),
+        exec_frame(1, []),
+        exec_frame(1, ["/bin/sleep", "5"]) + frame(1, 0, "signal", {"number": 15}) + frame(1, 0, "kill", {}),
+        exec_frame(1, ["/bin/true"], detach=True) + frame(0, 0, "listSessions", {}),
+        true + exec_frame(2, ["/bin/true"]) + exec_frame(1, ["/bin/true"]),
+        frame(0, 0, "ping", {"nonce": 7}) + frame(0, 0, "listSessions", {}),
+        frame(0, 0, "attach", {"session": 1}) + frame(0, 0, "detach", {"session": 1}),
+        frame(5, 0, 0x14, b"x") + frame(5, 0, "kill", {}) + frame(5, 0, 0x7F, b"?"),
+        frame(1, START, 0x7E, {}) + frame(1, START, "exec", b"\xff\x00"),
+        hello,
+        frame(0, 0, "shutdown", {"graceMs": 0}),
+        struct.pack(">I", 5) + b"\x00" * 5,
+        struct.pack(">I", (1 << 20) + 7),
+    ]
+
+
+def relay_streams():
+    client_hello = frame(0, 0, "hello", {"version": 1, "role": "client", "name": "seed", "pid": 1, "capabilities": []})
+    agent_run = (frame(1, 0, "started", {"pid": 42}) + frame(1, 0, 0x12, b"out\n") + frame(1, 0, 0x13, b"err")
+                 + frame(1, 0, "exited", {"code": 0, "coreDumped": False}) + frame(1, END, "done", {}))
+    pairs = [
+        (b"", client_hello + exec_frame(1, ["/bin/true"])),
+        (agent_run, client_hello + exec_frame(1, ["/bin/echo", "hi"]) + frame(1, 0, "ack", {"bytes": 4096})),
+        (frame(1, END, "failed", {"kind": "notFound", "errno": 2, "stage": "exec", "message": "x"}),
+         client_hello + exec_frame(1, ["/nope"])),
+        (frame(0, 0, "pong", {"nonce": 1}), client_hello + frame(0, 0, "ping", {"nonce": 9})),
+        (frame(0, 0, "sessionList", {"sessions": []}), client_hello + frame(0, 0, "listSessions", {})),
+        (b"", client_hello + exec_frame(3, ["/bin/cat"], stdin="pipe", detach=True) + frame(3, 0, 0x14, b"in")
+         + frame(3, END, 0x14, b"") + frame(0, 0, "detach", {"session": 3})),
+        (b"", client_hello + frame(0, 0, "attach", {"session": 1}) + frame(9, 0, "kill", {})),
+        (frame(7, 0, 0x12, b"stray") + struct.pack(">I", 3), client_hello),
+        (b"", struct.pack(">I", (1 << 20) + 7)),
+        (frame(0, 0, "error", {"code": "internal", "message": "x"}), client_hello + frame(1, START, 0x7F, b"")),
+    ]
+    return [struct.pack(">H", len(a)) + a + c for a, c in pairs]
+
+
+def main(vectors, fuzz_dir):
+    bare, framed, messages = [], [], []
     for line in open(vectors):
         if line.startswith("#"):
             continue
@@ -30,17 +112,22 @@ def main(vectors, out):
         payload = bytes.fromhex(hexdata)
         if len(payload) > 4096:
             continue
-        seeds.append(b"\x00" + payload)
+        bare.append(payload)
         if name.startswith("msg-"):
             kind = name[4:].split("-")[0]
-            seeds.append(b"\x03" + frame(1, 2, KINDS[kind], payload))
-    seeds.append(b"\x01" + frame(7, 0, 0x12, b"hello\n") + frame(7, 0, 0x13, b"err") + frame(7, 1, 0x14, b""))
-    seeds.append(b"\x00" + struct.pack(">I", 5) + b"\x00" * 5)
-    seeds.append(b"\x00" + struct.pack(">I", (1 << 20) + 7))
-    for seed in seeds:
-        with open(os.path.join(out, hashlib.sha1(seed).hexdigest()), "wb") as f:
-            f.write(seed)
-    print("%d seeds in %s" % (len(seeds), out))
+            if kind in KINDS:
+                framed.append(b"\x03" + frame(1, START, kind, payload))
+            if kind in MESSAGE_ORDER:
+                messages.append(bytes([MESSAGE_ORDER.index(kind)]) + payload)
+    framed.append(b"\x01" + frame(7, 0, 0x12, b"hello\n") + frame(7, 0, 0x13, b"err") + frame(7, END, 0x14, b""))
+    framed.append(b"\x00" + struct.pack(">I", 5) + b"\x00" * 5)
+    framed.append(b"\x00" + struct.pack(">I", (1 << 20) + 7))
+    write(os.path.join(fuzz_dir, "corpus", "protocol"), [b"\x00" + b for b in bare] + framed)
+    write(os.path.join(fuzz_dir, "corpus", "frame"), framed)
+    write(os.path.join(fuzz_dir, "corpus", "cbor"), bare)
+    write(os.path.join(fuzz_dir, "corpus", "messages"), messages)
+    write(os.path.join(fuzz_dir, "corpus", "agent"), agent_streams())
+    write(os.path.join(fuzz_dir, "corpus", "relay"), relay_streams())
 
 
 if __name__ == "__main__":

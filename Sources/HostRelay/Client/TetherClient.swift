@@ -81,6 +81,11 @@ public final class TetherClient: Sendable {
     public func execStream(_ request: ExecRequest) async throws(TetherError) -> ExecHandle {
         let context = ["argv": request.argv.map(\.description).joined(separator: " ")]
         let payload = request.cborBytes
+        // One frame carries at most 1 MiB: say so here rather than trap in the frame encoder.
+        guard payload.count <= Frame.maxPayloadBytes else {
+            throw TetherError(.invalidArgument, "the exec request is \(payload.count) bytes encoded; one frame carries at most \(Frame.maxPayloadBytes) (argv, env and the rest together)",
+                              operation: "exec", context: context)
+        }
         return try await Retry(options, operation: "exec").run { () async throws(TetherError) -> ExecHandle in
             let channel = try await connection().startSession(kind: .exec, payload: payload, operation: "exec", context: context)
             // Wait for `started` (or the reason there is none); the event stays for `events`.

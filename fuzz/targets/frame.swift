@@ -1,0 +1,37 @@
+// libFuzzer target: the frame decoder alone. The first byte picks the read size; the rest is the
+// byte stream. The same bytes split differently must give the same frames and the same error,
+// and every frame decoded must re-encode to exactly the bytes it came from.
+
+func decodeStream(_ bytes: UnsafeRawBufferPointer, chunk: Int) -> ([Frame], WireError?) {
+    var decoder = FrameDecoder()
+    var frames: [Frame] = []
+    var offset = 0
+    while offset < bytes.count {
+        let end = min(bytes.count, offset + chunk)
+        decoder.append(UnsafeRawBufferPointer(rebasing: bytes[offset..<end]))
+        offset = end
+        do {
+            while let frame = try decoder.next() { frames.append(frame) }
+        } catch {
+            return (frames, error)
+        }
+    }
+    return (frames, nil)
+}
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+    let input = UnsafeRawBufferPointer(start: data, count: size)
+    guard size > 0 else { return 0 }
+    let chunk = Int(input[0]) + 1
+    let stream = UnsafeRawBufferPointer(rebasing: input[1...])
+    let (whole, wholeError) = decodeStream(stream, chunk: max(stream.count, 1))
+    let (split, splitError) = decodeStream(stream, chunk: chunk)
+    if whole != split || wholeError != splitError { fatalError("frame decoding depends on read boundaries") }
+    // Decoded frames are a prefix of the stream, byte for byte.
+    var encoder = FrameEncoder()
+    for frame in whole { encoder.append(id: frame.id, flags: frame.flags, kind: frame.kind, payload: frame.payload) }
+    let same = encoder.withPendingBytes { $0.elementsEqual(stream.prefix($0.count)) }
+    if !same { fatalError("a frame does not re-encode to its bytes") }
+    return 0
+}
