@@ -22,6 +22,8 @@ public final class EventLoop {
     private var wakeHandler: (() -> Void)?
     /// Work queued to run after the current batch of events (see `soon`).
     private var deferred: [() -> Void] = []
+    /// Work queued to run once the descriptors ready now had their turn (see `afterReadyEvents`).
+    private var yielded: [() -> Void] = []
     public var stopping = false
 
     public init() throws(Errno) {
@@ -139,6 +141,11 @@ public final class EventLoop {
     /// Runs `work` after the handlers of the current batch of events, before waiting again.
     public func soon(_ work: @escaping () -> Void) { deferred.append(work) }
 
+    /// Runs `work` after the loop has polled (without blocking) and dispatched every descriptor
+    /// that is ready by then. Unlike `soon`, queuing it again from inside `work` does not run it
+    /// again before anything else: this is how a busy peer yields to the others.
+    public func afterReadyEvents(_ work: @escaping () -> Void) { yielded.append(work) }
+
     // MARK: running
 
     /// Waits for events and dispatches them until `stopping` is set.
@@ -147,8 +154,9 @@ public final class EventLoop {
         while !stopping {
             runDeferred()
             if stopping { break }
+            let timeout: CInt = yielded.isEmpty ? -1 : 0
             let n = try ready.withUnsafeMutableBufferPointer { (buffer) throws(Errno) -> CInt in
-                try retrying { epoll_wait(epfd, buffer.baseAddress, CInt(buffer.count), -1) }
+                try retrying { epoll_wait(epfd, buffer.baseAddress, CInt(buffer.count), timeout) }
             }
             for i in 0..<Int(n) {
                 let fd = ready[i].data.fd
@@ -163,6 +171,10 @@ public final class EventLoop {
                     // A handler earlier in this batch may have unwatched this fd.
                     handlers[fd]?(events)
                 }
+            }
+            if !yielded.isEmpty {
+                deferred.append(contentsOf: yielded)
+                yielded.removeAll()
             }
         }
     }

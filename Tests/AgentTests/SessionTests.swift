@@ -31,6 +31,17 @@ import TetherProtocol
             return client
         }
 
+        /// Polls the session list until the only session has exited; its number, or nil after
+        /// 30 s (a sync test's time limit cannot interrupt it, so the loop bounds itself).
+        func waitUntilExited(_ client: FrameClient, id: UInt32) throws -> UInt32? {
+            let deadline = ContinuousClock.now + .seconds(30)
+            while ContinuousClock.now < deadline {
+                if let info = try list(client, id: id).first, info.exited != nil { return info.session }
+                usleep(2_000)
+            }
+            return nil
+        }
+
         func list(_ client: FrameClient, id: UInt32) throws -> [SessionInfo] {
             try client.send(ListSessions(), id: id, flags: .start)
             let frame = try client.next(id: id)
@@ -107,15 +118,15 @@ import TetherProtocol
         let agent = try ListeningAgent()
         let total = 3 << 20
         var client = try agent.connect()
-        try client.exec(sh("head -c \(total) /dev/zero | tr '\\0' 'a'; printf END") { $0.detach = true }, id: 1)
+        // The output starts only once the first client is gone: what a connection was sent
+        // before it closed is neither replayed nor counted as dropped.
+        let go = agent.dir.file("go")
+        try client.exec(sh("while [ ! -e \(go) ]; do sleep 0.01; done; head -c \(total) /dev/zero | tr '\\0' 'a'; printf END") { $0.detach = true }, id: 1)
         #expect(try client.nextEvent(id: 1).kind == .started)
         client.close()
-        client = try agent.connect()
-        var exited = false
-        while !exited {
-            if let info = try agent.list(client, id: 2).first, info.exited != nil { exited = true }
-        }
-        let number = try #require(try agent.list(client, id: 3).first?.session)
+        client = try agent.connect()   // the agent serves one connection at a time: the first is closed
+        #expect(FileManager.default.createFile(atPath: go, contents: nil))
+        let number = try #require(try agent.waitUntilExited(client, id: 2))
         try client.send(Attach(session: number), id: 4, flags: .start)
         let t = try client.collect(id: 4)
         let dropped = Int(t.attached?.droppedBytes ?? 0)
@@ -131,15 +142,16 @@ import TetherProtocol
     func attachWithoutReplaySkipsTheBufferButKeepsTheExit() throws {
         let agent = try ListeningAgent()
         var client = try agent.connect()
-        try client.exec(sh("echo buffered") { $0.detach = true }, id: 1)
+        // It writes and exits only once the first client is gone; otherwise its whole output,
+        // `exited` and `done` may reach that client, and nothing is left to attach to.
+        let go = agent.dir.file("go")
+        try client.exec(sh("while [ ! -e \(go) ]; do sleep 0.01; done; echo buffered") { $0.detach = true }, id: 1)
         #expect(try client.nextEvent(id: 1).kind == .started)
         client.close()
-        client = try agent.connect()
-        var number: UInt32?
-        while number == nil {
-            if let info = try agent.list(client, id: 2).first, info.exited != nil { number = info.session }
-        }
-        try client.send(Attach(session: number!, replay: false), id: 3, flags: .start)
+        client = try agent.connect()   // the agent serves one connection at a time: the first is closed
+        #expect(FileManager.default.createFile(atPath: go, contents: nil))
+        let number = try #require(try agent.waitUntilExited(client, id: 2))
+        try client.send(Attach(session: number, replay: false), id: 3, flags: .start)
         let t = try client.collect(id: 3)
         #expect(t.stdout.isEmpty)
         #expect(t.events == [.attached, .exited, .done])

@@ -139,11 +139,13 @@ import TetherProtocol
                 flood.other.add(1, ordering: .relaxed)
                 var ok = true
                 for _ in 0..<2000 where ok && !flood.flag.load(ordering: .relaxed) {
-                    ok = chunk.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) } == chunk.count
+                    // send with MSG_NOSIGNAL: the relay may hang up (or be gone) mid-write,
+                    // which must be EPIPE here, not SIGPIPE for the whole test process.
+                    ok = chunk.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, CInt(MSG_NOSIGNAL)) } == chunk.count
                     if ok { flood.count.add(garbage.count, ordering: .relaxed) }
                 }
                 var oversized: [UInt8] = [0x7f, 0xff, 0xff, 0xff]
-                _ = Glibc.write(fd, &oversized, 4)
+                _ = send(fd, &oversized, 4, CInt(MSG_NOSIGNAL))
                 _ = Glibc.close(fd)
             }
         }
@@ -159,12 +161,9 @@ import TetherProtocol
         let allowed = max(3 * before, before + 0.005)
         print(String(format: "flood: median exec round trip %.2f ms before, %.2f ms during (allowed %.2f ms); %d garbage frames on %d connections",
                      before * 1000, during * 1000, allowed * 1000, flood.count.load(ordering: .relaxed), flood.other.load(ordering: .relaxed)))
-        // Known (issue 9 finding): the relay handles up to 1 MiB of one client's input per
-        // wakeup, which is ~100,000 ten-byte garbage frames, each answered with an error frame;
-        // a flooder's batch then delays every other client's turn by tens of milliseconds.
-        withKnownIssue("a flooding client delays others beyond 3x (relay budget is bytes, not frames, per wakeup)", isIntermittent: true) {
-            #expect(during <= allowed)
-        }
+        // The relay serves a client with more than a turn's frames from a queue of busy
+        // clients with a budget per pass of its loop, so the flooder gets its share and no more.
+        #expect(during <= allowed)
         #expect(pair.relay.process.isRunning && pair.agent.process.isRunning)
         let after = try await client.exec(["/bin/echo", "still here"])
         #expect(after.stdoutText == "still here\n")

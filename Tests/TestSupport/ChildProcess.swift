@@ -12,10 +12,7 @@ public final class ChildProcess: @unchecked Sendable {
     private let stdoutPipe = Pipe()
     private let stderrPipe = Pipe()
     private let stdinPipe: Pipe?
-    private let collected = NSCondition()
-    private var stdoutBytes = Data()
-    private var stderrBytes = Data()
-    private var openStreams = 2
+    private let output = CollectedOutput()
     private let exited = DispatchSemaphore(value: 0)
 
     /// Starts `executable` with `arguments`. `stdin`: give it a pipe (`writeStdin`,
@@ -34,26 +31,27 @@ public final class ChildProcess: @unchecked Sendable {
             stdinPipe = nil
             process.standardInput = FileHandle.nullDevice
         }
-        for (pipe, isStdout) in [(stdoutPipe, true), (stderrPipe, false)] {
-            pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-                let data = handle.availableData
-                guard let self else { return }
-                collected.lock()
-                if data.isEmpty {
-                    handle.readabilityHandler = nil
-                    openStreams -= 1
-                } else if isStdout {
-                    stdoutBytes.append(data)
-                } else {
-                    stderrBytes.append(data)
-                }
-                collected.broadcast()
-                collected.unlock()
-            }
-        }
         let exited = self.exited
         process.terminationHandler = { _ in exited.signal() }
         try process.run()
+        // Plain blocking reads on a thread per stream, not `readabilityHandler`: tearing down
+        // FileHandle's dispatch read source races the descriptor's close in corelibs
+        // Foundation and has crashed whole test runs in `_dispatch_event_loop_drain`
+        // (swift-corelibs-foundation PR 5507). Each thread holds its Pipe, so the descriptor
+        // stays open until the thread has seen EOF; none holds `self`, so dropping the value
+        // still kills the process.
+        for (pipe, isStdout) in [(stdoutPipe, true), (stderrPipe, false)] {
+            Thread { [output] in
+                let fd = pipe.fileHandleForReading.fileDescriptor
+                var buffer = [UInt8](repeating: 0, count: 65536)
+                while true {
+                    let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                    if n < 0 && errno == EINTR { continue }
+                    output.add(n > 0 ? Array(buffer[0..<n]) : nil, stdout: isStdout)
+                    if n <= 0 { break }
+                }
+            }.start()
+        }
     }
 
     deinit {
@@ -70,28 +68,15 @@ public final class ChildProcess: @unchecked Sendable {
 
     public func signal(_ number: Int32) { kill(process.processIdentifier, number) }
 
-    public var stdout: String {
-        collected.lock()
-        defer { collected.unlock() }
-        return String(decoding: stdoutBytes, as: UTF8.self)
-    }
-
-    public var stderr: String {
-        collected.lock()
-        defer { collected.unlock() }
-        return String(decoding: stderrBytes, as: UTF8.self)
-    }
+    public var stdout: String { output.text(stdout: true) }
+    public var stderr: String { output.text(stdout: false) }
 
     /// Waits until stdout (or, with `onStandardError`, stderr) contains `text` (or the
     /// deadline passes); true if it does.
     public func waitForOutput(_ text: String, onStandardError: Bool = false, timeout: TimeInterval = 30) -> Bool {
-        let deadline = Date(timeIntervalSinceNow: timeout)
-        collected.lock()
-        defer { collected.unlock() }
-        while !String(decoding: onStandardError ? stderrBytes : stdoutBytes, as: UTF8.self).contains(text) {
-            if !collected.wait(until: deadline) { return false }
+        output.wait(until: Date(timeIntervalSinceNow: timeout)) {
+            String(decoding: onStandardError ? $0.stderr : $0.stdout, as: UTF8.self).contains(text)
         }
-        return true
     }
 
     /// Waits for the exit and for both output streams to close; the exit status, 128+N for a
@@ -104,9 +89,43 @@ public final class ChildProcess: @unchecked Sendable {
             return nil
         }
         exited.signal()  // a second wait() returns at once
-        collected.lock()
-        while openStreams > 0 && collected.wait(until: deadline) {}
-        collected.unlock()
+        _ = output.wait(until: deadline) { $0.openStreams == 0 }
         return process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
+    }
+}
+
+/// What a child's two output streams said so far, filled by the reader threads.
+private final class CollectedOutput: @unchecked Sendable {
+    private let condition = NSCondition()
+    private(set) var stdout: [UInt8] = []
+    private(set) var stderr: [UInt8] = []
+    private(set) var openStreams = 2
+
+    /// Bytes read from a stream, or nil at its end.
+    func add(_ bytes: [UInt8]?, stdout isStdout: Bool) {
+        condition.lock()
+        if let bytes {
+            if isStdout { stdout += bytes } else { stderr += bytes }
+        } else {
+            openStreams -= 1
+        }
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    func text(stdout isStdout: Bool) -> String {
+        condition.lock()
+        defer { condition.unlock() }
+        return String(decoding: isStdout ? stdout : stderr, as: UTF8.self)
+    }
+
+    /// Waits until `done` holds (checked under the lock); false at the deadline.
+    func wait(until deadline: Date, _ done: (CollectedOutput) -> Bool) -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        while !done(self) {
+            if !condition.wait(until: deadline) { return done(self) }
+        }
+        return true
     }
 }

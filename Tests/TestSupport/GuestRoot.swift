@@ -59,23 +59,9 @@ public final class GuestRoot {
         try Self.copyExecutable(agent, to: path + "/sbin/tether-agent")
     }
 
-    /// Copies through a CLOEXEC descriptor. Tests start processes from other threads at any
-    /// time: a child forked while a plain write descriptor to the copy is open keeps it open,
-    /// and execve of the copy then fails with ETXTBSY ("Text file busy").
+    /// Copies an executable (see `writeFile` for why not with Foundation).
     public static func copyExecutable(_ source: String, to target: String) throws {
-        let bytes = try Data(contentsOf: URL(fileURLWithPath: source))
-        let fd = open(target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o755)
-        guard fd >= 0 else { throw ClientError("open \(target): errno \(errno)") }
-        defer { close(fd) }
-        var offset = 0
-        try bytes.withUnsafeBytes { raw in
-            while offset < raw.count {
-                let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
-                if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { throw ClientError("write \(target): errno \(errno)") }
-                offset += n
-            }
-        }
+        try writeFile(target, bytes: Array(try Data(contentsOf: URL(fileURLWithPath: source))), mode: 0o755)
     }
 
     /// The command line that starts the agent as PID 1 of new PID, mount, UTS and IPC

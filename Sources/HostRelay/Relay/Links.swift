@@ -19,7 +19,15 @@ final class ClientLink {
     /// EPOLLOUT is armed because output is waiting.
     var wantsWrite = false
     /// Not reading its frames while the agent's queue is over the high-water mark.
-    var inputPaused = false
+    var pausedForAgent = false
+    /// Not reading its frames while its own unread output is over the high-water mark: a
+    /// client that sends requests and never reads the answers would otherwise grow the relay
+    /// without bound.
+    var pausedForBacklog = false
+    var inputPaused: Bool { pausedForAgent || pausedForBacklog }
+    /// It had more frames than one turn handles: it waits in the relay's queue of busy
+    /// clients (its readiness is not watched meanwhile) instead of taking turns from epoll.
+    var busy = false
     var closed = false
 
     init(socket: FrameSocket, serial: UInt64) {

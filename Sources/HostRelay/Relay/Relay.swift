@@ -61,6 +61,9 @@ public final class Relay: @unchecked Sendable {
     var clients: [CInt: ClientLink] = [:]
     var clientSerial: UInt64 = 0
     var dirtyClients: [ClientLink] = []
+    /// Clients with more frames than a turn, served round robin after each pass of the loop.
+    private var busyClients: [ClientLink] = []
+    private var busyServiceScheduled = false
     var flushScheduled = false
     var agentBackpressure = false
 
@@ -86,6 +89,18 @@ public final class Relay: @unchecked Sendable {
     /// reached only when the agent stops reading.
     static let agentHighWater = 8 << 20
     static let agentLowWater = 2 << 20
+    /// A client's unread output past which the relay stops reading from it, and where it
+    /// starts again. Session output alone stays far below: each session's window is 256 KiB.
+    static let clientHighWater = 16 << 20
+    static let clientLowWater = 4 << 20
+    /// One client's turn: at most this many frames handled and bytes read before the other
+    /// ready descriptors get theirs. A budget in bytes alone is not enough: 1 MiB of 10-byte
+    /// garbage frames kept everybody else waiting for tens of milliseconds.
+    static let framesPerTurn = 64
+    static let bytesPerTurn = 256 << 10
+    /// Frames handled for all busy clients together per pass of the loop, so that a hundred
+    /// flooding connections cost the others no more than one does.
+    static let busyFramesPerPass = 256
 
     public init(_ configuration: RelayConfiguration) throws(RelayError) {
         self.configuration = configuration
@@ -232,7 +247,7 @@ public final class Relay: @unchecked Sendable {
                 continue
             }
             client.socket.encoder.append(id: 0, relayHello())
-            if agentBackpressure { pauseInput(client) }
+            if agentBackpressure { pauseInput(client, forAgent: true) }
             markDirty(client)
         }
     }
@@ -274,11 +289,14 @@ public final class Relay: @unchecked Sendable {
             client.wantsWrite = !drained
             updateEvents(client)
         }
+        if client.pausedForBacklog && client.socket.encoder.pendingBytes < Self.clientLowWater {
+            resumeInput(client, forAgent: false)
+        }
     }
 
     func updateEvents(_ client: ClientLink) {
         var events: UInt32 = client.wantsWrite ? EventLoop.writable : 0
-        if !client.inputPaused { events |= EventLoop.readable | EventLoop.peerClosed }
+        if !client.inputPaused && !client.busy { events |= EventLoop.readable | EventLoop.peerClosed }
         try? loop.modify(client.fd, events: events)
     }
 
@@ -296,24 +314,24 @@ public final class Relay: @unchecked Sendable {
         let pending = agent.socket.encoder.pendingBytes
         if !agentBackpressure && pending > Self.agentHighWater {
             agentBackpressure = true
-            for client in clients.values { pauseInput(client) }
+            for client in clients.values { pauseInput(client, forAgent: true) }
         } else if agentBackpressure && pending < Self.agentLowWater {
             agentBackpressure = false
-            for client in clients.values where client.inputPaused {
-                client.inputPaused = false
-                updateEvents(client)
-                // Frames may be waiting in the socket with no new edge to report them.
-                loop.soon { [unowned self, weak client] in
-                    if let client, !client.closed { clientEvent(client, events: EventLoop.readable) }
-                }
-            }
+            for client in clients.values where client.pausedForAgent { resumeInput(client, forAgent: true) }
         }
     }
 
-    private func pauseInput(_ client: ClientLink) {
+    private func pauseInput(_ client: ClientLink, forAgent: Bool) {
+        let wasPaused = client.inputPaused
+        if forAgent { client.pausedForAgent = true } else { client.pausedForBacklog = true }
+        if !wasPaused { updateEvents(client) }
+    }
+
+    private func resumeInput(_ client: ClientLink, forAgent: Bool) {
+        if forAgent { client.pausedForAgent = false } else { client.pausedForBacklog = false }
         guard !client.inputPaused else { return }
-        client.inputPaused = true
-        updateEvents(client)
+        // Frames already read into the decoder raise no readiness of their own.
+        makeBusy(client)
     }
 
     /// Queues a frame to the agent (flushed after this batch of events).
@@ -364,32 +382,90 @@ public final class Relay: @unchecked Sendable {
 
     func clientEvent(_ client: ClientLink, events: UInt32) {
         if events & EventLoop.writable != 0 { flush(client) }
-        guard !client.closed, !client.inputPaused,
+        guard !client.closed, !client.inputPaused, !client.busy,
               events & (EventLoop.readable | EventLoop.peerClosed | EventLoop.hangUp | EventLoop.error) != 0 else { return }
-        let outcome = client.socket.read(chunk: 64 << 10, limit: 1 << 20)
-        // Everything read is handled, even if handling it pauses input: the pause is a soft
-        // bound on what the next reads take in.
-        while !client.closed {
+        if clientTurn(client).moreWaiting { makeBusy(client) }
+    }
+
+    /// Handles up to a turn's frames of a client, reading its socket once what was read before
+    /// is handled (so the decoder never holds more than a turn's bytes). `moreWaiting`: frames
+    /// are left in the decoder, or a hang-up is not handled yet; neither raises readiness.
+    private func clientTurn(_ client: ClientLink) -> (moreWaiting: Bool, frames: Int) {
+        var budget = Self.framesPerTurn
+        guard handleBufferedFrames(client, budget: &budget) else { return (false, Self.framesPerTurn - budget) }
+        if budget == 0 { return (true, Self.framesPerTurn) }
+        let outcome = client.socket.read(chunk: 64 << 10, limit: Self.bytesPerTurn)
+        guard handleBufferedFrames(client, budget: &budget) else { return (false, Self.framesPerTurn - budget) }
+        let frames = Self.framesPerTurn - budget
+        if outcome.closed && budget > 0 {
+            close(client: client, reason: outcome.failure.map { "read failed: \($0)" } ?? "disconnected")
+            return (false, frames)
+        }
+        client.socket.decoder.releaseStorageIfIdle()
+        if client.socket.encoder.pendingBytes > Self.clientHighWater {
+            pauseInput(client, forAgent: false)
+            return (false, frames)
+        }
+        // Bytes left in the socket need no queue: the descriptor is level-triggered.
+        return (budget == 0 || outcome.closed, frames)
+    }
+
+    /// Puts a client in the queue of busy clients, served after each pass of the loop.
+    private func makeBusy(_ client: ClientLink) {
+        guard !client.busy, !client.closed else { return }
+        client.busy = true
+        updateEvents(client)
+        busyClients.append(client)
+        scheduleBusyService()
+    }
+
+    private func scheduleBusyService() {
+        guard !busyServiceScheduled else { return }
+        busyServiceScheduled = true
+        loop.afterReadyEvents { [unowned self] in serveBusyClients() }
+    }
+
+    /// One pass over the busy clients, round robin, within `busyFramesPerPass`; those with more
+    /// go back to the end of the queue for the next pass, after everyone else's events.
+    private func serveBusyClients() {
+        busyServiceScheduled = false
+        var spent = 0
+        var turns = busyClients.count
+        while spent < Self.busyFramesPerPass && turns > 0 && !busyClients.isEmpty {
+            turns -= 1
+            let client = busyClients.removeFirst()
+            var more = false
+            if !client.closed && !client.inputPaused {
+                let turn = clientTurn(client)
+                spent += max(turn.frames, 1)
+                more = turn.moreWaiting && !client.closed && !client.inputPaused
+            }
+            if more {
+                busyClients.append(client)
+            } else {
+                client.busy = false
+                if !client.closed { updateEvents(client) }
+            }
+        }
+        if !busyClients.isEmpty { scheduleBusyService() }
+    }
+
+    /// Handles frames the decoder holds until it runs dry or the budget is spent. False when
+    /// the client was closed (a framing error, or a frame that ended it).
+    private func handleBufferedFrames(_ client: ClientLink, budget: inout Int) -> Bool {
+        while !client.closed && budget > 0 {
             do {
                 let handled: Void? = try client.socket.decoder.nextView { view in handleClientFrame(view, from: client) }
                 if handled == nil { break }
+                budget -= 1
             } catch {
                 sendError(client, id: 0, .framing, error.description)
                 flush(client)
                 close(client: client, reason: "framing error: \(error.description)")
-                return
+                return false
             }
         }
-        if client.closed { return }
-        if outcome.closed {
-            close(client: client, reason: outcome.failure.map { "read failed: \($0)" } ?? "disconnected")
-        } else if outcome.bytes >= 1 << 20 && !client.inputPaused {
-            // Stopped at the per-wakeup limit: come back after the others had their turn.
-            loop.soon { [unowned self, weak client] in
-                if let client, !client.closed { clientEvent(client, events: EventLoop.readable) }
-            }
-        }
-        client.socket.decoder.releaseStorageIfIdle()
+        return !client.closed
     }
 
     /// Closes a client: kills its sessions unless they are detached.

@@ -177,7 +177,7 @@ struct TerminalTests {
     @Test func aTerminalSessionStartedDetachedIsInteractiveOnAttach() throws {
         let live = try LiveRelay("tty")
         let started = try live.cli(["exec", "-t", "--detach", "--", "sh", "-c", "stty size; read line; stty size; echo got-$line; exit 7"])
-        let number = try #require(started.stdout.split(separator: "\n").last.flatMap { UInt32($0) }, "\(started)")
+        let number = try #require(started.stdout.split(whereSeparator: \.isNewline).last.flatMap { UInt32($0) }, "\(started)")
         let term = try TmuxTerminal(socket: live.socket, width: 90, height: 20)
         try term.type("\(term.tether) attach \(number)")
         // Started at the CLI's default 24x80 without a terminal; attaching resizes it to this window.
