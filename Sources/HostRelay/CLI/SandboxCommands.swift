@@ -134,7 +134,8 @@ enum SandboxCommands {
         exit status is tether's), then stops the sandbox. Without --rootfs it uses the default
         guest tree (busybox and the agent; rootfs/build.sh assembles it on first use and
         $TETHER_HOME/default-rootfs remembers where; delete that file to assemble it anew).
-        Without --name the sandbox is called run-XXXXXX. BOOT OPTIONS are `tether boot`'s
+        Without --name the sandbox is called run-XXXXXX and its state is removed afterwards;
+        a named one stays in `tether ls` as stopped. BOOT OPTIONS are `tether boot`'s
         (--backend, --cpus, --memory, --init, --network, --ephemeral, --replace, --hostname).
         """
 
@@ -188,6 +189,9 @@ enum SandboxCommands {
         // The command is over: nothing in the sandbox is worth a long grace.
         do {
             try sandboxes.stop(config.name, graceMs: 2_000)
+            // A sandbox nobody named is nobody's to look at again: `tether ls` would only fill
+            // up with run-XXXXXX entries. A named one keeps its state (how it ended, its logs).
+            if name == nil { try? FileManager.default.removeItem(at: sandboxes.home.sandbox(config.name).directory) }
         } catch {
             printWarning("stopping sandbox \(config.name): \(error.message)")
         }
