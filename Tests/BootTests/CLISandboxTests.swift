@@ -160,4 +160,64 @@ import Testing
         #expect(badRootfs.status == 1)
         #expect(badRootfs.stderr.contains("stage rootfs"), "stderr: \(badRootfs.stderr)")
     }
+
+    @Test(.timeLimit(.minutes(5)))
+    func aRootfsWithoutTheAgentIsAnErrorBlockWithStageAndErrno() throws {
+        try Fixtures.requireRoot()
+        let boot = try tether(["boot", "--rootfs", try Fixtures.rootfsWithoutAgent(), "--name", "noagent"])
+        defer { cleanUp(["noagent"]) }
+        #expect(boot.status == 1)
+        #expect(boot.stderr.hasPrefix("error: the sandbox did not boot (stage agent-exec, ENOENT"), "stderr: \(boot.stderr)")
+        #expect(boot.stderr.contains("/sbin/tether-agent"))
+        #expect(boot.stderr.contains("\n-> "), "no hint line: \(boot.stderr)")
+        let recorded = try #require(BootFailure.read(from: sandboxes.home.sandbox("noagent").bootError))
+        #expect(recorded.stage == .agentExec && recorded.errno == ENOENT)
+        #expect(!sandboxes.entry("noagent").isLive)
+    }
+
+    @Test(.timeLimit(.minutes(5)))
+    func krunWithoutLibkrunNamesThePackageAndTheNamespaceBackend() throws {
+        try Fixtures.requireRoot()
+        let boot = try tether(["boot", "--backend", "krun", "--rootfs", try Fixtures.busyboxRootfs(), "--name", "nokrun"],
+                              extra: ["TETHER_LIBKRUN": "/no/such/libkrun.so.1"])
+        defer { cleanUp(["nokrun"]) }
+        #expect(boot.status == 1)
+        #expect(boot.stderr.contains("stage krun-load"), "stderr: \(boot.stderr)")
+        #expect(boot.stderr.contains("libkrunfw"))
+        #expect(boot.stderr.contains("--backend namespace"))
+    }
+
+    @Test(.timeLimit(.minutes(5)))
+    func krunThroughTheStubServesExecThroughTheRelay() throws {
+        try Fixtures.requireRoot()
+        let stub = try KrunBackendTests.buildStub("cli")
+        let libkrun = ["TETHER_LIBKRUN": stub.appendingPathComponent("libkrun.so.1").path]
+        let rootfs = try Fixtures.busyboxRootfs()
+        defer { cleanUp(["vmcli"]) }
+        let boot = try tether(["boot", "--backend", "krun", "--cpus", "2", "--memory", "256", "--rootfs", rootfs, "--name", "vmcli"],
+                              extra: libkrun)
+        #expect(boot.status == 0, "stderr: \(boot.stderr)")
+        #expect(boot.stdout.hasPrefix("sandbox vmcli is running (krun, pid "))
+        let hostname = try tether(["exec", "--sandbox", "vmcli", "--", "hostname"])
+        #expect(hostname.stdout == "vmcli\n", "stderr: \(hostname.stderr)")
+        #expect(try tether(["stop", "vmcli", "--grace", "2s"]).status == 0)
+        let calls = KrunBackendTests.calls(in: stub)
+        #expect(calls.contains("krun_set_vm_config(0, 2, 256) = 0"), "calls: \(calls)")
+        #expect(calls.last == "guest ended: status 0", "calls: \(calls)")
+    }
+
+    @Test(.timeLimit(.minutes(5)))
+    func initHandOffThroughTheCLIPowersOffOnStop() throws {
+        try Fixtures.requireRoot()
+        let rootfs = try Fixtures.busyboxRootfs()
+        defer { cleanUp(["bbcli"]) }
+        let boot = try tether(["boot", "--rootfs", rootfs, "--name", "bbcli", "--init", "/sbin/init"])
+        #expect(boot.status == 0, "stderr: \(boot.stderr)")
+        let comm = try tether(["exec", "--sandbox", "bbcli", "--", "cat", "/proc/1/comm"])
+        #expect(comm.stdout == "init\n", "stderr: \(comm.stderr)")
+        // The relay holds the agent's one connection until stop ends it, then the supervisor's
+        // shutdown request reaches the agent, which asks busybox init to power off (SIGUSR2).
+        let stop = try tether(["stop", "bbcli", "--grace", "5s"])
+        #expect(stop.stdout == "sandbox bbcli stopped: powered off\n", "stderr: \(stop.stderr)")
+    }
 }
