@@ -120,8 +120,12 @@ enum SandboxCommands {
     static func printBooted(_ state: SandboxState) {
         var lines = ["sandbox \(state.name) is running (\(state.backend.rawValue), pid \(state.sandboxPid.map(String.init) ?? "?"))"]
         if let ms = state.bootToHelloMs { lines.append("  agent said hello after \(String(format: "%.1f", ms)) ms") }
-        lines.append("  relay: unix:\(state.relaySocket)")
-        lines.append("  run commands: tether exec --sandbox \(state.name) -- CMD   stop: tether stop \(state.name)")
+        if state.relayPid != nil {
+            lines.append("  relay: unix:\(state.relaySocket)")
+            lines.append("  run commands: tether exec --sandbox \(state.name) -- CMD   stop: tether stop \(state.name)")
+        } else {
+            lines.append("  no relay (see the warning); the agent: unix:\(state.agentSocket)   stop: tether stop \(state.name)")
+        }
         print(lines.joined(separator: "\n"))
         for warning in state.warnings { printWarning(warning) }
     }
