@@ -229,7 +229,13 @@ public struct Cgroup: Sendable {
             // A cgroup's children are its only subdirectories; its files are the interface.
             if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR { removeTree(path) }
         }
-        rmdir(directory)
+        // EBUSY while a task still counts as a member: processes SIGKILLed with their PID
+        // namespace leave their cgroups only as the kernel finishes their exit, which can lag
+        // the reaping of the namespace's init on a loaded host. Up to a second, then leave it.
+        for _ in 0..<50 {
+            if rmdir(directory) == 0 || errno != EBUSY { return }
+            usleep(20_000)
+        }
     }
 
     /// Writes (file, value) pairs in order; the first failure as "file: errno", nil when all worked.
