@@ -220,4 +220,32 @@ import Testing
         let stop = try tether(["stop", "bbcli", "--grace", "5s"])
         #expect(stop.stdout == "sandbox bbcli stopped: powered off\n", "stderr: \(stop.stderr)")
     }
+
+    @Test(.timeLimit(.minutes(5)))
+    func aRelayThatDiesIsReplacedAndAdoptsDetachedSessions() throws {
+        try Fixtures.requireRoot()
+        defer { cleanUp(["respawn"]) }
+        let boot = try tether(["boot", "--rootfs", try Fixtures.busyboxRootfs(), "--name", "respawn"])
+        #expect(boot.status == 0, "stderr: \(boot.stderr)")
+        let detached = try tether(["exec", "--sandbox", "respawn", "--detach", "--", "sleep", "120"])
+        #expect(detached.status == 0, "stderr: \(detached.stderr)")
+        let first = try #require(sandboxes.entry("respawn").state?.relayPid)
+        kill(first, SIGKILL)
+        // The supervisor starts another relay, which finds the agent's detached session.
+        var replacement: Int32?
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            if let pid = sandboxes.entry("respawn").state?.relayPid, pid != first, Fixtures.isRunning(pid) {
+                replacement = pid
+                break
+            }
+            usleep(50_000)
+        }
+        #expect(replacement != nil, "no new relay; supervisor.log: \((try? String(contentsOf: sandboxes.home.sandbox("respawn").supervisorLog, encoding: .utf8)) ?? "")")
+        let ps = try tether(["ps", "--sandbox", "respawn"])
+        #expect(ps.stdout.contains("sleep 120"), "ps: \(ps.stdout)\(ps.stderr)")
+        #expect(try tether(["exec", "--sandbox", "respawn", "--", "echo", "served"]).stdout == "served\n")
+        #expect(try tether(["stop", "respawn", "--grace", "2s"]).status == 0)
+        #expect(!Fixtures.isRunning(replacement))
+    }
 }

@@ -35,6 +35,8 @@ public final class Supervisor {
     /// The relay (`tether relay`, our child) and a pidfd for it, while it runs.
     var relayPid: pid_t = 0
     var relayFD: CInt = -1
+    var relayRestarts = 0
+    static let maxRelayRestarts = 5
 
     init(paths: SandboxPaths, config: SandboxConfig, lock: consuming NameLock, readyFD: CInt, executable: String) throws(Errno) {
         self.paths = paths
@@ -236,10 +238,18 @@ public final class Supervisor {
                 let how = reap()
                 return finished(exit: how)
             case 2:
-                // The relay gave up on the agent (or crashed): the sandbox goes on without it.
+                // The relay ended on its own (crashed, killed, or gave up on the agent) while the
+                // sandbox runs: a new one adopts the agent's detached sessions. A relay that
+                // keeps dying is given up on, and the sandbox goes on without one.
                 stopRelay()
-                state.warnings.append("the relay ended on its own (see \(paths.supervisorLog.path))")
-                state.save(to: paths.state)
+                if relayRestarts < Supervisor.maxRelayRestarts {
+                    relayRestarts += 1
+                    Supervisor.log("the relay ended on its own; starting it again (\(relayRestarts) of \(Supervisor.maxRelayRestarts))")
+                    startRelay()
+                } else {
+                    state.warnings.append("the relay ended \(relayRestarts + 1) times (see \(paths.supervisorLog.path)); the sandbox runs without one")
+                    state.save(to: paths.state)
+                }
             case 1:
                 var info = signalfd_siginfo()
                 while Glibc.read(signals.raw, &info, MemoryLayout<signalfd_siginfo>.size) == MemoryLayout<signalfd_siginfo>.size {
