@@ -23,8 +23,9 @@ import Testing
     }
 
     /// The cgroups directly under this process's cgroup in every cgroup v1 hierarchy: an init
-    /// in the sandbox must never create its tree there (that is the host's).
-    func hostV1Cgroups() -> Set<String> {
+    /// in the sandbox must never create its tree there (that is the host's). Other sandboxes'
+    /// `tether-NAME-PID` directories are left out: tests running beside this one boot them.
+    func hostV1Cgroups(own: String = "tether-systemd-") -> Set<String> {
         guard let mountinfo = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
         var result: Set<String> = []
         for line in mountinfo.split(separator: "\n") {
@@ -35,6 +36,7 @@ import Testing
             let mount = String(fields[4])
             for child in (try? FileManager.default.contentsOfDirectory(atPath: mount)) ?? [] {
                 var isDirectory: ObjCBool = false
+                if child.hasPrefix("tether-") && !child.hasPrefix(own) { continue }
                 if FileManager.default.fileExists(atPath: mount + "/" + child, isDirectory: &isDirectory), isDirectory.boolValue {
                     result.insert(mount + "/" + child)
                 }
@@ -60,6 +62,9 @@ import Testing
                                      timeoutMs: 120_000)
         let failed = try link!.exec(["systemctl", "--failed", "--no-legend", "--plain"]).stdout
         #expect(running.stdout == "running\n", "systemd: \(running.stdout)\(running.stderr) failed units: \(failed)")
+        // While it runs, its tree (init.scope, system.slice, ...) is inside the sandbox's own
+        // cgroup, not beside it in the host's.
+        #expect(hostV1Cgroups().filter { !$0.contains("/tether-systemd-") } == before)
         // exec still works through the agent, which is not PID 1 any more.
         let ps = try link!.exec(["ps", "-e", "-o", "pid=,comm="])
         #expect(ps.stdout.contains("tether-agent"))

@@ -85,20 +85,28 @@ public struct Cgroup: Sendable {
             .replacingOccurrences(of: "//", with: "/")
     }
 
-    /// Creates `tether-NAME` in every hierarchy and applies the limits it can. Returns nil (with
-    /// the reason in `warnings` when limits were asked for) when no cgroup could be created.
+    static func join(_ parent: String, _ leaf: String) -> String {
+        (parent.hasSuffix("/") ? String(parent.dropLast()) : parent) + "/" + leaf
+    }
+
+    /// Creates `tether-NAME-PID` (PID: the supervisor's) in every hierarchy and applies the
+    /// limits it can. Returns nil (with the reason in `warnings` when limits were asked for) when
+    /// no cgroup could be created. The pid keeps two sandboxes of one name apart: names are
+    /// unique per `$TETHER_HOME` only, and two homes (two test runs, two users) share the
+    /// host's cgroup tree; a shared directory would put one sandbox's init (systemd) into the
+    /// other's cgroups, and the first to stop would take the limits of both.
     public static func create(name: String, cpus: Int?, memoryMiB: Int?, warnings: inout [String]) -> Cgroup? {
         let limits = cpus != nil || memoryMiB != nil
         let (v2Mount, v1Mounts) = mounts()
         let own = ownPaths()
-        let leaf = "tether-" + name
+        let leaf = "tether-\(name)-\(getpid())"
 
         var v2Path: String?
         var v2Parent: String?
         if let v2Mount {
             let parent = directory(mount: v2Mount, own: own[""] ?? "/")
-            if mkdir(parent + "/" + leaf, 0o755) == 0 || errno == EEXIST {
-                v2Path = parent + "/" + leaf
+            if mkdir(join(parent, leaf), 0o755) == 0 || errno == EEXIST {
+                v2Path = join(parent, leaf)
                 v2Parent = parent
             }
         }
@@ -107,7 +115,7 @@ public struct Cgroup: Sendable {
             guard let key = own.keys.first(where: { !$0.isEmpty && Set($0.split(separator: ",").map(String.init)) == mount.controllers }),
                   let ownPath = own[key] else { continue }
             let parent = directory(mount: mount, own: ownPath)
-            let path = parent + "/" + leaf
+            let path = join(parent, leaf)
             guard mkdir(path, 0o755) == 0 || errno == EEXIST else { continue }
             // A new cpuset cgroup has no CPUs or memory nodes until given its parent's.
             if mount.controllers.contains("cpuset") {
@@ -221,7 +229,13 @@ public struct Cgroup: Sendable {
             // A cgroup's children are its only subdirectories; its files are the interface.
             if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR { removeTree(path) }
         }
-        rmdir(directory)
+        // EBUSY while a task still counts as a member: processes SIGKILLed with their PID
+        // namespace leave their cgroups only as the kernel finishes their exit, which can lag
+        // the reaping of the namespace's init on a loaded host. Up to a second, then leave it.
+        for _ in 0..<50 {
+            if rmdir(directory) == 0 || errno != EBUSY { return }
+            usleep(20_000)
+        }
     }
 
     /// Writes (file, value) pairs in order; the first failure as "file: errno", nil when all worked.

@@ -41,6 +41,10 @@ public struct SandboxConfig: Codable, Equatable, Sendable {
     public var handshakeTimeoutMs: UInt64
     /// krun: the library to dlopen instead of searching libkrun.so.1 (also `$TETHER_LIBKRUN`).
     public var krunLibrary: String?
+    /// The `tether` executable whose `tether relay` serves `relay.sock` once the agent said
+    /// hello (what `--sandbox NAME` connects to); nil: no relay, clients connect to
+    /// `agent.sock` themselves (one at a time, as the agent serves one connection).
+    public var relayExecutable: String?
 
     public static let defaultAgentPath = "/sbin/tether-agent"
     public static let defaultHandshakeTimeoutMs: UInt64 = 30_000
@@ -51,7 +55,8 @@ public struct SandboxConfig: Codable, Equatable, Sendable {
     public init(name: String, rootfs: String, backend: BackendKind = .namespace, cpus: Int? = nil,
                 memoryMiB: Int? = nil, initSystem: String? = nil, network: NetworkMode = .host,
                 hostname: String? = nil, ephemeral: Bool = false, agentPath: String = SandboxConfig.defaultAgentPath,
-                handshakeTimeoutMs: UInt64 = SandboxConfig.defaultHandshakeTimeoutMs, krunLibrary: String? = nil) {
+                handshakeTimeoutMs: UInt64 = SandboxConfig.defaultHandshakeTimeoutMs, krunLibrary: String? = nil,
+                relayExecutable: String? = nil) {
         self.name = name
         self.rootfs = rootfs
         self.backend = backend
@@ -64,6 +69,7 @@ public struct SandboxConfig: Codable, Equatable, Sendable {
         self.agentPath = agentPath
         self.handshakeTimeoutMs = handshakeTimeoutMs
         self.krunLibrary = krunLibrary
+        self.relayExecutable = relayExecutable
     }
 
     /// In the agent's environment on every backend. A static Swift executable looks for its

@@ -32,6 +32,11 @@ public final class Supervisor {
     var pidfd: CInt = -1
     var cgroup: Cgroup?
     var signals: OwnedFD
+    /// The relay (`tether relay`, our child) and a pidfd for it, while it runs.
+    var relayPid: pid_t = 0
+    var relayFD: CInt = -1
+    var relayRestarts = 0
+    static let maxRelayRestarts = 5
 
     init(paths: SandboxPaths, config: SandboxConfig, lock: consuming NameLock, readyFD: CInt, executable: String) throws(Errno) {
         self.paths = paths
@@ -48,7 +53,10 @@ public final class Supervisor {
                              relaySocket: paths.relaySocket.path)
     }
 
-    deinit { if pidfd >= 0 { close(pidfd) } }
+    deinit {
+        if pidfd >= 0 { close(pidfd) }
+        if relayFD >= 0 { close(relayFD) }
+    }
 
     /// `tether-sandbox supervise DIR [--lock-fd N] [--ready-fd N] [--detach]`: returns the exit code.
     public static func main(_ arguments: [String]) -> Int32 {
@@ -153,17 +161,95 @@ public final class Supervisor {
                 hint: "see \(paths.console.path); a slow init may need a longer handshake deadline"))
         }
 
+        startRelay()
         signalReady()
         return serve()
+    }
+
+    // MARK: relay
+
+    /// Starts `tether relay` between `agent.sock` and `relay.sock` and waits until it accepts
+    /// clients, so `--sandbox NAME` works as soon as `boot` returns. A relay that cannot start
+    /// is a warning, not a boot failure: the agent is up and reachable on `agent.sock`.
+    func startRelay() {
+        guard let relay = config.relayExecutable else { return }
+        unlink(paths.relaySocket.path)
+        var launcher = NamespaceLauncher(
+            path: relay,
+            arguments: [relay, "relay", "--agent", "unix:" + paths.agentSocket.path, "--listen", "unix:" + paths.relaySocket.path,
+                        "--name", "tether-relay-" + config.name],
+            environment: ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" })
+        launcher.namespaces = []
+        launcher.newSession = false
+        // A relay outliving its supervisor would hold the agent's one connection for nobody.
+        launcher.parentDeathSignal = SIGTERM
+        let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { if devNull >= 0 { close(devNull) } }
+        // Our stderr is supervisor.log: the relay's messages go there too.
+        launcher.descriptors = [(devNull, 0), (2, 1), (2, 2)]
+        do {
+            relayPid = try launcher.launch()
+        } catch {
+            state.warnings.append("the relay \(relay) did not start (\(error.errno)): connect to \(paths.agentSocket.path) instead")
+            state.save(to: paths.state)
+            return
+        }
+        relayFD = csys_pidfd_open(relayPid, 0)
+        // The relay binds its socket once the agent answered it: connect until that works.
+        let deadline = Clock.monotonicNs() + 10_000_000_000
+        var listening = false
+        while Clock.monotonicNs() < deadline {
+            if (try? Socket.connect(.unix(path: paths.relaySocket.path))) != nil {
+                listening = true
+                break
+            }
+            if relayFD >= 0 && Handshake.wait(fds: [relayFD], timeoutMs: 20) == 0 { break }
+        }
+        if listening {
+            state.relayPid = relayPid
+        } else {
+            stopRelay()
+            state.warnings.append("the relay did not start serving \(paths.relaySocket.path) (see \(paths.supervisorLog.path)); connect to \(paths.agentSocket.path) instead")
+        }
+        state.save(to: paths.state)
+    }
+
+    /// Ends the relay (SIGTERM, then SIGKILL after a second) and reaps it: the agent serves one
+    /// connection at a time, and the supervisor's shutdown request needs it.
+    func stopRelay() {
+        guard relayPid > 0 else { return }
+        kill(relayPid, SIGTERM)
+        if relayFD < 0 || Handshake.wait(fds: [relayFD], timeoutMs: 1_000) != 0 {
+            kill(relayPid, SIGKILL)
+        }
+        var status: CInt = 0
+        while waitpid(relayPid, &status, 0) < 0 && errno == EINTR {}
+        if relayFD >= 0 { close(relayFD) }
+        relayFD = -1
+        relayPid = 0
+        state.relayPid = nil
     }
 
     /// Waits for the sandbox to end or for a stop request.
     func serve() -> Int32 {
         while true {
-            switch Handshake.wait(fds: [pidfd, signals.raw], timeoutMs: -1) {
+            switch Handshake.wait(fds: relayFD >= 0 ? [pidfd, signals.raw, relayFD] : [pidfd, signals.raw], timeoutMs: -1) {
             case 0:
                 let how = reap()
                 return finished(exit: how)
+            case 2:
+                // The relay ended on its own (crashed, killed, or gave up on the agent) while the
+                // sandbox runs: a new one adopts the agent's detached sessions. A relay that
+                // keeps dying is given up on, and the sandbox goes on without one.
+                stopRelay()
+                if relayRestarts < Supervisor.maxRelayRestarts {
+                    relayRestarts += 1
+                    Supervisor.log("the relay ended on its own; starting it again (\(relayRestarts) of \(Supervisor.maxRelayRestarts))")
+                    startRelay()
+                } else {
+                    state.warnings.append("the relay ended \(relayRestarts + 1) times (see \(paths.supervisorLog.path)); the sandbox runs without one")
+                    state.save(to: paths.state)
+                }
             case 1:
                 var info = signalfd_siginfo()
                 while Glibc.read(signals.raw, &info, MemoryLayout<signalfd_siginfo>.size) == MemoryLayout<signalfd_siginfo>.size {
@@ -182,6 +268,7 @@ public final class Supervisor {
     /// Asks the agent to shut down, waits the grace and a margin, then kills.
     func stop(graceMs: UInt64) -> String {
         state.status = .stopping
+        stopRelay()
         state.save(to: paths.state)
         if !requestShutdown(graceMs: graceMs) && config.backend == .namespace {
             // The agent did not read our request: another client holds its one connection (the
@@ -333,6 +420,7 @@ public final class Supervisor {
     }
 
     func cleanUp() {
+        stopRelay()
         unlink(paths.agentSocket.path)
         unlink(paths.relaySocket.path)
         cgroup?.remove()

@@ -16,6 +16,7 @@ protocol Command {
 
 /// Every subcommand, in the order `tether --help` lists them.
 nonisolated(unsafe) let commands: [any Command.Type] = [
+    RunCommand.self, BootCommand.self, ListCommand.self, StopCommand.self,
     ExecCommand.self, ShellCommand.self, AttachCommand.self, PsCommand.self, KillCommand.self, LogsCommand.self, PingCommand.self,
     RelayCommand.self,
 ]
@@ -30,7 +31,8 @@ enum TetherCLI {
         \(commands.map { "  " + $0.name.padding(toLength: 9, withPad: " ", startingAt: 0) + $0.summary }.joined(separator: "\n"))
 
         Run `tether COMMAND --help` for a command's options. Commands that talk to a relay take
-        --socket unix:PATH or read TETHER_SOCKET.
+        --sandbox NAME or --socket unix:PATH, or read TETHER_SOCKET. Sandboxes live under
+        $TETHER_HOME (default ~/.tether).
 
         """
 

@@ -73,6 +73,7 @@ enum SandboxCommands {
             guard let name else { throw SandboxUsageError("--name NAME is required") }
             config.rootfs = absolute(rootfs)
             config.name = name
+            config.relayExecutable = sibling("tether")
         } catch {
             return usageError(error, usage: bootUsage)
         }
@@ -119,10 +120,130 @@ enum SandboxCommands {
     static func printBooted(_ state: SandboxState) {
         var lines = ["sandbox \(state.name) is running (\(state.backend.rawValue), pid \(state.sandboxPid.map(String.init) ?? "?"))"]
         if let ms = state.bootToHelloMs { lines.append("  agent said hello after \(String(format: "%.1f", ms)) ms") }
-        lines.append("  relay: unix:\(state.relaySocket)")
-        lines.append("  run commands: tether exec --sandbox \(state.name) -- CMD   stop: tether stop \(state.name)")
+        if state.relayPid != nil {
+            lines.append("  relay: unix:\(state.relaySocket)")
+            lines.append("  run commands: tether exec --sandbox \(state.name) -- CMD   stop: tether stop \(state.name)")
+        } else {
+            lines.append("  no relay (see the warning); the agent: unix:\(state.agentSocket)   stop: tether stop \(state.name)")
+        }
         print(lines.joined(separator: "\n"))
         for warning in state.warnings { printWarning(warning) }
+    }
+
+    // MARK: run
+
+    static let runUsage = """
+        usage: tether run [--rootfs DIR] [--name NAME] [BOOT OPTIONS] [--] CMD [ARGS...]
+        Boots a sandbox, runs CMD in it (as `tether exec` would: its output streams here and its
+        exit status is tether's), then stops the sandbox. Without --rootfs it uses the default
+        guest tree (busybox and the agent; rootfs/build.sh assembles it on first use and
+        $TETHER_HOME/default-rootfs remembers where; delete that file to assemble it anew).
+        Without --name the sandbox is called run-XXXXXX and its state is removed afterwards;
+        a named one stays in `tether ls` as stopped. BOOT OPTIONS are `tether boot`'s
+        (--backend, --cpus, --memory, --init, --network, --ephemeral, --replace, --hostname).
+        """
+
+    static func run(_ arguments: [String]) -> Int32 {
+        var parser = SandboxArguments(arguments, stopAtPositional: true)
+        var rootfs: String?
+        var name: String?
+        var config = SandboxConfig(name: "", rootfs: "")
+        var replace = false
+        var replaceGraceMs: UInt64 = 10_000
+        do {
+            while let option = try parser.nextOption() {
+                switch option {
+                case "--rootfs": rootfs = try parser.value(for: option)
+                case "--name": name = try parser.value(for: option)
+                case "--replace": replace = true
+                case "--replace-grace": replaceGraceMs = try parser.duration(for: option)
+                case "-h", "--help":
+                    print(runUsage)
+                    return 0
+                default:
+                    guard try applyCommon(option, &parser, &config) else { throw SandboxUsageError("unknown option \(option)") }
+                }
+            }
+            guard !parser.remaining.isEmpty else { throw SandboxUsageError("no command to run") }
+            config.name = name ?? SandboxName.random()
+            config.relayExecutable = sibling("tether")
+        } catch {
+            return usageError(error, usage: runUsage)
+        }
+        do {
+            config.rootfs = try rootfs.map(absolute) ?? defaultRootfs()
+        } catch {
+            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            return 1
+        }
+        let sandboxes = sandboxes()
+        let state: SandboxState
+        do {
+            state = try sandboxes.boot(config, onConflict: replace ? .replace(graceMs: replaceGraceMs) : .fail)
+        } catch {
+            return report(error)
+        }
+        for warning in state.warnings { printWarning(warning) }
+        guard state.relayPid != nil else {
+            _ = try? sandboxes.stop(config.name, graceMs: 2_000)
+            FileHandle.standardError.write(Data("error: the sandbox booted but its relay did not start (see \(sandboxes.home.sandbox(config.name).supervisorLog.path))\n".utf8))
+            return 125
+        }
+        let status = ExecCommand.run((["--socket", "unix:" + state.relaySocket, "--"] + parser.remaining)[...])
+        // The command is over: nothing in the sandbox is worth a long grace.
+        do {
+            try sandboxes.stop(config.name, graceMs: 2_000)
+            // A sandbox nobody named is nobody's to look at again: `tether ls` would only fill
+            // up with run-XXXXXX entries. A named one keeps its state (how it ended, its logs).
+            if name == nil { try? FileManager.default.removeItem(at: sandboxes.home.sandbox(config.name).directory) }
+        } catch {
+            printWarning("stopping sandbox \(config.name): \(error.message)")
+        }
+        return status
+    }
+
+    /// The default guest tree: the one recorded in `$TETHER_HOME/default-rootfs` while it still
+    /// holds the agent, else what rootfs/build.sh assembles (and caches) now.
+    static func defaultRootfs() throws -> String {
+        let home = TetherHome.fromEnvironment()
+        let record = home.root.appendingPathComponent("default-rootfs")
+        if let recorded = try? String(contentsOf: record, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
+           !recorded.isEmpty, FileManager.default.isExecutableFile(atPath: recorded + SandboxConfig.defaultAgentPath) {
+            return recorded
+        }
+        guard let script = rootfsScript() else {
+            throw SandboxUsageError("no default rootfs: rootfs/build.sh was not found above \(sibling("")); pass --rootfs DIR")
+        }
+        FileHandle.standardError.write(Data("tether: assembling the default rootfs with \(script) (first use; the agent is built if needed)\n".utf8))
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = [script]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardInput = FileHandle.nullDevice
+        do { try process.run() } catch { throw SandboxUsageError("running \(script): \(error)") }
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let path = String(decoding: data, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? ""
+        guard process.terminationStatus == 0, !path.isEmpty else {
+            throw SandboxUsageError("\(script) failed (exit status \(process.terminationStatus)); its messages are above")
+        }
+        try? FileManager.default.createDirectory(at: home.root, withIntermediateDirectories: true)
+        try? Data((path + "\n").utf8).write(to: record, options: .atomic)
+        return path
+    }
+
+    /// rootfs/build.sh of the source tree this tether was built from: `$TETHER_ROOTFS_SCRIPT`,
+    /// else the first directory above the executable that has it (.build/debug/tether).
+    static func rootfsScript() -> String? {
+        if let path = ProcessInfo.processInfo.environment["TETHER_ROOTFS_SCRIPT"], !path.isEmpty { return path }
+        var directory = URL(fileURLWithPath: sibling("")).standardizedFileURL
+        while directory.path != "/" {
+            let candidate = directory.appendingPathComponent("rootfs/build.sh").path
+            if FileManager.default.fileExists(atPath: candidate) { return candidate }
+            directory.deleteLastPathComponent()
+        }
+        return nil
     }
 
     // MARK: ls
@@ -299,4 +420,35 @@ struct SandboxArguments {
         if let seconds = Double(text), seconds >= 0 { return UInt64(seconds * 1000) }
         throw SandboxUsageError("\(option) takes a duration such as 500ms, 10s or 2m, not '\(text)'")
     }
+}
+
+
+// The sandbox commands in `tether`'s command table (Command.swift).
+
+enum RunCommand: Command {
+    static let name = "run"
+    static let summary = "boot a sandbox, run a command in it, stop it"
+    static var help: String { SandboxCommands.runUsage + "\n" }
+    static func run(_ arguments: ArraySlice<String>) -> Int32 { SandboxCommands.run(Array(arguments)) }
+}
+
+enum BootCommand: Command {
+    static let name = "boot"
+    static let summary = "boot a sandbox and leave it running"
+    static var help: String { SandboxCommands.bootUsage + "\n" }
+    static func run(_ arguments: ArraySlice<String>) -> Int32 { SandboxCommands.boot(Array(arguments)) }
+}
+
+enum ListCommand: Command {
+    static let name = "ls"
+    static let summary = "list sandboxes"
+    static var help: String { SandboxCommands.lsUsage + "\n" }
+    static func run(_ arguments: ArraySlice<String>) -> Int32 { SandboxCommands.list(Array(arguments)) }
+}
+
+enum StopCommand: Command {
+    static let name = "stop"
+    static let summary = "stop a sandbox (its init powers off), killing it after a grace"
+    static var help: String { SandboxCommands.stopUsage + "\n" }
+    static func run(_ arguments: ArraySlice<String>) -> Int32 { SandboxCommands.stop(Array(arguments)) }
 }

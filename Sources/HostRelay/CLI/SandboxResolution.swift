@@ -1,10 +1,22 @@
+import TetherBoot
 import TetherProtocol
 
-/// `--sandbox NAME` -> the socket of that sandbox's relay. The seam for sandbox support
-/// (`tether boot`, issue 6): it replaces this body with a lookup under $TETHER_HOME.
+/// `--sandbox NAME` -> the socket of the relay that sandbox's supervisor started
+/// (`$TETHER_HOME/sandboxes/NAME/relay.sock`, from its state.json).
 enum SandboxResolution {
     static func socket(ofSandbox name: String) throws -> Address {
-        throw CLIError(message: "--sandbox \(name): this build of tether cannot boot or find sandboxes yet",
-                       hint: "pass --socket unix:PATH of the sandbox's relay", exitStatus: 2)
+        guard SandboxName.isValid(name) else {
+            throw CLIError(message: "--sandbox: '\(name)' is not a sandbox name", hint: "see `tether ls`", exitStatus: 2)
+        }
+        let entry = SandboxCommands.sandboxes().entry(name)
+        guard entry.isLive, let state = entry.state, state.status == .running else {
+            throw CLIError(message: "sandbox \(name) is not running",
+                           hint: "see `tether ls`; start it with `tether boot --name \(name) --rootfs DIR`", exitStatus: 125)
+        }
+        guard state.relayPid != nil else {
+            throw CLIError(message: "sandbox \(name) has no relay (it was booted without one, or its relay ended)",
+                           hint: "see \(entry.paths.supervisorLog.path); its agent listens on unix:\(state.agentSocket)", exitStatus: 125)
+        }
+        return .unix(path: state.relaySocket)
     }
 }
