@@ -6,13 +6,16 @@ import TetherPosix
 
 /// The processes a Tether measurement runs against, as users run them: the stripped static
 /// agent (what a VM image embeds) listening on a unix socket, and a `tether relay` process in
-/// front of it. Both are killed when the fixture goes away.
+/// front of it; and a second agent nobody else uses, for clients that talk to an agent
+/// directly (an agent serves one connection at a time, and the relay holds the first's).
+/// All are killed when the fixture goes away.
 final class Fixture {
     let directory: String
     let agent: Process
     let relay: Process
+    let directAgent: Process
     let agentBinary: String
-    var agentSocket: String { "unix:" + directory + "/agent.sock" }
+    var directAgentSocket: String { "unix:" + directory + "/direct.sock" }
     var relaySocket: String { "unix:" + directory + "/relay.sock" }
 
     init(binaries: Binaries) throws {
@@ -29,10 +32,12 @@ final class Fixture {
                                                  "--listen", "unix:\(directory)/relay.sock", "--no-log"],
                                log: directory + "/relay.log")
         try Self.waitFor(socket: directory + "/relay.sock", process: relay, what: "the relay")
+        directAgent = try Self.start(binaries.agent, ["--listen", "unix:\(directory)/direct.sock"], log: directory + "/direct.log")
+        try Self.waitFor(socket: directory + "/direct.sock", process: directAgent, what: "the second agent")
     }
 
     deinit {
-        for process in [relay, agent] where process.isRunning {
+        for process in [relay, agent, directAgent] where process.isRunning {
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
@@ -43,7 +48,7 @@ final class Fixture {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
-        FileManager.default.createFile(atPath: log, contents: nil)
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         process.standardOutput = handle
         process.standardError = handle
@@ -108,3 +113,4 @@ struct ResidentSet {
 }
 
 func mebibytes(kib: Int) -> String { formatted(Double(kib) / 1024, decimals: 1) + " MiB" }
+func megabytes(bytes: Int) -> String { formatted(Double(bytes) / 1e6, decimals: 2) + " MB (\(bytes) bytes)" }

@@ -52,10 +52,10 @@ do {
     report.value("agent", binaries.agent + (binaries.agentIsStatic ? "" : " (not the static build: run scripts/build-agent.sh for shipping figures)"))
     var agentStat = stat()
     _ = stat(binaries.agent, &agentStat)
-    report.value("agent binary size", mebibytes(kib: Int(agentStat.st_size) / 1024))
+    report.value("agent binary size", megabytes(bytes: Int(agentStat.st_size)))
     let fixture = try Fixture(binaries: binaries)
     let viaRelay = try await TetherClient.connect(to: fixture.relaySocket, name: "tether-bench")
-    let direct = try await TetherClient.connect(to: fixture.agentSocket, name: "tether-bench")
+    let direct = try await TetherClient.connect(to: fixture.directAgentSocket, name: "tether-bench")
     let exec = try await TetherMeasurements.execRoundTrip(viaRelay, count: spawnCount)
     report.value("exec /bin/true via relay median", microseconds(exec.median))
     report.value("exec /bin/true via relay p99", microseconds(exec.p99))
@@ -96,8 +96,8 @@ do {
     report.value("exec round trip direct / posix_spawn", formatted(Double(execDirect.median) / Double(spawn.median), decimals: 2) + "x")
     report.value("stdout / pipe ceiling", formatted(100 * stdoutMBps / pipeMBps, decimals: 0) + "% (target >= 60% and >= 1000 MB/s)")
     report.value("stdin / socket ceiling", formatted(100 * stdinMBps / socketMBps, decimals: 0) + "%")
-    report.value("agent peak RSS", mebibytes(kib: streaming.peakKiB) + " (target <= 8 MiB)")
-    report.value("agent binary", mebibytes(kib: Int(agentStat.st_size) / 1024) + " (target <= 8 MiB)")
+    report.value("agent peak RSS", megabytes(bytes: streaming.peakKiB * 1024) + " (target <= 8 MB)")
+    report.value("agent binary", megabytes(bytes: Int(agentStat.st_size)) + " (target <= 8 MB)")
     if let bootMedian { report.value("namespace boot to hello", microseconds(bootMedian) + " (target <= 50 ms)") }
 } catch {
     report.failure("\(error)")

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 import TetherProtocol
+import TetherPosix
+import TestSupport
 @testable import TetherClient
 @testable import TetherRelay
 
@@ -103,6 +105,30 @@ import TetherProtocol
 extension Result where Failure == TetherError {
     init(_ body: () async throws(TetherError) -> Success) async {
         do { self = .success(try await body()) } catch { self = .failure(error) }
+    }
+}
+
+@Suite struct HelloDeadlineTests {
+    /// A socket that accepts and then says nothing (what a second client of an agent sees:
+    /// the agent serves one connection at a time) is a typed timeout, not a hang.
+    @Test(.timeLimit(.minutes(1)))
+    func aServerThatNeverSaysHelloIsATimeout() async throws {
+        let dir = try TemporaryDirectory("hello")
+        let path = dir.file("silent.sock")
+        let listener = try Socket.listen(.unix(path: path))
+        var options = ClientOptions(socket: .unix(path: path))
+        options.helloTimeout = .milliseconds(300)
+        let start = ContinuousClock.now
+        do {
+            _ = try await TetherClient.connect(options)
+            Issue.record("connected to a server that never said hello")
+        } catch {
+            #expect(error.code == .timedOut, "\(error)")
+            #expect(error.suggestion?.contains("one connection at a time") == true)
+        }
+        // Not retried: waiting longer would not make a busy agent answer.
+        #expect(ContinuousClock.now - start < .seconds(5))
+        _ = listener
     }
 }
 

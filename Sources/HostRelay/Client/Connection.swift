@@ -19,6 +19,7 @@ import TetherProtocol
 final class Connection: Sendable {
     let address: Address
     let name: String
+    let helloTimeout: Duration
     let onNotice: (@Sendable (TetherError) -> Void)?
 
     enum Command: Sendable {
@@ -50,9 +51,10 @@ final class Connection: Sendable {
         init(loop: EventLoop) { self.loop = loop }
     }
 
-    private init(address: Address, name: String, onNotice: (@Sendable (TetherError) -> Void)?) throws(TetherError) {
+    private init(address: Address, name: String, helloTimeout: Duration, onNotice: (@Sendable (TetherError) -> Void)?) throws(TetherError) {
         self.address = address
         self.name = name
+        self.helloTimeout = helloTimeout
         self.onNotice = onNotice
         let loop: EventLoop
         do { loop = try EventLoop() } catch {
@@ -63,8 +65,9 @@ final class Connection: Sendable {
     }
 
     /// Connects and waits for the server's hello. One attempt; `TetherClient` retries.
-    static func open(_ address: Address, name: String, onNotice: (@Sendable (TetherError) -> Void)? = nil) async throws(TetherError) -> Connection {
-        let connection = try Connection(address: address, name: name, onNotice: onNotice)
+    static func open(_ address: Address, name: String, helloTimeout: Duration = .seconds(10),
+                     onNotice: (@Sendable (TetherError) -> Void)? = nil) async throws(TetherError) -> Connection {
+        let connection = try Connection(address: address, name: name, helloTimeout: helloTimeout, onNotice: onNotice)
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Hello, TetherError>, Never>) in
             connection.shared.withLock { $0.opened = continuation }
             let thread = Thread { connection.threadMain() }
@@ -157,6 +160,12 @@ final class Connection: Sendable {
             return
         }
         flush()
+        _ = loop.schedule(after: helloTimeout) { [self] in
+            guard shared.withLock({ $0.hello == nil }) else { return }
+            end(TetherError(.timedOut, "\(address) accepted the connection but sent no hello within \(helloTimeout)",
+                            operation: "connect", context: ["socket": address.description],
+                            suggestion: "an agent serves one connection at a time: is a relay or another client connected to it?"))
+        }
         do { try loop.run() } catch {
             end(TetherError(.internal, "epoll_wait: \(error)", operation: "connection", errno: error.rawValue))
         }

@@ -112,6 +112,9 @@ public struct ClientOptions: Sendable {
     public var retryBudget: Duration = .seconds(10)
     public var retryInitialDelay: Duration = .milliseconds(20)
     public var retryMaxDelay: Duration = .seconds(1)
+    /// How long a connected socket may stay silent before its hello: an agent serves one
+    /// connection at a time, so a second client of one agent would otherwise wait forever.
+    public var helloTimeout: Duration = .seconds(10)
     /// News about the connection that ends no session, such as `agentUnresponsive` (the
     /// relay has not heard from its agent for a while; running sessions keep waiting, since
     /// it may come back). Called on the connection's thread; keep it short.

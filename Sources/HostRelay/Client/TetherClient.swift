@@ -37,7 +37,7 @@ public final class TetherClient: Sendable {
 
     public static func connect(_ options: ClientOptions) async throws(TetherError) -> TetherClient {
         let connection = try await Retry(options, operation: "connect").run { () async throws(TetherError) -> Connection in
-            try await Connection.open(options.socket, name: options.name, onNotice: options.onNotice)
+            try await Connection.open(options.socket, name: options.name, helloTimeout: options.helloTimeout, onNotice: options.onNotice)
         }
         return TetherClient(options: options, connection: connection)
     }
@@ -52,7 +52,7 @@ public final class TetherClient: Sendable {
     private func connection() async throws(TetherError) -> Connection {
         if let live = current.withLock({ $0.flatMap { $0.isClosed ? nil : $0 } }) { return live }
         let fresh = try await Retry(options, operation: "connect").run { () async throws(TetherError) -> Connection in
-            try await Connection.open(options.socket, name: options.name, onNotice: options.onNotice)
+            try await Connection.open(options.socket, name: options.name, helloTimeout: options.helloTimeout, onNotice: options.onNotice)
         }
         current.withLock { $0 = fresh }
         return fresh
