@@ -66,7 +66,19 @@ import TetherProtocol
         try client.exec(tty(["/bin/sh", "-c", "echo ready; exec cat"]), id: 2)
         _ = try readUntil(client, id: 2, contains: "ready")
         try client.sendData(id: 2, [0x04])
-        #expect(try client.collect(id: 2).exited == .code(0))
+        let ended = try client.collect(id: 2)
+        #expect(ended.exited == .code(0), "\(ended)")
+    }
+
+    /// GNU cat, and anything else that closes its stdio on the way out, closes the last slave
+    /// descriptor before it exits. The master then reads EIO; hanging it up at that moment
+    /// would SIGHUP the still-running leader (seen as cat "killed by SIGHUP" after ^D).
+    @Test(.timeLimit(.minutes(1)))
+    func aProgramThatClosesItsTerminalBeforeExitingIsNotHungUp() throws {
+        let agent = try startAgent()
+        let t = try run(agent, tty(["/bin/sh", "-c", "echo closing; exec 0<&- 1>&- 2>&-; sleep 0.3; exit 3"]))
+        #expect(t.stdoutText == "closing\r\n")
+        #expect(t.exited == .code(3), "\(t)")
     }
 
     @Test(.timeLimit(.minutes(1)))

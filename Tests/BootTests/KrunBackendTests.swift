@@ -153,15 +153,20 @@ import Testing
         let config = SandboxConfig(name: "order", rootfs: rootfs, backend: .krun, cpus: 2, memoryMiB: 256,
                                    handshakeTimeoutMs: 20_000, krunLibrary: stub.appendingPathComponent("libkrun.so.1").path)
         var booted: SandboxState?
+        var outcome = ""
         do {
             booted = try sandboxes.boot(config)
+            outcome = "booted"
         } catch {
             // Until the real agent is in the rootfs the guest exits before saying hello; the
             // calls below are what this test checks either way.
+            outcome = "\(error)"
             guard case .failed(let failure) = error else { throw error }
             #expect(failure.stage == .handshake, "\(failure)")
         }
         if booted != nil { try sandboxes.stop("order", graceMs: 2_000) }
+        let read = { (url: URL) in (try? String(contentsOf: url, encoding: .utf8)) ?? "-" }
+        let evidence = "boot: \(outcome)\nsupervisor log:\n\(read(paths.supervisorLog))\nconsole:\n\(read(paths.console))"
 
         let sock = paths.agentSocket.path
         let expected = [
@@ -174,7 +179,7 @@ import Testing
             "krun_start_enter(0)",
         ]
         let calls = Self.calls(in: stub)
-        #expect(Array(calls.prefix(expected.count)) == expected)
+        #expect(Array(calls.prefix(expected.count)) == expected, "\(evidence)")
         // envp is never NULL (NULL would copy the host's environment into the guest).
         #expect(!calls.contains { $0.contains("NULL") })
     }

@@ -59,9 +59,9 @@ public final class GuestRoot {
         try Self.copyExecutable(agent, to: path + "/sbin/tether-agent")
     }
 
-    /// Copies an executable (see `writeFile` for why not with Foundation).
+    /// Copies an executable (see `writeFile` for why not in this process).
     public static func copyExecutable(_ source: String, to target: String) throws {
-        try writeFile(target, bytes: Array(try Data(contentsOf: URL(fileURLWithPath: source))), mode: 0o755)
+        try copyFile(source, to: target, mode: 0o755)
     }
 
     /// The command line that starts the agent as PID 1 of new PID, mount, UTS and IPC

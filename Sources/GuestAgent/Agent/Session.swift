@@ -62,6 +62,12 @@ final class Session {
     var pausedByConnection = false
 
     private var reportFD: CInt
+    /// A pty master whose slave side was closed while the leader still runs. Closing a master
+    /// hangs the terminal up, and the kernel then sends SIGHUP to the session: a program that
+    /// closes its stdio before it exits (GNU cat, anything using close_stdout) would die of
+    /// that signal between its last close and its exit. So the master stays open, unwatched,
+    /// until the leader is reaped.
+    private var hungUpMaster: CInt?
     private var outputs: [Output]
     /// The pipe write end, or the pty master (then also `outputs[0].fd`); nil for stdin none.
     private var stdinFD: CInt?
@@ -207,6 +213,7 @@ final class Session {
         if phase == .spawning { becomeRunning() }   // no report at all: the exec happened
         guard phase == .running else { return }
         phase = .exited
+        closeHungUpMaster()
         let exited: Exited
         if csys_wifsignaled(status) != 0 {
             exited = .signal(csys_wtermsig(status), coreDumped: csys_wcoredump(status) != 0)
@@ -313,6 +320,16 @@ final class Session {
             stdinQueue.removeAll()
         }
         setInterest(fd, 0)
+        if isTerminal && phase == .running {
+            hungUpMaster = fd
+        } else {
+            _ = Glibc.close(fd)
+        }
+    }
+
+    private func closeHungUpMaster() {
+        guard let fd = hungUpMaster else { return }
+        hungUpMaster = nil
         _ = Glibc.close(fd)
     }
 
@@ -554,6 +571,7 @@ final class Session {
     func teardown() {
         guard phase != .finished else { return }
         for i in outputs.indices { closeOutput(i) }
+        closeHungUpMaster()
         if let fd = stdinFD {
             setInterest(fd, 0)
             _ = Glibc.close(fd)

@@ -235,10 +235,14 @@ import TetherProtocol
         #expect(output.stdoutText == "after-x\n")
         #expect(output.exitCode == 4)
 
-        // Finished while nobody watched, with more output than the replay buffer keeps.
-        let big = try await second.execStream(["sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo line-$i; i=$((i+1)); done; exit 6"],
+        // Finished while nobody watched, with more output than the replay buffer keeps. The
+        // output starts only once the detach was taken (the go file), so some of it is dropped.
+        let go = live.directory.file("go")
+        let big = try await second.execStream(["sh", "-c", "while [ ! -e \(go) ]; do sleep 0.01; done; "
+                                               + "i=0; while [ $i -lt 2000 ]; do echo line-$i; i=$((i+1)); done; exit 6"],
                                               ExecOptions(detach: true))
         let bigNumber = try await big.detach()
+        #expect(FileManager.default.createFile(atPath: go, contents: nil))
         // What came before the relay took the detach was this handle's, not the replay's.
         var early = 0
         for try await event in big.events { if case .stdout(let bytes) = event { early += bytes.count } }
