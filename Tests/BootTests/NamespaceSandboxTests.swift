@@ -46,6 +46,14 @@ import Testing
         let id = try link.exec(["id"], user: "sandbox")
         #expect(id.stdout.hasPrefix("uid=1000(sandbox) gid=1000(sandbox)"), "\(id.stdout)\(id.stderr)")
 
+        // An idle sandbox costs no CPU: the supervisor sleeps in poll(2) until the sandbox ends
+        // or a stop arrives (it once spun on poll(0) and burnt a core per sandbox).
+        let supervisorTicks = { Fixtures.cpuTicks(state.supervisorPid) }
+        let before = supervisorTicks()
+        usleep(1_000_000)
+        let spent = supervisorTicks() - before
+        #expect(spent <= 10, "the idle supervisor used \(spent) of 100 clock ticks in a second")
+
         let outcome = try sandboxes.stop("basic", graceMs: 2_000)
         guard case .stopped(let exit) = outcome else { Issue.record("stop: \(outcome)"); return }
         #expect(exit != nil)

@@ -17,7 +17,9 @@ import TetherProtocol
 
     @Test(.timeLimit(.minutes(2)))
     func agentKilledMidStreamEndsTheSessionWithAgentGoneAndTheRelayExitsAfterItsTimeout() async throws {
-        let pair = try AgentAndRelay("rel-agentkill", agentTimeout: "2s")
+        // Long enough that the client hears agentGone before the relay gives up even when the
+        // rest of the suite keeps both cores (and Swift's cooperative threads) busy.
+        let pair = try AgentAndRelay("rel-agentkill", agentTimeout: "10s")
         let client = try await pair.client()
         defer { client.close() }
         let handle = try await client.execStream(["/bin/sh", "-c", "while :; do echo line; done"])
@@ -107,6 +109,11 @@ import TetherProtocol
 
     @Test(.timeLimit(.minutes(3)))
     func aClientFloodingGarbageFramesKeepsOtherClientsWithinThreeTimesTheirRoundTrip() async throws {
+        // A ratio of round trips on two cores: beside the rest of the suite it would measure how
+        // busy the other tests keep the machine, not the relay.
+        if ProcessInfo.processInfo.environment["TETHER_TEST_ALONE"] != "1" {
+            try Test.cancel("timing-sensitive: runs alone, after the suite (scripts/test.sh; or TETHER_TEST_ALONE=1 swift test --filter \(#function.prefix { $0 != "(" }))")
+        }
         let pair = try AgentAndRelay("rel-flood")
         let client = try await pair.client()
         defer { client.close() }
@@ -121,9 +128,9 @@ import TetherProtocol
             return times
         }
         _ = try await roundTrips(5)   // warm up: first spawns fault pages in
-        let normal = try await roundTrips(25)
 
         let flood = Shared()
+        flood.paused.store(true, ordering: .relaxed)
         let path = pair.directory.file("relay.sock")
         let flooder = Thread { [flood] in
             var garbage: [[UInt8]] = []
@@ -135,10 +142,11 @@ import TetherProtocol
             garbage.append(frameBytes(id: 0, flags: 0, kind: 0x03, payload: [0xbf, 0xbf, 0xbf]))
             let chunk = Array(garbage.joined())
             while !flood.flag.load(ordering: .relaxed) {
+                if flood.paused.load(ordering: .relaxed) { usleep(1000); continue }
                 guard let fd = try? Socket.connect(.unix(path: path)).release() else { usleep(1000); continue }
                 flood.other.add(1, ordering: .relaxed)
                 var ok = true
-                for _ in 0..<2000 where ok && !flood.flag.load(ordering: .relaxed) {
+                for _ in 0..<2000 where ok && !flood.flag.load(ordering: .relaxed) && !flood.paused.load(ordering: .relaxed) {
                     // send with MSG_NOSIGNAL: the relay may hang up (or be gone) mid-write,
                     // which must be EPIPE here, not SIGPIPE for the whole test process.
                     ok = chunk.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, CInt(MSG_NOSIGNAL)) } == chunk.count
@@ -151,19 +159,33 @@ import TetherProtocol
         }
         flooder.start()
         defer { flood.flag.store(true, ordering: .relaxed) }
-        #expect(eventually(within: 10) { flood.count.load(ordering: .relaxed) > 10_000 }, "the flood did not get going")
-        let flooded = try await roundTrips(25)
+
+        // Rounds of quiet then flooded round trips, compared within each round: the other tests
+        // of the suite load this machine's two cores unevenly over time, and a comparison of
+        // two moments seconds apart would measure that instead of the relay.
+        var rounds: [(quiet: Double, flooded: Double, allowed: Double)] = []
+        for _ in 0..<6 {
+            flood.paused.store(true, ordering: .relaxed)
+            usleep(20_000)   // what the flooder already sent is read and refused
+            let quiet = median(try await roundTrips(8))
+            let sent = flood.count.load(ordering: .relaxed)
+            flood.paused.store(false, ordering: .relaxed)
+            #expect(eventually(within: 10) { flood.count.load(ordering: .relaxed) > sent + 5_000 }, "the flood did not get going")
+            let flooded = median(try await roundTrips(8))
+            // 3x, with a 5 ms floor so sub-millisecond jitter on a shared machine does not decide.
+            rounds.append((quiet, flooded, max(3 * quiet, quiet + 0.005)))
+        }
         flood.flag.store(true, ordering: .relaxed)
 
-        let before = median(normal)
-        let during = median(flooded)
-        // 3x, with a 5 ms floor so sub-millisecond jitter on a shared machine does not decide.
-        let allowed = max(3 * before, before + 0.005)
-        print(String(format: "flood: median exec round trip %.2f ms before, %.2f ms during (allowed %.2f ms); %d garbage frames on %d connections",
-                     before * 1000, during * 1000, allowed * 1000, flood.count.load(ordering: .relaxed), flood.other.load(ordering: .relaxed)))
+        let ms = { (value: Double) in String(format: "%.2f", value * 1000) }
+        print("flood: median exec round trip per round, quiet -> flooded (allowed), ms: "
+              + rounds.map { "\(ms($0.quiet)) -> \(ms($0.flooded)) (\(ms($0.allowed)))" }.joined(separator: ", ")
+              + "; \(flood.count.load(ordering: .relaxed)) garbage frames on \(flood.other.load(ordering: .relaxed)) connections")
         // The relay serves a client with more than a turn's frames from a queue of busy
         // clients with a budget per pass of its loop, so the flooder gets its share and no more.
-        #expect(during <= allowed)
+        // Most rounds must hold the bound (a round is a fraction of a second; one disturbed by
+        // the rest of the machine does not decide).
+        #expect(median(rounds.map { $0.flooded / $0.allowed }) <= 1.0)
         #expect(pair.relay.process.isRunning && pair.agent.process.isRunning)
         let after = try await client.exec(["/bin/echo", "still here"])
         #expect(after.stdoutText == "still here\n")

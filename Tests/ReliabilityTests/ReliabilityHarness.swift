@@ -103,4 +103,6 @@ final class Shared: Sendable {
     let flag = Atomic<Bool>(false)
     let count = Atomic<Int>(0)
     let other = Atomic<Int>(0)
+    /// For a worker that can be held without being stopped.
+    let paused = Atomic<Bool>(false)
 }

@@ -116,12 +116,15 @@ public enum Handshake {
     }
 
     /// poll(2) for readability. Returns the index of the first ready descriptor, or -1 on timeout.
-    /// Negative descriptors are skipped (poll ignores them).
+    /// A negative `timeoutMs` waits without a deadline. Negative descriptors are skipped (poll
+    /// ignores them).
     static func wait(fds: [CInt], timeoutMs: Int32) -> Int {
         var pollfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        let forever = timeoutMs < 0
         let deadline = Clock.monotonicNs() + UInt64(max(0, timeoutMs)) * 1_000_000
         while true {
-            let left = Int32(clamping: (deadline - min(deadline, Clock.monotonicNs())) / 1_000_000)
+            // Rounded up: a wait of 0.4 ms left must not become poll(0) and spin.
+            let left: Int32 = forever ? -1 : Int32(clamping: (deadline - min(deadline, Clock.monotonicNs()) + 999_999) / 1_000_000)
             let n = poll(&pollfds, nfds_t(pollfds.count), left)
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { return -1 }

@@ -96,7 +96,7 @@ public struct Sandboxes: Sendable {
         _ = consume readyWrite
         _ = consume lock     // the supervisor holds the name now
 
-        let ready = readLine(readyRead.raw)
+        let (ready, readError) = readLine(readyRead.raw)
         if ready == "ready" {
             guard let state = SandboxState.load(from: paths.state) else {
                 throw .state(operation: "read", path: paths.state.path, message: "missing after the sandbox said ready")
@@ -106,8 +106,10 @@ public struct Sandboxes: Sendable {
         if let failure = BootFailure.read(from: paths.bootError) { throw .failed(failure) }
         let said = ((try? String(contentsOf: paths.supervisorLog, encoding: .utf8)) ?? "")
             .trimmingCharacters(in: .whitespacesAndNewlines)
-        throw .failed(BootFailure(stage: .handshake, errno: 0,
-                                  message: "the supervisor ended without a boot error" + (said.isEmpty ? "" : ": " + said)))
+        let pipe = readError.map { "reading its ready pipe failed: \($0)" }
+            ?? (ready.isEmpty ? "it closed its ready pipe" : "its ready pipe said \"\(ready)\"")
+        throw .failed(BootFailure(stage: .handshake, errno: readError?.rawValue ?? 0,
+                                  message: "the supervisor ended without a boot error (\(pipe))" + (said.isEmpty ? "" : ": " + said)))
     }
 
     /// Takes the name's lock, stopping whoever holds it first when asked to.
@@ -131,16 +133,19 @@ public struct Sandboxes: Sendable {
     }
 
     /// Reads one line from a pipe, blocking until a newline or EOF.
-    private func readLine(_ fd: CInt) -> String {
+    /// One line from the supervisor's ready pipe, and the read error that ended it early.
+    private func readLine(_ fd: CInt) -> (String, Errno?) {
         var bytes: [UInt8] = []
         var byte: UInt8 = 0
+        var failure: Errno?
         while true {
             let n = Glibc.read(fd, &byte, 1)
             if n < 0 && errno == EINTR { continue }
+            if n < 0 { failure = .current }
             if n <= 0 || byte == 0x0A { break }
             bytes.append(byte)
         }
-        return String(decoding: bytes, as: UTF8.self)
+        return (String(decoding: bytes, as: UTF8.self), failure)
     }
 
     // MARK: list
