@@ -21,6 +21,19 @@ enum TetherMeasurements {
         return timings
     }
 
+    /// `ping` answered by the agent: the transport alone (client, relay when there is one,
+    /// agent and back), to tell it apart from the spawn in an exec round trip.
+    static func pingRoundTrip(_ client: TetherClient, count: Int) async throws -> Timings {
+        for _ in 0..<min(100, count) { _ = try await client.ping() }
+        var timings = Timings(reserving: count)
+        for _ in 0..<count {
+            let start = Clock.monotonicNs()
+            _ = try await client.ping()
+            timings.add(Clock.monotonicNs() - start)
+        }
+        return timings
+    }
+
     /// `head -c BYTES /dev/zero` in the sandbox, its stdout counted by the client as it arrives
     /// (acknowledged as it is consumed, so the 256 KiB window is end to end). Elapsed ns from
     /// the request to the exit status.

@@ -1,9 +1,10 @@
-/* Spawning a child for the guest agent: fork, set the child up with async-signal-safe calls
- * only, execve. Everything the child needs (argv, envp, candidate paths, groups, limits) is
+/* Spawning a child for the guest agent: clone with vfork semantics (CLONE_VM | CLONE_VFORK:
+ * the caller is suspended until the child's execve or exit), set the child up with
+ * async-signal-safe calls only, execve. For the agent's loop thread only. Everything the child needs (argv, envp, candidate paths, groups, limits) is
  * built by the caller BEFORE the call; the child allocates nothing and takes no locks.
  *
  * Contract
- * - All signals are blocked in the caller around fork(2), so no handler runs in the child.
+ * - All signals are blocked in the caller around the clone, so no handler runs in the child.
  * - The child, in this order (each step is a stage, see enum csys_spawn_stage):
  *     signals         every disposition back to SIG_DFL (the mask stays full until exec)
  *     setsid          a new session and process group (the group the agent signals)
@@ -42,7 +43,7 @@
 enum csys_spawn_stage {
     CSYS_STAGE_NONE = 0,
     CSYS_STAGE_REPORT_PIPE,     /* parent: pipe2(2) for the report pipe */
-    CSYS_STAGE_FORK,            /* parent: fork(2) */
+    CSYS_STAGE_FORK,            /* parent: the child's stack (mmap) or clone(2) */
     CSYS_STAGE_SIGNALS,
     CSYS_STAGE_SETSID,
     CSYS_STAGE_CONTROLLING_TTY,

@@ -182,7 +182,11 @@ public final class Relay: @unchecked Sendable {
 
     func diagnose(_ line: String) { configuration.diagnostics(line) }
 
-    func record(_ session: UInt32, _ event: LogEvent) { log?.record(session: session, event) }
+    /// An exec-log entry; built only when there is a log (`.data` entries copy their payload).
+    func record(_ session: UInt32, _ event: @autoclosure () -> LogEvent) {
+        guard let log else { return }
+        log.record(session: session, event())
+    }
 
     private func raiseDescriptorLimit() {
         var limit = rlimit()
