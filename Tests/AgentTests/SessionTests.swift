@@ -93,10 +93,12 @@ import TetherProtocol
         #expect(try client.nextEvent(id: 2).kind == .started)
         #expect(try client.next(id: 2).payload == Array("before\n".utf8))
         client.close()
+        // The agent has seen the close once it killed the attached session (it unbinds the
+        // detached one in the same step); output before that would still go to the old client.
+        #expect(eventually { !processIsAlive(plainPID) }, "the attached session's process should be killed")
 
         // Output while nobody watches goes to the session's buffer.
         #expect(FileManager.default.createFile(atPath: flag, contents: nil))
-        #expect(eventually { !processIsAlive(plainPID) }, "the attached session's process should be killed")
 
         client = try agent.connect()
         let listed = try agent.list(client, id: 10)

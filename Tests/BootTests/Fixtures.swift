@@ -60,7 +60,8 @@ enum Fixtures {
 
     /// Runs a repository script that prints a path on its last stdout line.
     static func script(_ argv: [String]) throws -> String {
-        let result = try run(["/bin/bash"] + argv, in: repository)
+        // In the repository (the scripts' paths are relative to it).
+        let result = try run(["/bin/bash", "-c", #"cd "$0" && exec /bin/bash "$@""#, repository.path] + argv)
         guard result.status == 0, let path = result.stdout.split(separator: "\n").last.map(String.init) else {
             throw FixtureError.failed("\(argv.joined(separator: " ")) exited \(result.status): \(result.stderr.suffix(2000))")
         }
@@ -121,28 +122,10 @@ enum Fixtures {
     }
 
     /// Runs a program to completion and collects its output.
-    static func run(_ argv: [String], in directory: URL? = nil, environment: [String: String]? = nil) throws -> Output {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: argv[0])
-        process.arguments = Array(argv.dropFirst())
-        if let directory { process.currentDirectoryURL = directory }
-        if let environment { process.environment = environment }
-        let out = Foundation.Pipe()
-        let err = Foundation.Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        // Read both to the end before waiting, so a chatty program cannot fill a pipe and stall.
-        nonisolated(unsafe) var errData = Data()
-        let group = DispatchGroup()
-        group.enter()
-        DispatchQueue.global().async { errData = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        group.wait()
-        process.waitUntilExit()
-        return Output(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                      stderr: String(decoding: errData, as: UTF8.self))
+    static func run(_ argv: [String], environment: [String: String]? = nil) throws -> Output {
+        let process = try ChildProcess(argv, environment: environment)
+        guard let status = process.wait(timeout: 600) else { throw FixtureError.failed("\(argv[0]) did not finish in 10 minutes") }
+        return Output(status: status, stdout: process.stdout, stderr: process.stderr)
     }
 
     /// A C compiler for the stub libkrun: cc, else the Swift toolchain's clang.

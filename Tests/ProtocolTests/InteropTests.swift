@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 @testable import TetherProtocol
 
 /// Interop with Python's cbor2, an implementation nobody on this project wrote.
@@ -82,14 +83,7 @@ import Testing
     /// which is not always the first python3 on PATH.
     static func pythonWithCbor2() -> String? {
         for candidate in ["/usr/bin/python3", "/usr/local/bin/python3", "python3"] {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = [candidate, "-c", "import cbor2"]
-            process.standardError = FileHandle.nullDevice
-            process.standardOutput = FileHandle.nullDevice
-            guard (try? process.run()) != nil else { continue }
-            process.waitUntilExit()
-            if process.terminationStatus == 0 { return candidate }
+            if (try? runCommand(["/usr/bin/env", candidate, "-c", "import cbor2"]))?.status == 0 { return candidate }
         }
         return nil
     }
@@ -114,22 +108,15 @@ import Testing
             lines.append("\(name)\t\(bytes.map { String(format: "%02x", $0) }.joined())\t\(value.description)")
         }
 
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [python, Self.root.appendingPathComponent("scripts/cbor2-vectors.py").path, "check"]
-        let input = Pipe(), output = Pipe()
-        process.standardInput = input
-        process.standardOutput = output
-        try process.run()
-        // Write from another thread so a full pipe in either direction cannot deadlock.
-        let payload = Data((lines.joined(separator: "\n") + "\n").utf8)
-        let writer = Thread { input.fileHandleForWriting.write(payload); try? input.fileHandleForWriting.close() }
-        writer.start()
-        let result = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        let reports = result.split(separator: "\n")
+        let process = try ChildProcess(["/usr/bin/env", python, Self.root.appendingPathComponent("scripts/cbor2-vectors.py").path, "check"],
+                                       stdin: true)
+        // Its output is read by ChildProcess's own threads, so a full pipe cannot deadlock this.
+        process.writeStdin(lines.joined(separator: "\n") + "\n")
+        process.closeStdin()
+        let status = process.wait(timeout: 120)
+        let reports = process.stdout.split(separator: "\n")
         #expect(reports.count == lines.count)
         for report in reports where !report.hasSuffix("\tok") { Issue.record("cbor2 disagrees: \(report)") }
-        #expect(process.terminationStatus == 0)
+        #expect(status == 0, "\(process.stderr)")
     }
 }

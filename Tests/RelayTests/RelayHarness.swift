@@ -83,6 +83,18 @@ final class RelayHarness: @unchecked Sendable {
 }
 
 extension FramePeer {
+    /// Asks `listSessions` (ids from 100 up) until `session` is listed with no client attached:
+    /// the relay has seen its client go.
+    func eventuallyListsUnattached(_ session: UInt32) -> Bool {
+        var listID: UInt32 = 100
+        return eventually {
+            listID += 1
+            guard (try? send(id: listID, flags: .start, ListSessions())) != nil,
+                  let list = try? expect(.sessionList, id: listID).decode(SessionList.self) else { return false }
+            return list.sessions.contains { $0.session == session && !$0.attached }
+        }
+    }
+
     /// Sends `exec` (START) on `id` and returns the frame the agent side received for it.
     func exec(_ request: ExecRequest, id: UInt32, agent: FramePeer) throws -> Frame {
         try send(id: id, flags: .start, request)

@@ -96,13 +96,7 @@ import TetherProtocol
         // Output the relay forwards before it noticed the close went to that client and is
         // not the replay's; wait until the relay lists the session as unwatched.
         let observer = try harness.client()
-        var listID: UInt32 = 100
-        #expect(eventually {
-            listID += 1
-            guard (try? observer.send(id: listID, flags: .start, ListSessions())) != nil,
-                  let list = try? observer.expect(.sessionList, id: listID).decode(SessionList.self) else { return false }
-            return list.sessions.contains { $0.session == exec.id && !$0.attached }
-        })
+        #expect(observer.eventuallyListsUnattached(exec.id))
         observer.close()
         // 3 MiB while nobody watches: the relay keeps reading (acking) and keeps the last 1 MiB.
         var sent: [UInt8] = []
@@ -131,6 +125,34 @@ import TetherProtocol
         #expect(try next.expect(.done, id: 9).flags.contains(.end))
     }
 
+    /// Output the relay wrote towards a client that then vanished, without the client acking
+    /// it, reaches nobody: the next attach counts it as dropped, so what it is told adds up.
+    @Test func bytesSentToAVanishedClientAndNotAckedCountAsDropped() throws {
+        let harness = try RelayHarness { $0.replayBytes = 1 << 20 }
+        let client = try harness.client()
+        let exec = try client.exec(ExecRequest(argv: ["producer"], detach: true), id: 3, agent: harness.agent)
+        try harness.agent.send(id: exec.id, Started(pid: 99))
+        _ = try client.expect(.started, id: 3)
+        // 100 KiB, within the client's window: the relay sends it all on, and the client reads
+        // it but acks nothing before it goes away.
+        let output = [UInt8](repeating: 0x61, count: 100 << 10)
+        try harness.agent.send(Frame(id: exec.id, kind: .stdout, payload: Array(output[..<(64 << 10)])))
+        try harness.agent.send(Frame(id: exec.id, kind: .stdout, payload: Array(output[(64 << 10)...])))
+        #expect(try client.readData(.stdout, id: 3, count: output.count) == output)
+        client.close()
+        // Until the relay has seen the close, the session's end would still go to that client.
+        let next = try harness.client()
+        #expect(next.eventuallyListsUnattached(exec.id))
+        try harness.agent.send(id: exec.id, Exited.code(0))
+        try harness.agent.send(id: exec.id, flags: .end, Done())
+
+        try next.send(id: 9, flags: .start, Attach(session: exec.id))
+        let attached = try next.expect(.attached, id: 9).decode(Attached.self)
+        #expect(attached.droppedBytes == UInt64(output.count))
+        #expect(try next.expect(.exited, id: 9).decode(Exited.self) == .code(0))
+        #expect(try next.expect(.done, id: 9).flags.contains(.end))
+    }
+
     @Test func attachingATakenOrUnknownSessionIsATypedError() throws {
         let harness = try RelayHarness()
         let owner = try harness.client()
@@ -145,18 +167,23 @@ import TetherProtocol
     }
 
     @Test func whenTheAgentGoesAwayEverySessionEndsWithAgentGone() throws {
-        let harness = try RelayHarness { $0.agentTimeout = .milliseconds(200) }
+        // A deadline far beyond the test: giving up must come from the inherited fd, not time.
+        let harness = try RelayHarness { $0.agentTimeout = .seconds(600) }
         let client = try harness.client()
         _ = try client.exec(ExecRequest(argv: ["sleep", "9"]), id: 4, agent: harness.agent)
         harness.agent.close()
         let error = try client.expect(.error, id: 4)
         #expect(error.flags.contains(.end))
         #expect(try error.decode(ErrorMessage.self).code == .agentGone)
-        // An inherited fd cannot be dialled again: the relay gives up and says why.
-        guard case .agentUnreachable? = harness.waitForExit() else {
-            Issue.record("the relay should stop with agentUnreachable")
+        // An inherited fd cannot be dialled again: the relay gives up and says why, and never
+        // touches the number again (it once re-adopted it every 50 ms, closing whatever this
+        // process had opened under that number meanwhile: other tests' pipes and sockets).
+        let stopped = harness.waitForExit()
+        guard case .agentUnreachable(_, _, let lastError)? = stopped else {
+            Issue.record("the relay should stop with agentUnreachable, not \(String(describing: stopped))")
             return
         }
+        #expect(lastError.contains("cannot be connected again"), "\(lastError)")
         #expect(client.waitForClose())
     }
 

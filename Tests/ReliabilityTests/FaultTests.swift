@@ -38,7 +38,7 @@ import TetherProtocol
             failure = error
         }
         // The relay reports the loss before it gives up reconnecting, not when it exits.
-        let relayStillRunning = pair.relay.process.isRunning
+        let relayStillRunning = pair.relay.isRunning
         #expect(failure?.code == .agentGone, "got \(String(describing: failure))")
         #expect(relayStillRunning, "the client must hear agentGone while the relay still retries")
 
@@ -186,7 +186,7 @@ import TetherProtocol
         // Most rounds must hold the bound (a round is a fraction of a second; one disturbed by
         // the rest of the machine does not decide).
         #expect(median(rounds.map { $0.flooded / $0.allowed }) <= 1.0)
-        #expect(pair.relay.process.isRunning && pair.agent.process.isRunning)
+        #expect(pair.relay.isRunning && pair.agent.isRunning)
         let after = try await client.exec(["/bin/echo", "still here"])
         #expect(after.stdoutText == "still here\n")
     }
@@ -314,7 +314,7 @@ import TetherProtocol
             #expect(error.code == .invalidArgument, "got \(error)")
         }
         #expect(try await client.exec(["/bin/echo", "fine"]).stdoutText == "fine\n")
-        #expect(pair.agent.process.isRunning && pair.relay.process.isRunning)
+        #expect(pair.agent.isRunning && pair.relay.isRunning)
     }
 
     @Test(.timeLimit(.minutes(1)))

@@ -111,17 +111,3 @@ public func spawnProcess(_ argv: [String], environment: [String: String], passin
     return pid
 }
 
-/// Runs a command to completion, returning its exit status and output (for setup steps).
-@discardableResult
-public func runCommand(_ argv: [String]) throws -> (status: Int32, output: String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: argv[0])
-    process.arguments = Array(argv.dropFirst())
-    let pipe = Foundation.Pipe()
-    process.standardOutput = pipe
-    process.standardError = pipe
-    try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-}

@@ -4,128 +4,180 @@ import Glibc
 import Musl
 #endif
 import Foundation
+import TetherPosix
 
-/// A program run by a test, with its output captured. Killed (SIGKILL) if still running when
+/// A program run by a test: posix_spawn(3), stdout and stderr read to EOF by one thread each
+/// with plain read(2), optionally a stdin pipe. SIGKILLed (and reaped) if still running when
 /// the value goes away, so a failing test leaves nothing behind.
+///
+/// Not Foundation's Process: its `readDataToEndOfFile` traps on EINTR (`try!` inside
+/// FileHandle), and a run of the suite crashed on it and on an EBADF read from it; its
+/// readabilityHandler teardown has crashed runs in libdispatch too. Every descriptor here is
+/// created close-on-exec (pipe2), so a spawn in another test's thread cannot inherit one and
+/// hold a pipe open.
 public final class ChildProcess: @unchecked Sendable {
-    public let process = Process()
-    private let stdoutPipe = Pipe()
-    private let stderrPipe = Pipe()
-    private let stdinPipe: Pipe?
-    private let output = CollectedOutput()
-    private let exited = DispatchSemaphore(value: 0)
+    public let pid: pid_t
+    private var stdinFD: CInt = -1
+    private let condition = NSCondition()
+    private var output: [[UInt8]] = [[], []]
+    private var openStreams = 2
+    private var status: Int32?
 
-    /// Starts `executable` with `arguments`. `stdin`: give it a pipe (`writeStdin`,
-    /// `closeStdin`) instead of /dev/null.
-    public init(_ executable: String, _ arguments: [String], environment: [String: String]? = nil, stdin: Bool = false) throws {
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        if let environment { process.environment = environment }
-        process.standardOutput = stdoutPipe
-        process.standardError = stderrPipe
-        if stdin {
-            let pipe = Pipe()
-            stdinPipe = pipe
-            process.standardInput = pipe
-        } else {
-            stdinPipe = nil
-            process.standardInput = FileHandle.nullDevice
+    /// Starts `argv[0]` (a path) with `argv`. `environment`: the whole environment (default:
+    /// this process's). `stdin`: a pipe for `writeStdin`/`closeStdin` instead of /dev/null.
+    public init(_ argv: [String], environment: [String: String]? = nil, stdin: Bool = false) throws {
+        func cloexecPipe() throws -> [CInt] {
+            let pipe = try TetherPosix.Pipe()   // pipe2(O_CLOEXEC)
+            return [pipe.readEnd.release(), pipe.writeEnd.release()]
         }
-        let exited = self.exited
-        process.terminationHandler = { _ in exited.signal() }
-        try process.run()
-        // Plain blocking reads on a thread per stream, not `readabilityHandler`: tearing down
-        // FileHandle's dispatch read source races the descriptor's close in corelibs
-        // Foundation and has crashed whole test runs in `_dispatch_event_loop_drain`
-        // (swift-corelibs-foundation PR 5507). Each thread holds its Pipe, so the descriptor
-        // stays open until the thread has seen EOF; none holds `self`, so dropping the value
-        // still kills the process.
-        for (pipe, isStdout) in [(stdoutPipe, true), (stderrPipe, false)] {
-            Thread { [output] in
-                let fd = pipe.fileHandleForReading.fileDescriptor
+        let outPipe = try cloexecPipe()
+        let errPipe: [CInt], inPipe: [CInt]
+        do { errPipe = try cloexecPipe() } catch { outPipe.forEach { close($0) }; throw error }
+        do { inPipe = try cloexecPipe() } catch { (outPipe + errPipe).forEach { close($0) }; throw error }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if stdin {
+            posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        }
+        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        // Default dispositions and an empty mask: the test runner's (blocked SIGPIPE, handlers)
+        // are not the program's.
+        var all = sigset_t(), none = sigset_t()
+        sigfillset(&all)
+        sigemptyset(&none)
+        posix_spawnattr_setsigdefault(&attributes, &all)
+        posix_spawnattr_setsigmask(&attributes, &none)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+        let env = environment ?? ProcessInfo.processInfo.environment
+        let cArgv = argv.map { strdup($0) } + [nil]
+        let cEnv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { cArgv.forEach { free($0) }; cEnv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, argv[0], &actions, &attributes, cArgv, cEnv)
+        close(outPipe[1]); close(errPipe[1]); close(inPipe[0])
+        guard result == 0 else {
+            close(outPipe[0]); close(errPipe[0]); close(inPipe[1])
+            throw ClientError("posix_spawn \(argv[0]): \(String(cString: strerror(result)))")
+        }
+        self.pid = pid
+        if stdin { stdinFD = inPipe[1] } else { close(inPipe[1]) }
+        // The threads hold only the descriptor and this object's buffers (not `self` strongly
+        // enough to matter: they end at EOF, which the kill in deinit brings about).
+        for (index, fd) in [outPipe[0], errPipe[0]].enumerated() {
+            Thread { [self] in
                 var buffer = [UInt8](repeating: 0, count: 65536)
                 while true {
                     let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
                     if n < 0 && errno == EINTR { continue }
-                    output.add(n > 0 ? Array(buffer[0..<n]) : nil, stdout: isStdout)
+                    condition.lock()
+                    if n > 0 { output[index] += buffer[0..<n] } else { openStreams -= 1 }
+                    condition.broadcast()
+                    condition.unlock()
                     if n <= 0 { break }
                 }
+                close(fd)
             }.start()
         }
     }
 
+    /// `executable` with `arguments` (argv[0] is the executable).
+    public convenience init(_ executable: String, _ arguments: [String], environment: [String: String]? = nil,
+                            stdin: Bool = false) throws {
+        try self.init([executable] + arguments, environment: environment, stdin: stdin)
+    }
+
     deinit {
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        if status == nil {
+            kill(pid, SIGKILL)
+            _ = wait(timeout: 10)
+        }
+        if stdinFD >= 0 { close(stdinFD) }
     }
 
-    public var pid: Int32 { process.processIdentifier }
-
-    public func writeStdin(_ text: String) throws {
-        try stdinPipe?.fileHandleForWriting.write(contentsOf: Data(text.utf8))
+    /// Not exited yet (checked without reaping: waitid WNOWAIT).
+    public var isRunning: Bool {
+        if status != nil { return false }
+        var info = siginfo_t()
+        let r = waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT)
+        return r == 0 && info._sifields._sigchld.si_pid == 0
     }
 
-    public func closeStdin() throws { try stdinPipe?.fileHandleForWriting.close() }
+    public var stdout: String { String(decoding: stdoutBytes, as: UTF8.self) }
+    public var stderr: String { condition.lock(); defer { condition.unlock() }; return String(decoding: output[1], as: UTF8.self) }
+    public var stdoutBytes: [UInt8] { condition.lock(); defer { condition.unlock() }; return output[0] }
 
-    public func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+    public func writeStdin(_ text: String) {
+        let bytes = Array(text.utf8)
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { write(stdinFD, $0.baseAddress! + offset, $0.count - offset) }
+            if n < 0 { if errno == EINTR { continue }; return }
+            offset += n
+        }
+    }
 
-    public var stdout: String { output.text(stdout: true) }
-    public var stderr: String { output.text(stdout: false) }
+    public func closeStdin() {
+        if stdinFD >= 0 { close(stdinFD) }
+        stdinFD = -1
+    }
 
-    /// Waits until stdout (or, with `onStandardError`, stderr) contains `text` (or the
-    /// deadline passes); true if it does.
+    public func signal(_ number: Int32) { kill(pid, number) }
+
+    /// Waits until stdout (or, with `onStandardError`, stderr) contains `text`; false after
+    /// `timeout`.
     public func waitForOutput(_ text: String, onStandardError: Bool = false, timeout: TimeInterval = 30) -> Bool {
-        output.wait(until: Date(timeIntervalSinceNow: timeout)) {
-            String(decoding: onStandardError ? $0.stderr : $0.stdout, as: UTF8.self).contains(text)
-        }
-    }
-
-    /// Waits for the exit and for both output streams to close; the exit status, 128+N for a
-    /// signal. Kills the process and returns nil after `timeout`.
-    public func wait(timeout: TimeInterval = 60) -> Int32? {
         let deadline = Date(timeIntervalSinceNow: timeout)
-        if exited.wait(timeout: .now() + timeout) == .timedOut {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-            return nil
-        }
-        exited.signal()  // a second wait() returns at once
-        _ = output.wait(until: deadline) { $0.openStreams == 0 }
-        return process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
-    }
-}
-
-/// What a child's two output streams said so far, filled by the reader threads.
-private final class CollectedOutput: @unchecked Sendable {
-    private let condition = NSCondition()
-    private(set) var stdout: [UInt8] = []
-    private(set) var stderr: [UInt8] = []
-    private(set) var openStreams = 2
-
-    /// Bytes read from a stream, or nil at its end.
-    func add(_ bytes: [UInt8]?, stdout isStdout: Bool) {
-        condition.lock()
-        if let bytes {
-            if isStdout { stdout += bytes } else { stderr += bytes }
-        } else {
-            openStreams -= 1
-        }
-        condition.broadcast()
-        condition.unlock()
-    }
-
-    func text(stdout isStdout: Bool) -> String {
         condition.lock()
         defer { condition.unlock() }
-        return String(decoding: isStdout ? stdout : stderr, as: UTF8.self)
-    }
-
-    /// Waits until `done` holds (checked under the lock); false at the deadline.
-    func wait(until deadline: Date, _ done: (CollectedOutput) -> Bool) -> Bool {
-        condition.lock()
-        defer { condition.unlock() }
-        while !done(self) {
-            if !condition.wait(until: deadline) { return done(self) }
+        while !String(decoding: output[onStandardError ? 1 : 0], as: UTF8.self).contains(text) {
+            if !condition.wait(until: deadline) { return false }
         }
         return true
     }
+
+    /// The exit status (128+N for signal N) once it exited and both streams reached EOF;
+    /// nil (and the process SIGKILLed) after `timeout`.
+    @discardableResult
+    public func wait(timeout: TimeInterval = 60) -> Int32? {
+        if let status { return status >= 0 ? status : nil }
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        var raw: CInt = 0
+        while true {
+            let r = waitpid(pid, &raw, WNOHANG)
+            if r == pid { break }
+            if r < 0 && errno != EINTR { return nil }
+            if Date() > deadline {
+                kill(pid, SIGKILL)
+                _ = waitpid(pid, &raw, 0)
+                status = -1
+                return nil
+            }
+            usleep(5_000)
+        }
+        condition.lock()
+        while openStreams > 0 && condition.wait(until: deadline) {}
+        condition.unlock()
+        let exited = raw & 0x7f == 0
+        let value = exited ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
+        status = value
+        return value
+    }
+}
+
+/// Runs a command to completion: its exit status (128+N for a signal) and what it printed on
+/// stdout and stderr together (for setup steps).
+@discardableResult
+public func runCommand(_ argv: [String], timeout: TimeInterval = 300) throws -> (status: Int32, output: String) {
+    let process = try ChildProcess(argv)
+    guard let status = process.wait(timeout: timeout) else {
+        throw ClientError("\(argv.joined(separator: " ")) did not finish within \(Int(timeout)) s")
+    }
+    return (status, process.stdout + process.stderr)
 }

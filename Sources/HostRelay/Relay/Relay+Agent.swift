@@ -18,6 +18,14 @@ extension Relay {
     }
 
     private func launchConnector() {
+        if case .fd(let number) = configuration.agent, adoptedInheritedAgent {
+            // The inherited descriptor was the agent connection and was closed with it; its
+            // number may belong to something else by now (a client's socket), which adopting
+            // it again would close.
+            lastConnectError = "fd:\(number) was the agent connection and is closed; an inherited descriptor cannot be connected again"
+            giveUpConnecting()
+            return
+        }
         let connector = AgentConnector(address: configuration.agent, deadlineNs: connectDeadlineNs) { [weak self] outcome in
             guard let self else {
                 if case .connected(let fd) = outcome { _ = Glibc.close(fd) }
@@ -53,6 +61,7 @@ extension Relay {
     }
 
     private func adoptAgentSocket(_ raw: CInt) {
+        if case .fd = configuration.agent { adoptedInheritedAgent = true }
         let socket: FrameSocket
         do { socket = try FrameSocket(adopting: OwnedFD(adopting: raw)) } catch {
             lastConnectError = "fcntl: \(error)"

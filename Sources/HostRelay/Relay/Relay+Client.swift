@@ -230,6 +230,10 @@ extension Relay {
             break
         case .forwarded, .adopted:
             if session.detachable {
+                // Bytes already written towards the vanished client and not acked by it: the
+                // relay keeps no copy (that would be a copy of every byte on the hot path), so
+                // the next attach hears of them as dropped rather than not at all.
+                session.flow.droppedBytes += UInt64(max(0, session.flow.clientOutstanding))
                 unbind(session)
                 if session.isListed { record(session.number, .detached) }
             } else {

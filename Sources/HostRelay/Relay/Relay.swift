@@ -52,6 +52,8 @@ public final class Relay: @unchecked Sendable {
     var connectDeadlineNs: UInt64 = 0
     var connector: AgentConnector?
     var lastConnectError = "not tried"
+    /// `--agent fd:N`: the inherited descriptor was taken; it cannot be connected again.
+    var adoptedInheritedAgent = false
     var unresponsive = false
     var failure: RelayError?
     var stopping = false
@@ -164,7 +166,12 @@ public final class Relay: @unchecked Sendable {
         stopping = true
         connector?.cancel()
         for session in logSessions.values { session.follower?.cancel() }
-        for client in Array(clients.values) { close(client: client, reason: "relay stopping") }
+        for client in Array(clients.values) {
+            // What is queued for it (the agentGone errors that led here, say) goes out first,
+            // as far as its socket takes it without waiting.
+            flush(client)
+            close(client: client, reason: "relay stopping")
+        }
         if let agent {
             _ = try? agent.socket.flush()
             loop.unwatch(agent.fd)

@@ -57,12 +57,12 @@ final class LiveRelay: @unchecked Sendable {
         return CLIResult(status: status, stdout: process.stdout, stderr: process.stderr)
     }
 
-    func startCLI(_ arguments: [String], stdin: Bool = false, environment: [String: String] = [:]) throws -> CapturedProcess {
+    func startCLI(_ arguments: [String], stdin: Bool = false, environment: [String: String] = [:]) throws -> ChildProcess {
         var env = ProcessInfo.processInfo.environment
         env["TETHER_SOCKET"] = socket
         env["TETHER_ERRORS"] = nil
         for (key, value) in environment { env[key] = value }
-        return try CapturedProcess([Binaries.product("tether").path] + arguments, environment: env, stdin: stdin)
+        return try ChildProcess([Binaries.product("tether").path] + arguments, environment: env, stdin: stdin)
     }
 }
 
@@ -91,139 +91,8 @@ func runTether(_ arguments: [String], environment: [String: String] = [:]) throw
     var env = ProcessInfo.processInfo.environment
     env["TETHER_SOCKET"] = nil
     for (key, value) in environment { env[key] = value }
-    let process = try CapturedProcess([Binaries.product("tether").path] + arguments, environment: env)
+    let process = try ChildProcess([Binaries.product("tether").path] + arguments, environment: env)
     let status = process.wait(timeout: 60)
     return CLIResult(status: status, stdout: process.stdout, stderr: process.stderr)
 }
 
-/// A program with its stdout and stderr read to EOF by one thread each (plain read(2)), and
-/// optionally a stdin pipe. SIGKILLed if still running when the value goes.
-final class CapturedProcess: @unchecked Sendable {
-    let pid: pid_t
-    private var stdinFD: CInt = -1
-    private let condition = NSCondition()
-    private var output: [[UInt8]] = [[], []]
-    private var openStreams = 2
-    private var status: Int32?
-
-    init(_ argv: [String], environment: [String: String], stdin: Bool = false) throws {
-        var outPipe: [CInt] = [-1, -1], errPipe: [CInt] = [-1, -1], inPipe: [CInt] = [-1, -1]
-        // Close-on-exec, so concurrent spawns in other tests do not inherit (and hold open) them.
-        guard pipe(&outPipe) == 0, pipe(&errPipe) == 0, pipe(&inPipe) == 0 else { throw ClientError("pipe: \(errno)") }
-        for fd in outPipe + errPipe + inPipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        if stdin {
-            posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)
-        } else {
-            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        }
-        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var all = sigset_t(), none = sigset_t()
-        sigfillset(&all)
-        sigemptyset(&none)
-        posix_spawnattr_setsigdefault(&attributes, &all)
-        posix_spawnattr_setsigmask(&attributes, &none)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
-        let cArgv = argv.map { strdup($0) } + [nil]
-        let cEnv = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { cArgv.forEach { free($0) }; cEnv.forEach { free($0) } }
-        var pid: pid_t = 0
-        let result = posix_spawn(&pid, argv[0], &actions, &attributes, cArgv, cEnv)
-        close(outPipe[1]); close(errPipe[1]); close(inPipe[0])
-        guard result == 0 else {
-            close(outPipe[0]); close(errPipe[0]); close(inPipe[1])
-            throw ClientError("posix_spawn \(argv[0]): \(result)")
-        }
-        self.pid = pid
-        if stdin { stdinFD = inPipe[1] } else { close(inPipe[1]) }
-        for (index, fd) in [outPipe[0], errPipe[0]].enumerated() {
-            let thread = Thread { [self] in
-                var buffer = [UInt8](repeating: 0, count: 65536)
-                while true {
-                    let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                    if n < 0 && errno == EINTR { continue }
-                    condition.lock()
-                    if n > 0 { output[index] += buffer[0..<n] } else { openStreams -= 1 }
-                    condition.broadcast()
-                    condition.unlock()
-                    if n <= 0 { break }
-                }
-                close(fd)
-            }
-            thread.start()
-        }
-    }
-
-    deinit {
-        if status == nil {
-            kill(pid, SIGKILL)
-            _ = wait(timeout: 10)
-        }
-        if stdinFD >= 0 { close(stdinFD) }
-    }
-
-    var stdout: String { condition.lock(); defer { condition.unlock() }; return String(decoding: output[0], as: UTF8.self) }
-    var stderr: String { condition.lock(); defer { condition.unlock() }; return String(decoding: output[1], as: UTF8.self) }
-    var stdoutBytes: [UInt8] { condition.lock(); defer { condition.unlock() }; return output[0] }
-
-    func writeStdin(_ text: String) {
-        let bytes = Array(text.utf8)
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes.withUnsafeBytes { write(stdinFD, $0.baseAddress! + offset, $0.count - offset) }
-            if n < 0 { if errno == EINTR { continue }; return }
-            offset += n
-        }
-    }
-
-    func closeStdin() {
-        if stdinFD >= 0 { close(stdinFD) }
-        stdinFD = -1
-    }
-
-    func signal(_ number: Int32) { kill(pid, number) }
-
-    /// Waits until stdout (or stderr) contains `text`; false after `timeout`.
-    func waitForOutput(_ text: String, onStandardError: Bool = false, timeout: TimeInterval = 30) -> Bool {
-        let deadline = Date(timeIntervalSinceNow: timeout)
-        condition.lock()
-        defer { condition.unlock() }
-        while !String(decoding: output[onStandardError ? 1 : 0], as: UTF8.self).contains(text) {
-            if !condition.wait(until: deadline) { return false }
-        }
-        return true
-    }
-
-    /// The exit status (128+N for signal N) once it exited and both streams reached EOF;
-    /// nil (and the process SIGKILLed) after `timeout`.
-    func wait(timeout: TimeInterval = 60) -> Int32? {
-        if let status { return status }
-        let deadline = Date(timeIntervalSinceNow: timeout)
-        var raw: CInt = 0
-        while true {
-            let r = waitpid(pid, &raw, WNOHANG)
-            if r == pid { break }
-            if r < 0 && errno != EINTR { return nil }
-            if Date() > deadline {
-                kill(pid, SIGKILL)
-                _ = waitpid(pid, &raw, 0)
-                status = -1
-                return nil
-            }
-            usleep(5_000)
-        }
-        condition.lock()
-        while openStreams > 0 && condition.wait(until: deadline) {}
-        condition.unlock()
-        let exited = raw & 0x7f == 0
-        let value = exited ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
-        status = value
-        return value
-    }
-}

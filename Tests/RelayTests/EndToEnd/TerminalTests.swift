@@ -41,7 +41,7 @@ final class TmuxTerminal {
 
     /// Runs a command to its end with posix_spawn and waitpid (bounded: killed after 20 s).
     static func run(_ argv: [String]) throws -> (status: Int32?, output: String) {
-        let process = try CapturedProcess(argv, environment: ProcessInfo.processInfo.environment)
+        let process = try ChildProcess(argv)
         let status = process.wait(timeout: 20)
         return (status, process.stdout + process.stderr)
     }
