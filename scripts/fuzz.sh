@@ -61,10 +61,12 @@ case "$target" in
     build_csys
     build_module TetherProtocol Sources/Protocol
     build_module TetherPosix Sources/Posix -Xcc -fmodule-map-file="$out/modules/CSys/module.modulemap"
-    build_module TetherAgent Sources/GuestAgent/Agent -Xcc -fmodule-map-file="$out/modules/CSys/module.modulemap"
-    swiftc "${flags[@]}" -module-name FuzzAgent -I "$out/modules" -Xcc -fmodule-map-file="$out/modules/CSys/module.modulemap" \
-      fuzz/targets/agent.swift "$out"/modules/{TetherProtocol,TetherPosix,TetherAgent}.o "$out"/modules/CSys-*.o \
-      -o "$binary" 2> >(quiet) ;;
+    build_module TetherSeccomp Sources/Seccomp -I Sources/CSeccomp -Xcc -fmodule-map-file="$out/modules/CSys/module.modulemap"
+    build_module TetherAgent Sources/GuestAgent/Agent -I Sources/CSeccomp -Xcc -fmodule-map-file="$out/modules/CSys/module.modulemap"
+    swiftc "${flags[@]}" -module-name FuzzAgent -I "$out/modules" -I Sources/CSeccomp \
+      -Xcc -fmodule-map-file="$out/modules/CSys/module.modulemap" \
+      fuzz/targets/agent.swift "$out"/modules/{TetherProtocol,TetherPosix,TetherSeccomp,TetherAgent}.o "$out"/modules/CSys-*.o \
+      -lseccomp -o "$binary" 2> >(quiet) ;;
   relay)
     build_csys
     build_module TetherProtocol Sources/Protocol
