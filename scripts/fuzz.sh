@@ -109,7 +109,7 @@ echo "fuzzing $target for ${seconds}s"
 set +e
 "${run[@]}" -max_total_time="$seconds" -print_final_stats=1 -timeout=20 -rss_limit_mb=2048 -max_len=65536 \
   -artifact_prefix="$artifacts" "${corpora[@]}" 2>&1 \
-  | grep -aE "^(#[0-9]+[[:space:]]+(INITED|DONE)|stat::|==[0-9]+==|SUMMARY|Done)|ERROR|crash|deadly"
+  | grep -aE "^(#[0-9]+[[:space:]]+(INITED|DONE)|stat::|==[0-9]+==|SUMMARY|Done)|ERROR|crash|deadly|Fatal error"
 status=${PIPESTATUS[0]}
 set -e
 if [ -n "${scratch:-}" ]; then

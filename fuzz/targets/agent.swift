@@ -28,6 +28,17 @@ func openDescriptors() -> Int {
     return count
 }
 
+/// What each open descriptor is (fd -> readlink target), for a growth report.
+func describeDescriptors() -> String {
+    var parts: [String] = []
+    for fd in 0..<1024 where fcntl(CInt(fd), F_GETFD) >= 0 {
+        var target = [CChar](repeating: 0, count: 256)
+        let n = readlink("/proc/self/fd/\(fd)", &target, 255)
+        parts.append("\(fd)=\(n > 0 ? String(cString: target) : "?")")
+    }
+    return parts.joined(separator: " ")
+}
+
 @_cdecl("LLVMFuzzerInitialize")
 public func fuzzInitialize(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>) -> CInt {
     // As in AgentMain: block the handled signals before any thread exists, read them from a signalfd.
@@ -113,7 +124,9 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         }
         if !left.isEmpty { fatalError("children outlived their input by 2 s: \(left)") }
         let fds = openDescriptors()
-        if baselineFDs < 0 { baselineFDs = fds } else if fds > baselineFDs + 8 { fatalError("descriptors grow: \(baselineFDs) -> \(fds)") }
+        if baselineFDs < 0 { baselineFDs = fds } else if fds > baselineFDs + 8 {
+            fatalError("descriptors grow: \(baselineFDs) -> \(fds): \(describeDescriptors())")
+        }
     }
     return 0
 }

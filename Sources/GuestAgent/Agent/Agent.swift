@@ -116,6 +116,22 @@ public final class Agent {
             Log.warning("event loop failed: \(error)")
             finalAction = .exit(1)
         }
+        releaseDescriptors()
+    }
+
+    /// Closes what the loop served (a connection still flushing, sessions not yet torn down,
+    /// the listener or a pending dial) once it has ended. The process usually exits or powers
+    /// off next, but a host that runs the agent in-process (the fuzz target) goes on: every
+    /// input leaked its connection's socket before this.
+    private func releaseDescriptors() {
+        connection?.close()
+        for session in Array(sessions.values) { session.teardown() }
+        for fd in [listener, dialing] where fd >= 0 {
+            loop.unwatch(fd)
+            _ = Glibc.close(fd)
+        }
+        listener = -1
+        dialing = -1
     }
 
     func withScratch<R>(_ count: Int, _ body: (UnsafeMutableRawBufferPointer) -> R) -> R {
@@ -434,7 +450,12 @@ public final class Agent {
         defer { closedir(dir) }
         var result: [pid_t] = []
         while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            // The name in place, up to its NUL: readdir's records are only as long as their
+            // name, so copying the whole 256-byte d_name field reads past the last one (ASan
+            // caught it in the agent fuzz target).
+            let name = withUnsafeMutablePointer(to: &entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 1) { String(cString: $0) }
+            }
             guard let pid = pid_t(name), pid != me,
                   let stat = try? FileIO.readFile("/proc/\(pid)/stat", limit: 1024) else { continue }
             // Fields after the last ')' (the name may hold spaces and parentheses): state ppid ...
