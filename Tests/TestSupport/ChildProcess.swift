@@ -18,10 +18,23 @@ import TetherPosix
 public final class ChildProcess: @unchecked Sendable {
     public let pid: pid_t
     private var stdinFD: CInt = -1
-    private let condition = NSCondition()
-    private var output: [[UInt8]] = [[], []]
-    private var openStreams = 2
-    private var status: Int32?
+    /// A wait gave up (and killed the program): later waits say nil too.
+    private var timedOut = false
+
+    /// What the reader threads fill. Its own object, so the threads do not keep the
+    /// ChildProcess alive: dropping it must still kill the program (which ends the threads).
+    private final class Captured: @unchecked Sendable {
+        let condition = NSCondition()
+        var output: [[UInt8]] = [[], []]
+        var openStreams = 2
+        /// The exit status (128+N for signal N) once the reaper thread has it.
+        var exitStatus: Int32?
+    }
+    private let captured = Captured()
+    private var condition: NSCondition { captured.condition }
+    private var output: [[UInt8]] { captured.output }
+    private var openStreams: Int { captured.openStreams }
+    private var exitStatus: Int32? { condition.lock(); defer { condition.unlock() }; return captured.exitStatus }
 
     /// Starts `argv[0]` (a path) with `argv`. `environment`: the whole environment (default:
     /// this process's). `stdin`: a pipe for `writeStdin`/`closeStdin` instead of /dev/null.
@@ -68,23 +81,35 @@ public final class ChildProcess: @unchecked Sendable {
         }
         self.pid = pid
         if stdin { stdinFD = inPipe[1] } else { close(inPipe[1]) }
-        // The threads hold only the descriptor and this object's buffers (not `self` strongly
-        // enough to matter: they end at EOF, which the kill in deinit brings about).
+        // Each thread holds its descriptor and `captured`, never `self`; it ends at EOF.
         for (index, fd) in [outPipe[0], errPipe[0]].enumerated() {
-            Thread { [self] in
+            Thread { [captured] in
                 var buffer = [UInt8](repeating: 0, count: 65536)
                 while true {
                     let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
                     if n < 0 && errno == EINTR { continue }
-                    condition.lock()
-                    if n > 0 { output[index] += buffer[0..<n] } else { openStreams -= 1 }
-                    condition.broadcast()
-                    condition.unlock()
+                    captured.condition.lock()
+                    if n > 0 { captured.output[index] += buffer[0..<n] } else { captured.openStreams -= 1 }
+                    captured.condition.broadcast()
+                    captured.condition.unlock()
                     if n <= 0 { break }
                 }
                 close(fd)
             }.start()
         }
+        // Reaped the moment it exits, by a thread blocked in waitpid for this pid only: a zombie
+        // left for later would let Swift Testing's exit-test monitor (waitid P_ALL, WNOWAIT)
+        // spin on it, and keeps the status at risk of a pid reused by the time anyone waits.
+        let child = pid
+        Thread { [captured] in
+            var raw: CInt = 0
+            while waitpid(child, &raw, 0) < 0 && errno == EINTR {}
+            let exited = raw & 0x7f == 0
+            captured.condition.lock()
+            captured.exitStatus = exited ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
+            captured.condition.broadcast()
+            captured.condition.unlock()
+        }.start()
     }
 
     /// `executable` with `arguments` (argv[0] is the executable).
@@ -94,20 +119,15 @@ public final class ChildProcess: @unchecked Sendable {
     }
 
     deinit {
-        if status == nil {
+        if exitStatus == nil {
             kill(pid, SIGKILL)
             _ = wait(timeout: 10)
         }
         if stdinFD >= 0 { close(stdinFD) }
     }
 
-    /// Not exited yet (checked without reaping: waitid WNOWAIT).
-    public var isRunning: Bool {
-        if status != nil { return false }
-        var info = siginfo_t()
-        let r = waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT)
-        return r == 0 && info._sifields._sigchld.si_pid == 0
-    }
+    /// Not exited yet.
+    public var isRunning: Bool { exitStatus == nil }
 
     public var stdout: String { String(decoding: stdoutBytes, as: UTF8.self) }
     public var stderr: String { condition.lock(); defer { condition.unlock() }; return String(decoding: output[1], as: UTF8.self) }
@@ -146,27 +166,22 @@ public final class ChildProcess: @unchecked Sendable {
     /// nil (and the process SIGKILLed) after `timeout`.
     @discardableResult
     public func wait(timeout: TimeInterval = 60) -> Int32? {
-        if let status { return status >= 0 ? status : nil }
+        if timedOut { return nil }
         let deadline = Date(timeIntervalSinceNow: timeout)
-        var raw: CInt = 0
-        while true {
-            let r = waitpid(pid, &raw, WNOHANG)
-            if r == pid { break }
-            if r < 0 && errno != EINTR { return nil }
-            if Date() > deadline {
-                kill(pid, SIGKILL)
-                _ = waitpid(pid, &raw, 0)
-                status = -1
-                return nil
-            }
-            usleep(5_000)
-        }
         condition.lock()
-        while openStreams > 0 && condition.wait(until: deadline) {}
+        while captured.exitStatus == nil && condition.wait(until: deadline) {}
+        if captured.exitStatus == nil {
+            condition.unlock()
+            kill(pid, SIGKILL)
+            timedOut = true
+            condition.lock()
+            while captured.exitStatus == nil { condition.wait() }
+            condition.unlock()
+            return nil
+        }
+        while captured.openStreams > 0 && condition.wait(until: deadline) {}
+        let value = captured.exitStatus
         condition.unlock()
-        let exited = raw & 0x7f == 0
-        let value = exited ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
-        status = value
         return value
     }
 }
