@@ -52,31 +52,28 @@ build_csys() {
   done
 }
 
+# build_dispatch_target MODULE DIR FUZZ_MODULE: the agent or relay module (DIR), the library
+# modules under it, and fuzz/targets/$target.swift linked against them into $binary.
+build_dispatch_target() {
+  local module=$1 dir=$2 fuzz_module=$3
+  local csys=(-Xcc -fmodule-map-file="$out/modules/CSys/module.modulemap")
+  build_csys
+  build_module TetherProtocol Sources/Protocol
+  build_module TetherPosix Sources/Posix "${csys[@]}"
+  build_module TetherSeccomp Sources/Seccomp -I Sources/CSeccomp "${csys[@]}"
+  build_module "$module" "$dir" -I Sources/CSeccomp "${csys[@]}"
+  swiftc "${flags[@]}" -module-name "$fuzz_module" -I "$out/modules" -I Sources/CSeccomp "${csys[@]}" \
+    "fuzz/targets/$target.swift" "$out"/modules/{TetherProtocol,TetherPosix,TetherSeccomp,$module}.o "$out"/modules/CSys-*.o \
+    -lseccomp -o "$binary" 2> >(quiet)
+}
+
 binary="$out/fuzz-$target"
 case "$target" in
   protocol|frame|cbor|messages)
     sources=$(find Sources/Protocol -name '*.swift' | sort)
     swiftc "${flags[@]}" -module-name TetherProtocol $sources "fuzz/targets/$target.swift" -o "$binary" 2> >(quiet) ;;
-  agent)
-    build_csys
-    build_module TetherProtocol Sources/Protocol
-    build_module TetherPosix Sources/Posix -Xcc -fmodule-map-file="$out/modules/CSys/module.modulemap"
-    build_module TetherSeccomp Sources/Seccomp -I Sources/CSeccomp -Xcc -fmodule-map-file="$out/modules/CSys/module.modulemap"
-    build_module TetherAgent Sources/GuestAgent/Agent -I Sources/CSeccomp -Xcc -fmodule-map-file="$out/modules/CSys/module.modulemap"
-    swiftc "${flags[@]}" -module-name FuzzAgent -I "$out/modules" -I Sources/CSeccomp \
-      -Xcc -fmodule-map-file="$out/modules/CSys/module.modulemap" \
-      fuzz/targets/agent.swift "$out"/modules/{TetherProtocol,TetherPosix,TetherSeccomp,TetherAgent}.o "$out"/modules/CSys-*.o \
-      -lseccomp -o "$binary" 2> >(quiet) ;;
-  relay)
-    build_csys
-    build_module TetherProtocol Sources/Protocol
-    build_module TetherPosix Sources/Posix -Xcc -fmodule-map-file="$out/modules/CSys/module.modulemap"
-    build_module TetherSeccomp Sources/Seccomp -I Sources/CSeccomp -Xcc -fmodule-map-file="$out/modules/CSys/module.modulemap"
-    build_module TetherRelay Sources/HostRelay/Relay -I Sources/CSeccomp -Xcc -fmodule-map-file="$out/modules/CSys/module.modulemap"
-    swiftc "${flags[@]}" -module-name FuzzRelay -I "$out/modules" -I Sources/CSeccomp \
-      -Xcc -fmodule-map-file="$out/modules/CSys/module.modulemap" \
-      fuzz/targets/relay.swift "$out"/modules/{TetherProtocol,TetherPosix,TetherSeccomp,TetherRelay}.o "$out"/modules/CSys-*.o \
-      -lseccomp -o "$binary" 2> >(quiet) ;;
+  agent) build_dispatch_target TetherAgent Sources/GuestAgent/Agent FuzzAgent ;;
+  relay) build_dispatch_target TetherRelay Sources/HostRelay/Relay FuzzRelay ;;
   *)
     echo "unknown fuzz target: $target (one of: $all_targets, all)" >&2; exit 2 ;;
 esac

@@ -33,7 +33,6 @@ public final class ChildProcess: @unchecked Sendable {
     private let captured = Captured()
     private var condition: NSCondition { captured.condition }
     private var output: [[UInt8]] { captured.output }
-    private var openStreams: Int { captured.openStreams }
     private var exitStatus: Int32? { condition.lock(); defer { condition.unlock() }; return captured.exitStatus }
 
     /// Starts `argv[0]` (a path) with `argv`. `environment`: the whole environment (default:

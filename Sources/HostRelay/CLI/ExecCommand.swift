@@ -154,16 +154,10 @@ enum StdinPump {
         let thread = Thread {
             var buffer = [UInt8](repeating: 0, count: 64 << 10)
             while true {
-                let n = buffer.withUnsafeMutableBytes { raw in
-                    while true {
-                        let n = Glibc.read(0, raw.baseAddress, raw.count)
-                        if n < 0 && errno == EINTR { continue }
-                        return n
-                    }
-                }
+                let n = readStandardInput(into: &buffer)
                 if n <= 0 { break }
                 let chunk = Array(buffer[0..<n])
-                let delivered = waitFor { (try? await writer.write(chunk)) != nil }
+                let delivered = blockingWait { (try? await writer.write(chunk)) != nil }
                 if !delivered { return }
             }
             try? writer.close()
@@ -172,18 +166,4 @@ enum StdinPump {
         thread.start()
     }
 
-    /// Runs async work and blocks this (dedicated, non-Task) thread until it is done.
-    private static func waitFor(_ body: @escaping @Sendable () async -> Bool) -> Bool {
-        let semaphore = DispatchSemaphore(value: 0)
-        let box = ResultBox()
-        Task.detached {
-            box.value = await body()
-            semaphore.signal()
-        }
-        semaphore.wait()
-        return box.value
-    }
-
-    /// Written by the task before the semaphore is signalled, read after the wait.
-    private final class ResultBox: @unchecked Sendable { var value = false }
 }

@@ -111,13 +111,7 @@ enum TerminalInput {
                 let polled = poll(&ready, 1, 100)
                 if finished() { return }
                 if polled == 0 || (polled < 0 && errno == EINTR) { continue }
-                let n = buffer.withUnsafeMutableBytes { raw in
-                    while true {
-                        let n = Glibc.read(0, raw.baseAddress, raw.count)
-                        if n < 0 && errno == EINTR { continue }
-                        return n
-                    }
-                }
+                let n = readStandardInput(into: &buffer)
                 if n <= 0 { break }
                 let (forward, detach) = matcher.feed(buffer[0..<n])
                 if !forward.isEmpty {
@@ -134,17 +128,4 @@ enum TerminalInput {
         thread.name = "tether-stdin"
         thread.start()
     }
-}
-
-/// Runs async work and blocks this (dedicated, non-Task) thread until it is done.
-func blockingWait(_ body: @escaping @Sendable () async -> Bool) -> Bool {
-    let semaphore = DispatchSemaphore(value: 0)
-    let result = Mutex(false)
-    Task.detached {
-        let value = await body()
-        result.withLock { $0 = value }
-        semaphore.signal()
-    }
-    semaphore.wait()
-    return result.withLock { $0 }
 }

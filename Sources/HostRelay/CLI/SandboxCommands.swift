@@ -49,40 +49,55 @@ enum SandboxCommands {
 
     static func boot(_ arguments: [String]) -> Int32 {
         var parser = SandboxArguments(arguments)
+        var options = BootOptions()
+        var config: SandboxConfig
+        do {
+            guard try options.parse(&parser) else {
+                print(bootUsage)
+                return 0
+            }
+            guard parser.remaining.isEmpty else { throw SandboxUsageError("unexpected argument \(parser.remaining[0])") }
+            guard let rootfs = options.rootfs else { throw SandboxUsageError("--rootfs DIR is required") }
+            guard let name = options.name else { throw SandboxUsageError("--name NAME is required") }
+            config = options.config
+            config.rootfs = absolute(rootfs)
+            config.name = name
+        } catch {
+            return usageError(error, usage: bootUsage)
+        }
+        do {
+            let state = try sandboxes().boot(config, onConflict: options.onConflict)
+            printBooted(state)
+            return 0
+        } catch {
+            return report(error)
+        }
+    }
+
+    /// What `boot` and `run` both read before the sandbox's name and command.
+    struct BootOptions {
         var rootfs: String?
         var name: String?
-        var config = SandboxConfig(name: "", rootfs: "")
+        var config = SandboxConfig(name: "", rootfs: "", relayExecutable: sibling("tether"))
         var replace = false
         var replaceGraceMs: UInt64 = 10_000
-        do {
+
+        var onConflict: Sandboxes.Conflict { replace ? .replace(graceMs: replaceGraceMs) : .fail }
+
+        /// Reads every option the parser has; false when `--help` was asked for.
+        mutating func parse(_ parser: inout SandboxArguments) throws -> Bool {
             while let option = try parser.nextOption() {
                 switch option {
                 case "--rootfs": rootfs = try parser.value(for: option)
                 case "--name": name = try parser.value(for: option)
                 case "--replace": replace = true
                 case "--replace-grace": replaceGraceMs = try parser.duration(for: option)
-                case "-h", "--help":
-                    print(bootUsage)
-                    return 0
+                case "-h", "--help": return false
                 default:
                     guard try applyCommon(option, &parser, &config) else { throw SandboxUsageError("unknown option \(option)") }
                 }
             }
-            guard parser.remaining.isEmpty else { throw SandboxUsageError("unexpected argument \(parser.remaining[0])") }
-            guard let rootfs else { throw SandboxUsageError("--rootfs DIR is required") }
-            guard let name else { throw SandboxUsageError("--name NAME is required") }
-            config.rootfs = absolute(rootfs)
-            config.name = name
-            config.relayExecutable = sibling("tether")
-        } catch {
-            return usageError(error, usage: bootUsage)
-        }
-        do {
-            let state = try sandboxes().boot(config, onConflict: replace ? .replace(graceMs: replaceGraceMs) : .fail)
-            printBooted(state)
-            return 0
-        } catch {
-            return report(error)
+            return true
         }
     }
 
@@ -145,33 +160,21 @@ enum SandboxCommands {
 
     static func run(_ arguments: [String]) -> Int32 {
         var parser = SandboxArguments(arguments, stopAtPositional: true)
-        var rootfs: String?
-        var name: String?
-        var config = SandboxConfig(name: "", rootfs: "")
-        var replace = false
-        var replaceGraceMs: UInt64 = 10_000
+        var options = BootOptions()
+        var config: SandboxConfig
         do {
-            while let option = try parser.nextOption() {
-                switch option {
-                case "--rootfs": rootfs = try parser.value(for: option)
-                case "--name": name = try parser.value(for: option)
-                case "--replace": replace = true
-                case "--replace-grace": replaceGraceMs = try parser.duration(for: option)
-                case "-h", "--help":
-                    print(runUsage)
-                    return 0
-                default:
-                    guard try applyCommon(option, &parser, &config) else { throw SandboxUsageError("unknown option \(option)") }
-                }
+            guard try options.parse(&parser) else {
+                print(runUsage)
+                return 0
             }
             guard !parser.remaining.isEmpty else { throw SandboxUsageError("no command to run") }
-            config.name = name ?? SandboxName.random()
-            config.relayExecutable = sibling("tether")
+            config = options.config
+            config.name = options.name ?? SandboxName.random()
         } catch {
             return usageError(error, usage: runUsage)
         }
         do {
-            config.rootfs = try rootfs.map(absolute) ?? defaultRootfs()
+            config.rootfs = try options.rootfs.map(absolute) ?? defaultRootfs()
         } catch {
             FileHandle.standardError.write(Data("error: \(error)\n".utf8))
             return 1
@@ -179,7 +182,7 @@ enum SandboxCommands {
         let sandboxes = sandboxes()
         let state: SandboxState
         do {
-            state = try sandboxes.boot(config, onConflict: replace ? .replace(graceMs: replaceGraceMs) : .fail)
+            state = try sandboxes.boot(config, onConflict: options.onConflict)
         } catch {
             return report(error)
         }
@@ -195,7 +198,7 @@ enum SandboxCommands {
             try sandboxes.stop(config.name, graceMs: 2_000)
             // A sandbox nobody named is nobody's to look at again: `tether ls` would only fill
             // up with run-XXXXXX entries. A named one keeps its state (how it ended, its logs).
-            if name == nil { try? FileManager.default.removeItem(at: sandboxes.home.sandbox(config.name).directory) }
+            if options.name == nil { try? FileManager.default.removeItem(at: sandboxes.home.sandbox(config.name).directory) }
         } catch {
             printWarning("stopping sandbox \(config.name): \(error.message)")
         }
