@@ -15,6 +15,8 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <grp.h>
+#include <linux/mount.h>
 
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
@@ -43,14 +45,141 @@ static void cloexec_all(void) {
     }
 }
 
+/* Receives the go byte and, when one is attached, a descriptor (SCM_RIGHTS). Returns the byte
+ * count (1 when the parent said go) and stores the descriptor in *fd (-1 when none came). */
+static ssize_t receive_go(int go_read, int *fd) {
+    char byte;
+    struct iovec io = { &byte, 1 };
+    union { char buffer[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    struct msghdr message;
+    memset(&message, 0, sizeof message);
+    message.msg_iov = &io;
+    message.msg_iovlen = 1;
+    message.msg_control = control.buffer;
+    message.msg_controllen = sizeof control.buffer;
+    ssize_t n;
+    do { n = recvmsg(go_read, &message, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    *fd = -1;
+    struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+    if (n == 1 && header && header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_RIGHTS)
+        memcpy(fd, CMSG_DATA(header), sizeof(int));
+    return n;
+}
+
+/* dst = a + b, truncated to size (snprintf is not async-signal-safe). */
+static void join(char *dst, size_t size, const char *a, const char *b) {
+    size_t i = 0;
+    for (; *a && i + 1 < size; a++) dst[i++] = *a;
+    for (; *b && i + 1 < size; b++) dst[i++] = *b;
+    dst[i] = 0;
+}
+
+/* A file the sandbox must not read: the host's /dev/null bound over it (if it exists). */
+static int mask_file(const char *path) {
+    struct stat st;
+    if (lstat(path, &st) < 0) return errno == ENOENT ? 0 : -1;
+    if (S_ISDIR(st.st_mode))
+        /* An empty read-only tmpfs hides a directory. */
+        return mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0,mode=0555");
+    return mount("/dev/null", path, NULL, MS_BIND, NULL);
+}
+
+/* A path the sandbox may read but not write: bound onto itself, then remounted read-only. A
+ * bind remount must repeat the flags of the mount it copies (here procfs: nosuid, nodev,
+ * noexec), or a user namespace gets EPERM for trying to clear them. */
+static int read_only(const char *path) {
+    struct stat st;
+    if (lstat(path, &st) < 0) return errno == ENOENT ? 0 : -1;
+    if (mount(path, path, NULL, MS_BIND | MS_REC, NULL) < 0) return -1;
+    return mount(NULL, path, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+}
+
+/* Creates `path` as a mount point (a directory, or an empty file for a device node). */
+static int make_mount_point(const char *path, int directory) {
+    if (directory) return mkdir(path, 0755) < 0 && errno != EEXIST ? -1 : 0;
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0) return -1;
+    close(fd);
+    return 0;
+}
+
+static const char *const masked_paths[] = {
+    "proc/kcore", "proc/keys", "proc/timer_list", "proc/timer_stats", "proc/sched_debug",
+    "proc/latency_stats", "proc/acpi", "proc/asound", "proc/scsi", "proc/interrupts",
+    "sys/firmware", "sys/devices/virtual/powercap", NULL,
+};
+static const char *const read_only_paths[] = {
+    "proc/sys", "proc/sysrq-trigger", "proc/irq", "proc/bus", "proc/fs", NULL,
+};
+/* The host's device nodes a sandbox gets (bound, not made: mknod is not allowed in a user
+ * namespace, and nodes on a filesystem mounted inside one do not open anyway). */
+static const char *const device_nodes[] = { "null", "zero", "full", "random", "urandom", "tty", NULL };
+static const char *const device_links[][2] = {
+    { "ptmx", "pts/ptmx" }, { "fd", "/proc/self/fd" }, { "stdin", "/proc/self/fd/0" },
+    { "stdout", "/proc/self/fd/1" }, { "stderr", "/proc/self/fd/2" }, { "core", "/proc/kcore" }, { NULL, NULL },
+};
+
+/* /proc, /sys and /dev of a confined sandbox, relative to the current directory (the new root),
+ * before pivot_root: the kernel lets a user namespace mount procfs and sysfs only while a fully
+ * visible instance is in its mount namespace (mount_too_revealing), which the host's still is. */
+static void api_filesystems(const struct csys_sandbox_spec *spec, int status_write) {
+#define FAIL_API() child_fail(status_write, CSYS_BOOT_STAGE_API_FS, errno)
+    if (make_mount_point("proc", 1) < 0) FAIL_API();
+    if (mount("proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) FAIL_API();
+    if (make_mount_point("sys", 1) < 0) FAIL_API();
+    if (spec->new_sysfs) {
+        if (mount("sysfs", "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) FAIL_API();
+    } else {
+        /* The host's network namespace: a new sysfs would need it to be ours. Bind the host's,
+         * read-only all the way down (mount_setattr: MS_REMOUNT would change the top only). */
+        if (mount("/sys", "sys", NULL, MS_BIND | MS_REC, NULL) < 0) FAIL_API();
+        struct mount_attr attr;
+        memset(&attr, 0, sizeof attr);
+        attr.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+        if (syscall(SYS_mount_setattr, AT_FDCWD, "sys", AT_RECURSIVE, &attr, sizeof attr) < 0) FAIL_API();
+    }
+    for (int i = 0; read_only_paths[i]; i++)
+        if (read_only(read_only_paths[i]) < 0) FAIL_API();
+    for (int i = 0; masked_paths[i]; i++)
+        if (mask_file(masked_paths[i]) < 0) FAIL_API();
+
+    if (make_mount_point("dev", 1) < 0) FAIL_API();
+    if (mount("tmpfs", "dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=256k") < 0) FAIL_API();
+    char target[64], source[64];
+    for (int i = 0; device_nodes[i]; i++) {
+        join(target, sizeof target, "dev/", device_nodes[i]);
+        join(source, sizeof source, "/dev/", device_nodes[i]);
+        if (make_mount_point(target, 0) < 0) FAIL_API();
+        if (mount(source, target, NULL, MS_BIND, NULL) < 0) FAIL_API();
+    }
+    for (int i = 0; device_links[i][0]; i++) {
+        join(target, sizeof target, "dev/", device_links[i][0]);
+        if (symlink(device_links[i][1], target) < 0 && errno != EEXIST) FAIL_API();
+    }
+    if (make_mount_point("dev/pts", 1) < 0) FAIL_API();
+    if (mount("devpts", "dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+              spec->devpts_options ? spec->devpts_options : "newinstance,ptmxmode=0666,mode=0620") < 0) FAIL_API();
+    if (make_mount_point("dev/shm", 1) < 0) FAIL_API();
+    if (mount("shm", "dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0) FAIL_API();
+#undef FAIL_API
+}
+
 /* Runs in the child only: async-signal-safe calls, no allocation, no locks. */
 static void child_main(const struct csys_sandbox_spec *spec, int go_read, int status_write) {
-    char byte;
-    ssize_t n;
-    do { n = read(go_read, &byte, 1); } while (n < 0 && errno == EINTR);
+    int root_fd = -1;
+    ssize_t n = receive_go(go_read, &root_fd);
     if (n != 1) _exit(126);   /* the parent gave up before "go": nothing to report to */
     close(go_read);
+    if (spec->receive_root && root_fd < 0) child_fail(status_write, CSYS_BOOT_STAGE_MOUNT, EBADF);
 
+    if (spec->clone_flags & CSYS_CLONE_NEWUSER) {
+        /* The parent has written the maps: become the namespace's root, so what we create is
+         * owned by the ids the host gave it (our host uid is not mapped in there). */
+        if (spec->set_groups && setgroups(0, NULL) < 0) child_fail(status_write, CSYS_BOOT_STAGE_USER, errno);
+        if (setresgid(0, 0, 0) < 0) child_fail(status_write, CSYS_BOOT_STAGE_USER, errno);
+        if (setresuid(0, 0, 0) < 0) child_fail(status_write, CSYS_BOOT_STAGE_USER, errno);
+    }
+    /* After the id change: changing credentials clears the parent-death signal. */
     if (spec->parent_death_signal && prctl(PR_SET_PDEATHSIG, spec->parent_death_signal) < 0)
         child_fail(status_write, CSYS_BOOT_STAGE_NAMESPACE, errno);
     if (spec->new_session && setsid() < 0)
@@ -70,26 +199,45 @@ static void child_main(const struct csys_sandbox_spec *spec, int go_read, int st
         close(s);
     }
 
-    if (spec->rootfs) {
-        const char *target = spec->mountpoint ? spec->mountpoint : spec->rootfs;
+    if (spec->rootfs || root_fd >= 0) {
         /* Private first, so nothing below propagates back to the host's mount table. */
         if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
             child_fail(status_write, CSYS_BOOT_STAGE_MOUNT, errno);
-        if (spec->overlay_options) {
-            if (mount("overlay", target, "overlay", 0, spec->overlay_options) < 0)
+        if (root_fd >= 0) {
+            /* The parent built the root (an overlay over an idmapped image): attach it on top
+             * of / (any directory would do; / always exists) and step into it. */
+            if (syscall(SYS_move_mount, root_fd, "", AT_FDCWD, "/", MOVE_MOUNT_F_EMPTY_PATH) < 0)
                 child_fail(status_write, CSYS_BOOT_STAGE_MOUNT, errno);
+            if (fchdir(root_fd) < 0) child_fail(status_write, CSYS_BOOT_STAGE_MOUNT, errno);
+            close(root_fd);
         } else {
-            /* pivot_root needs the new root to be a mount point: bind it onto itself. */
-            if (mount(spec->rootfs, target, NULL, MS_BIND | MS_REC, NULL) < 0)
-                child_fail(status_write, errno == ENOENT || errno == ENOTDIR ? CSYS_BOOT_STAGE_ROOTFS : CSYS_BOOT_STAGE_MOUNT, errno);
+            const char *target = spec->mountpoint ? spec->mountpoint : spec->rootfs;
+            if (spec->layer_tmpfs && spec->layer_dir) {
+                char path[4096];
+                if (mount("tmpfs", spec->layer_dir, "tmpfs", MS_NOSUID | MS_NODEV, spec->layer_tmpfs) < 0)
+                    child_fail(status_write, CSYS_BOOT_STAGE_MOUNT, errno);
+                join(path, sizeof path, spec->layer_dir, "/upper");
+                if (mkdir(path, 0755) < 0 && errno != EEXIST) child_fail(status_write, CSYS_BOOT_STAGE_MOUNT, errno);
+                join(path, sizeof path, spec->layer_dir, "/work");
+                if (mkdir(path, 0755) < 0 && errno != EEXIST) child_fail(status_write, CSYS_BOOT_STAGE_MOUNT, errno);
+            }
+            if (spec->overlay_options) {
+                if (mount("overlay", target, "overlay", MS_NOSUID | MS_NODEV, spec->overlay_options) < 0)
+                    child_fail(status_write, CSYS_BOOT_STAGE_MOUNT, errno);
+            } else {
+                /* pivot_root needs the new root to be a mount point: bind it onto itself. */
+                if (mount(spec->rootfs, target, NULL, MS_BIND | MS_REC, NULL) < 0)
+                    child_fail(status_write, errno == ENOENT || errno == ENOTDIR ? CSYS_BOOT_STAGE_ROOTFS : CSYS_BOOT_STAGE_MOUNT, errno);
+            }
+            if (chdir(target) < 0) child_fail(status_write, CSYS_BOOT_STAGE_ROOTFS, errno);
         }
-        if (chdir(target) < 0) child_fail(status_write, CSYS_BOOT_STAGE_ROOTFS, errno);
+        if (spec->api_filesystems) api_filesystems(spec, status_write);
         /* pivot_root(".", "."): the old root ends up stacked on the new one, then is detached,
          * so the rootfs needs no directory for it (pivot_root(2), NOTES). */
         if (syscall(SYS_pivot_root, ".", ".") < 0) child_fail(status_write, CSYS_BOOT_STAGE_MOUNT, errno);
         if (umount2(".", MNT_DETACH) < 0) child_fail(status_write, CSYS_BOOT_STAGE_MOUNT, errno);
         if (chdir("/") < 0) child_fail(status_write, CSYS_BOOT_STAGE_MOUNT, errno);
-        if (spec->mount_proc) {
+        if (spec->mount_proc && !spec->api_filesystems) {
             if (mkdir("/proc", 0555) < 0 && errno != EEXIST) child_fail(status_write, CSYS_BOOT_STAGE_MOUNT, errno);
             if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
                 child_fail(status_write, CSYS_BOOT_STAGE_MOUNT, errno);
@@ -136,7 +284,8 @@ static void child_main(const struct csys_sandbox_spec *spec, int go_read, int st
 pid_t csys_sandbox_clone(const struct csys_sandbox_spec *spec, int *go_fd, int *status_fd) {
     int saved = errno;
     int go[2], status[2];
-    if (pipe2(go, O_CLOEXEC) < 0) { int e = errno; errno = saved; return -e; }
+    /* "go" is a socket so that it can carry the root's mount fd to the child. */
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, go) < 0) { int e = errno; errno = saved; return -e; }
     if (pipe2(status, O_CLOEXEC) < 0) {
         int e = errno;
         close(go[0]); close(go[1]);
@@ -153,23 +302,114 @@ pid_t csys_sandbox_clone(const struct csys_sandbox_spec *spec, int *go_fd, int *
      * arguments are NULL, so their order (which differs between architectures) does not matter. */
     long pid = syscall(SYS_clone, (unsigned long)(spec->clone_flags | SIGCHLD), NULL, NULL, NULL, NULL);
     if (pid == 0) {
-        close(go[1]);
+        close(go[0]);
         close(status[0]);
-        child_main(spec, go[0], status[1]);
+        child_main(spec, go[1], status[1]);
         _exit(127);
     }
     int e = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    close(go[0]);
+    close(go[1]);
     close(status[1]);
     if (pid < 0) {
-        close(go[1]);
+        close(go[0]);
         close(status[0]);
         errno = saved;
         return -e;
     }
-    *go_fd = go[1];
+    *go_fd = go[0];
     *status_fd = status[0];
     errno = saved;
     return (pid_t)pid;
+}
+
+int csys_sandbox_go(int go_fd, int pass_fd) {
+    int saved = errno;
+    char byte = 1;
+    struct iovec io = { &byte, 1 };
+    union { char buffer[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    struct msghdr message;
+    memset(&message, 0, sizeof message);
+    message.msg_iov = &io;
+    message.msg_iovlen = 1;
+    if (pass_fd >= 0) {
+        memset(&control, 0, sizeof control);
+        message.msg_control = control.buffer;
+        message.msg_controllen = sizeof control.buffer;
+        struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+        header->cmsg_level = SOL_SOCKET;
+        header->cmsg_type = SCM_RIGHTS;
+        header->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(header), &pass_fd, sizeof(int));
+    }
+    ssize_t n;
+    do { n = sendmsg(go_fd, &message, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
+    int result = n == 1 ? 0 : -(n < 0 ? errno : EIO);
+    errno = saved;
+    return result;
+}
+
+int csys_idmapped_tree(const char *path, int userns_fd) {
+    int saved = errno;
+    int tree = (int)syscall(SYS_open_tree, AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+    if (tree < 0) { int e = errno; errno = saved; return -e; }
+    struct mount_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    attr.userns_fd = (uint64_t)userns_fd;
+    if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0) {
+        int e = errno;
+        close(tree);
+        errno = saved;
+        return -e;
+    }
+    errno = saved;
+    return tree;
+}
+
+/* fsopen + fsconfig(key=value for each comma-separated option) + create + fsmount. */
+static int new_tree(const char *type, const char *const *keys, const char *const *values, int count, const char *options) {
+    int fs = (int)syscall(SYS_fsopen, type, FSOPEN_CLOEXEC);
+    if (fs < 0) return -errno;
+    int result = 0;
+    for (int i = 0; i < count && result == 0; i++)
+        if (syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, keys[i], values[i], 0) < 0) result = -errno;
+    if (result == 0 && options) {
+        char copy[512];
+        if (strlen(options) >= sizeof copy) result = -E2BIG;
+        else {
+            strcpy(copy, options);
+            char *save = NULL;
+            for (char *option = strtok_r(copy, ",", &save); option && result == 0; option = strtok_r(NULL, ",", &save)) {
+                char *equals = strchr(option, '=');
+                long r;
+                if (equals) { *equals = 0; r = syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, option, equals + 1, 0); }
+                else r = syscall(SYS_fsconfig, fs, FSCONFIG_SET_FLAG, option, NULL, 0);
+                if (r < 0) result = -errno;
+            }
+        }
+    }
+    if (result == 0 && syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) result = -errno;
+    if (result == 0) {
+        int tree = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV);
+        result = tree < 0 ? -errno : tree;
+    }
+    close(fs);
+    return result;
+}
+
+int csys_tmpfs_tree(const char *options) {
+    int saved = errno;
+    int result = new_tree("tmpfs", NULL, NULL, 0, options);
+    errno = saved;
+    return result;
+}
+
+int csys_overlay_root(const char *lower, const char *upper, const char *work, const char *extra_options) {
+    int saved = errno;
+    const char *keys[] = { "lowerdir", "upperdir", "workdir" };
+    const char *values[] = { lower, upper, work };
+    int result = new_tree("overlay", keys, values, 3, extra_options);
+    errno = saved;
+    return result;
 }

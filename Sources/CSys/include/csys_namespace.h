@@ -21,6 +21,7 @@ enum {
     CSYS_CLONE_NEWIPC = 0x08000000,
     CSYS_CLONE_NEWPID = 0x20000000,
     CSYS_CLONE_NEWNET = 0x40000000,
+    CSYS_CLONE_NEWUSER = 0x10000000,
 };
 
 /* Where a step failed; matches TetherBoot's BootStage. */
@@ -29,6 +30,8 @@ enum {
     CSYS_BOOT_STAGE_NAMESPACE = 2,  /* clone, unshare, sethostname, loopback, descriptors */
     CSYS_BOOT_STAGE_MOUNT = 3,      /* making mounts private, bind/overlay, pivot_root, detaching */
     CSYS_BOOT_STAGE_EXEC = 4,       /* execve of the first process (the agent) */
+    CSYS_BOOT_STAGE_USER = 5,       /* becoming root of the new user namespace (setgroups, setresgid, setresuid) */
+    CSYS_BOOT_STAGE_API_FS = 6,     /* /proc, /sys, /dev inside the new root, their masks and read-only parts */
 };
 
 struct csys_boot_report {
@@ -53,12 +56,41 @@ struct csys_sandbox_spec {
     char *const *envp;
     const int *fd_map;           /* pairs {parent fd, child fd}; the child gets exactly these */
     int fd_map_pairs;
+
+    /* With CSYS_CLONE_NEWUSER in clone_flags the parent writes the id maps while the child waits
+     * for "go"; the child then makes itself uid and gid 0 of the new namespace. */
+    int set_groups;              /* setgroups(0, NULL) too (not where the parent denied setgroups) */
+    int receive_root;            /* "go" carries a mount fd (SCM_RIGHTS): the root to pivot into,
+                                    built by the parent (csys_overlay_root); rootfs is then unused */
+    const char *layer_tmpfs;     /* non-NULL: tmpfs options; mounted on layer_dir before the overlay */
+    const char *layer_dir;       /* with layer_tmpfs: where the tmpfs goes; upper/ and work/ are made in it */
+    int api_filesystems;         /* build /proc, /sys and /dev in the new root before pivot_root,
+                                    with the masked and read-only paths of a confined sandbox */
+    int new_sysfs;               /* with api_filesystems: a new read-only sysfs (own network namespace);
+                                    0: a read-only recursive bind of the host's /sys */
+    const char *devpts_options;  /* with api_filesystems: the devpts instance on /dev/pts */
 };
 
 /* Returns the child's pid (in the caller's PID namespace) or -errno from pipe2/clone. On success
  * *go_fd is the write end of the go pipe (write one byte, then close) and *status_fd the read end
  * of the status pipe (0 bytes: the exec happened; a csys_boot_report: it failed). Both CLOEXEC. */
 pid_t csys_sandbox_clone(const struct csys_sandbox_spec *spec, int *go_fd, int *status_fd);
+
+/* Lets the child of csys_sandbox_clone go: one byte on the go socket, with `pass_fd` attached
+ * (SCM_RIGHTS) when it is >= 0. Returns 0 or -errno. */
+int csys_sandbox_go(int go_fd, int pass_fd);
+
+/* The parent's half of a confined root (mount API, kernel 5.12 and later; needs CAP_SYS_ADMIN):
+ * csys_idmapped_tree: a detached, read-only, nosuid, nodev copy of the tree at `path` whose ids
+ *   are shifted into the user namespace `userns_fd` (files the host's root owns look owned by the
+ *   namespace's root), as a mount fd.
+ * csys_tmpfs_tree: a detached tmpfs mounted with `options` ("size=...,mode=..."), as a mount fd.
+ * csys_overlay_root: a detached overlay of `lower` (read-only) under `upper`/`work`, nosuid and
+ *   nodev, as a mount fd; paths may be /proc/self/fd/N of the fds above.
+ * Each returns the fd (CLOEXEC) or -errno. */
+int csys_idmapped_tree(const char *path, int userns_fd);
+int csys_tmpfs_tree(const char *options);
+int csys_overlay_root(const char *lower, const char *upper, const char *work, const char *extra_options);
 
 /* pivot_root(2) has no glibc wrapper; exposed for tests of the namespace steps. */
 int csys_pivot_root(const char *new_root, const char *put_old);

@@ -87,7 +87,7 @@ public enum AgentMain {
 
         if let choice = options.initProgram {
             if let initSystem = try InitSystem.resolve(choice) {
-                try Boot.mount(Boot.sys)
+                try Boot.mountSysUnlessPresent()
                 if inNamespace {
                     try Boot.mountRest(minimalDev: true, tmp: false)
                 } else {

@@ -107,9 +107,13 @@ public enum Boot {
     /// The rest of the PID 1 file systems. With `minimalDev`, a tmpfs /dev with a handful of
     /// nodes (not the host's devices), /dev/pts as a new devpts instance and /dev/shm;
     /// with `tmp`, a tmpfs /tmp.
+    ///
+    /// /sys and /dev that are already there are kept: the namespace backend builds them before
+    /// the agent runs (read-only, masked, the host's device nodes bound: inside a user
+    /// namespace the agent could neither make device nodes nor mask what it mounts itself).
     static func mountRest(minimalDev: Bool, tmp mountTmp: Bool) throws(BootError) {
-        try mount(sys)
-        if minimalDev {
+        try mountSysUnlessPresent()
+        if minimalDev && !devIsPrepared() {
             try mount(dev)
             try populateDev()
             try mount(pts)
@@ -117,6 +121,24 @@ public enum Boot {
         }
         if mountTmp { try mount(tmp) }
         try mount(run)
+    }
+
+    static func mountSysUnlessPresent() throws(BootError) {
+        if !isMountPoint("/sys") { try mount(sys) }
+    }
+
+    /// A /dev with its own devpts instance: what the namespace backend leaves (a VM's kernel
+    /// may mount devtmpfs on /dev, but never devpts under it).
+    static func devIsPrepared() -> Bool {
+        isMountPoint("/dev") && access("/dev/pts/ptmx", F_OK) == 0 && access("/dev/null", F_OK) == 0
+    }
+
+    /// Whether `path` is the root of a mount (its device differs from its parent's).
+    static func isMountPoint(_ path: String) -> Bool {
+        var own = stat()
+        var parent = stat()
+        guard lstat(path, &own) == 0, lstat(path + "/..", &parent) == 0 else { return false }
+        return own.st_dev != parent.st_dev
     }
 
     static func mount(_ m: Mount) throws(BootError) {

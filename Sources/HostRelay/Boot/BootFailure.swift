@@ -19,6 +19,12 @@ public struct BootStage: RawRepresentable, Hashable, Codable, Sendable, CustomSt
     public static let namespace = BootStage(rawValue: "namespace")
     /// Making mounts private, bind/overlay mounting the root, pivot_root.
     public static let mount = BootStage(rawValue: "mount")
+    /// The sandbox's user namespace: id ranges, maps, becoming its root.
+    public static let userNamespace = BootStage(rawValue: "user-namespace")
+    /// /proc, /sys and /dev inside the sandbox, with their masked and read-only paths.
+    public static let apiFilesystems = BootStage(rawValue: "api-filesystems")
+    /// The sandbox's writable layer (its directory, tmpfs or size).
+    public static let layer = BootStage(rawValue: "layer")
     /// dlopen/dlsym of libkrun.
     public static let krunLoad = BootStage(rawValue: "krun-load")
     /// A libkrun configuration call (or krun_start_enter) returned an error.

@@ -7,8 +7,9 @@ import Foundation
 import TetherPosix
 import TetherProtocol
 
-/// Boots a sandbox as new namespaces on this host: PID, mount, UTS, IPC (and network with
-/// `--network none`), pivot_root into the rootfs (or an overlay on it), the agent as PID 1.
+/// Boots a sandbox as new namespaces on this host: user, PID, mount, UTS, IPC, cgroup and
+/// (unless `--network host`) network, pivot_root into an overlay of the rootfs and the sandbox's
+/// own layer, the agent as PID 1.
 ///
 /// The agent's channel is a listening unix socket the host binds at `agent.sock` and hands to
 /// the agent as fd 3 (`--listen fd:3`): the path stays reachable from the host whatever the
@@ -26,14 +27,17 @@ public enum NamespaceBackend {
          "TETHER_SANDBOX=\(config.name)", SandboxConfig.agentRuntimeEnvironment]
     }
 
+    /// The writable layer's size when `--disk` is not given.
+    public static let defaultDiskMiB = 1024
+
     /// Starts the sandbox's PID 1 and returns its pid (in the host's PID namespace) and cgroup.
+    ///
+    /// Confinement (SECURITY.md): a user namespace always (root: a slot of 65,536 host ids of
+    /// its own; rootless: the user's own uid), the image as the read-only lower layer of an
+    /// overlay whose upper layer is the sandbox's own, /proc, /sys and /dev built with the
+    /// sandbox's masked and read-only paths before the agent runs.
     public static func start(_ config: SandboxConfig, paths: SandboxPaths,
                              warnings: inout [String]) throws(BootFailure) -> (pid: pid_t, cgroup: Cgroup?) {
-        guard geteuid() == 0 else {
-            throw BootFailure(stage: .namespace, errno: EPERM,
-                              message: "the namespace backend needs root (namespaces, mounts, pivot_root)",
-                              hint: "run as root, or use --backend krun on a host with libkrun")
-        }
         var st = stat()
         guard stat(config.rootfs, &st) == 0 else {
             let error = Errno.current
@@ -43,6 +47,11 @@ public enum NamespaceBackend {
         guard (st.st_mode & S_IFMT) == S_IFDIR else {
             throw BootFailure(stage: .rootfs, errno: ENOTDIR, message: "rootfs \(config.rootfs) is not a directory")
         }
+        if config.network == .host {
+            warnings.append("--network host: the sandbox shares the host's network stack (it reaches the host's 127.0.0.1 services, and its ports are the host's)")
+        }
+        let (mapping, previousRoot) = try UserNamespace.mapping(for: config, paths: paths)
+        let layer = try Layer.prepare(config: config, paths: paths, mapping: mapping, previousRoot: previousRoot, warnings: &warnings)
 
         // The agent's socket, bound by us, inherited by the agent.
         let listener: OwnedFD
@@ -52,7 +61,7 @@ public enum NamespaceBackend {
             throw BootFailure(stage: .namespace, errno: error.errno?.rawValue ?? 0, message: "agent socket: \(error)")
         }
         let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
-        let console = open(paths.console.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        let console = open(paths.console.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0o600)
         defer {
             if devNull >= 0 { close(devNull) }
             if console >= 0 { close(console) }
@@ -64,31 +73,40 @@ public enum NamespaceBackend {
         var launcher = NamespaceLauncher(path: config.agentPath,
                                          arguments: [config.agentPath] + config.agentArguments(listen: "fd:\(agentListenFD)"),
                                          environment: environment(for: config))
-        launcher.namespaces = config.network == .none ? Namespaces.sandbox.union(.network) : .sandbox
+        launcher.namespaces = Namespaces.sandbox.union(.user)
+        if config.network != .host { launcher.namespaces.insert(.network) }
+        launcher.setGroups = !mapping.denySetgroups
         launcher.hostname = config.hostname ?? config.name
         launcher.rootfs = config.rootfs
-        // /proc is there before the agent runs, as libkrun's init leaves it for a PID 1 it execs
-        // (KRUN_INIT_PID1): a static Swift executable reads its argv (CommandLine) and its
-        // runtime path from /proc/self before main, and gets neither without it. The agent
-        // mounts its own procfs over this one.
-        launcher.mountProc = true
+        launcher.apiFilesystems = true
+        launcher.newSysfs = config.network != .host
+        launcher.devptsOptions = "newinstance,ptmxmode=0666,mode=0620" + (mapping.mapsTTYGroup ? ",gid=5" : "")
         // The supervisor is single-threaded, so PDEATHSIG means "when the supervisor dies".
         launcher.parentDeathSignal = SIGKILL
         launcher.descriptors = [(devNull, 0), (console, 1), (console, 2), (listener.raw, agentListenFD)]
-        if config.ephemeral {
-            let overlay = try prepareOverlay(rootfs: config.rootfs, paths: paths)
-            launcher.mountpoint = overlay.mountpoint
-            launcher.overlayOptions = overlay.options
+        switch layer {
+        case .builtByHost:
+            launcher.receivesRoot = true
+        case .mountedByChild(let mountpoint, let options, let tmpfs, let directory):
+            launcher.mountpoint = mountpoint
+            launcher.overlayOptions = options
+            launcher.layerTmpfsOptions = tmpfs
+            launcher.layerDirectory = directory
         }
 
         let cgroup = Cgroup.create(name: config.name, cpus: config.cpus, memoryMiB: config.memoryMiB, warnings: &warnings)
         launcher.cgroupNamespace = cgroup != nil
+        var root: CInt = -1
+        defer { if root >= 0 { close(root) } }
         let pid: pid_t
         do {
             pid = try launcher.launch { (pid) throws(LaunchFailure) in
                 if let cgroup, let error = cgroup.add(pid) {
                     throw LaunchFailure(stage: .namespace, errno: error)
                 }
+                try UserNamespace.writeMaps(pid: pid, mapping)
+                root = try Layer.buildRoot(pid: pid, rootfs: config.rootfs, layer: layer, owner: mapping)
+                return root
             }
         } catch {
             cgroup?.remove()
@@ -114,30 +132,20 @@ public enum NamespaceBackend {
             return BootFailure(stage: .rootfs, errno: e.rawValue, message: "rootfs \(config.rootfs) cannot be used: \(e)")
         case .mount:
             return BootFailure(stage: .mount, errno: e.rawValue,
-                               message: "mounting the rootfs \(config.rootfs) (private mounts, bind or overlay, pivot_root) failed: \(e)")
+                               message: "mounting the rootfs \(config.rootfs) (private mounts, the overlay with the sandbox's layer, pivot_root) failed: \(e)",
+                               hint: e.rawValue == ENOSYS || e.rawValue == EINVAL ? "the kernel needs idmapped mounts and overlayfs in user namespaces (Linux 5.19 or later)" : nil)
+        case .userNamespace:
+            return BootFailure(stage: .userNamespace, errno: e.rawValue,
+                               message: "setting up the sandbox's user namespace (id maps, becoming its root) failed: \(e)",
+                               hint: geteuid() == 0 ? nil : "rootless: check /etc/subuid and /etc/subgid for your user, or remove the uidmap package's helpers to map your own id only")
+        case .apiFilesystems:
+            return BootFailure(stage: .apiFilesystems, errno: e.rawValue,
+                               message: "building /proc, /sys or /dev inside the sandbox (masked and read-only paths) failed: \(e)")
         default:
             return BootFailure(stage: .namespace, errno: e.rawValue,
                                message: "creating the sandbox's namespaces or cgroup failed: \(e)",
-                               hint: e.rawValue == EPERM ? "run as root on a kernel that allows namespaces" : nil)
+                               hint: e.rawValue == EPERM || e.rawValue == ENOSPC
+                                   ? "the host must allow user namespaces (sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone, kernel.apparmor_restrict_unprivileged_userns)" : nil)
         }
-    }
-
-    /// upper/, work/ and root/ under the sandbox's overlay/ directory, emptied first.
-    static func prepareOverlay(rootfs: String, paths: SandboxPaths) throws(BootFailure) -> (mountpoint: String, options: String) {
-        // overlayfs splits its options at ',' and lowerdir at ':'; such paths cannot be given.
-        for path in [rootfs, paths.overlay.path] where path.contains(",") || path.contains(":") {
-            throw BootFailure(stage: .rootfs, errno: EINVAL, message: "overlay paths cannot contain ',' or ':': \(path)")
-        }
-        let fm = FileManager.default
-        try? fm.removeItem(at: paths.overlay)
-        let upper = paths.overlay.appendingPathComponent("upper").path
-        let work = paths.overlay.appendingPathComponent("work").path
-        let root = paths.overlay.appendingPathComponent("root").path
-        do {
-            for dir in [upper, work, root] { try fm.createDirectory(atPath: dir, withIntermediateDirectories: true) }
-        } catch {
-            throw BootFailure(stage: .mount, errno: EIO, message: "creating the overlay directories in \(paths.overlay.path): \(error)")
-        }
-        return (root, "lowerdir=\(rootfs),upperdir=\(upper),workdir=\(work)")
     }
 }

@@ -15,6 +15,8 @@ public struct Namespaces: OptionSet, Sendable {
     public static let uts = Namespaces(rawValue: Int32(CSYS_CLONE_NEWUTS))
     public static let ipc = Namespaces(rawValue: Int32(CSYS_CLONE_NEWIPC))
     public static let network = Namespaces(rawValue: Int32(CSYS_CLONE_NEWNET))
+    /// The parent must write the id maps in `beforeStart` (see `NamespaceLauncher.launch`).
+    public static let user = Namespaces(rawValue: Int32(CSYS_CLONE_NEWUSER))
     /// The standard set of a sandbox: everything but the network.
     public static let sandbox: Namespaces = [.pid, .mount, .uts, .ipc]
 }
@@ -61,6 +63,24 @@ public struct NamespaceLauncher {
     public var newSession = true
     /// With a rootfs: mount a procfs of the new PID namespace on /proc before the exec.
     public var mountProc = false
+    /// With `.user`: the child drops its supplementary groups too (not allowed where the parent
+    /// wrote "deny" to /proc/PID/setgroups, as an unprivileged parent must).
+    public var setGroups = true
+    /// `beforeStart` returns a mount fd (the root, built by the parent) that the child attaches
+    /// and pivots into; `rootfs` and `overlayOptions` are then not used for the root.
+    public var receivesRoot = false
+    /// tmpfs options for the writable layer, mounted by the child on `layerDirectory` before the
+    /// overlay (upper/ and work/ are made in it): the child's own layer when the parent cannot
+    /// build the root (unprivileged).
+    public var layerTmpfsOptions: String?
+    public var layerDirectory: String?
+    /// Build /proc, /sys and /dev inside the root with the sandbox's masked and read-only paths.
+    public var apiFilesystems = false
+    /// With `apiFilesystems`: a new sysfs (needs the network namespace to be the sandbox's own);
+    /// otherwise the host's /sys, read-only.
+    public var newSysfs = true
+    /// With `apiFilesystems`: the options of the devpts instance on /dev/pts.
+    public var devptsOptions: String?
 
     public init(path: String, arguments: [String], environment: [String] = []) {
         self.path = path
@@ -71,8 +91,13 @@ public struct NamespaceLauncher {
     /// Clones the child, runs `beforeStart(pid)` while the child waits (cgroup placement), then
     /// lets it go and waits for its exec. Returns the pid (in our PID namespace) once the exec
     /// succeeded; throws the failing step, after reaping the child, otherwise.
-    public func launch(beforeStart: (pid_t) throws(LaunchFailure) -> Void = { _ throws(LaunchFailure) in }) throws(LaunchFailure) -> pid_t {
-        let strings = [hostname, rootfs, mountpoint, overlayOptions, path].map { $0.map { strdup($0)! } }
+    ///
+    /// With `.user` in `namespaces`, `beforeStart` must write the child's uid_map and gid_map
+    /// (the child waits). It returns a descriptor to hand to the child with "go" (the root,
+    /// with `receivesRoot`), or -1; the caller keeps ownership of it.
+    public func launch(beforeStart: (pid_t) throws(LaunchFailure) -> CInt = { _ throws(LaunchFailure) in -1 }) throws(LaunchFailure) -> pid_t {
+        let strings = [hostname, rootfs, mountpoint, overlayOptions, path, layerTmpfsOptions, layerDirectory, devptsOptions]
+            .map { $0.map { strdup($0)! } }
         let argv = (arguments.map { strdup($0)! } as [UnsafeMutablePointer<CChar>?]) + [nil]
         let envp = (environment.map { strdup($0)! } as [UnsafeMutablePointer<CChar>?]) + [nil]
         defer {
@@ -99,6 +124,13 @@ public struct NamespaceLauncher {
                     spec.mountpoint = UnsafePointer(strings[2])
                     spec.overlay_options = UnsafePointer(strings[3])
                     spec.path = UnsafePointer(strings[4])
+                    spec.set_groups = setGroups ? 1 : 0
+                    spec.receive_root = receivesRoot ? 1 : 0
+                    spec.layer_tmpfs = UnsafePointer(strings[5])
+                    spec.layer_dir = UnsafePointer(strings[6])
+                    spec.api_filesystems = apiFilesystems ? 1 : 0
+                    spec.new_sysfs = newSysfs ? 1 : 0
+                    spec.devpts_options = UnsafePointer(strings[7])
                     spec.argv = argvBuffer.baseAddress
                     spec.envp = envpBuffer.baseAddress
                     spec.fd_map = mapBuffer.baseAddress
@@ -111,16 +143,16 @@ public struct NamespaceLauncher {
         let go = OwnedFD(adopting: goFD)
         let status = OwnedFD(adopting: statusFD)
 
+        let passed: CInt
         do {
-            try beforeStart(pid)
+            passed = try beforeStart(pid)
         } catch {
             // Closing "go" unwritten makes the child exit without doing anything.
             _ = consume go
             NamespaceLauncher.reap(pid)
             throw error
         }
-        var byte: UInt8 = 1
-        _ = Glibc.write(go.raw, &byte, 1)
+        _ = csys_sandbox_go(go.raw, passed)
         _ = consume go
 
         var report = csys_boot_report()
@@ -147,6 +179,8 @@ public struct NamespaceLauncher {
         case Int32(CSYS_BOOT_STAGE_ROOTFS): .rootfs
         case Int32(CSYS_BOOT_STAGE_MOUNT): .mount
         case Int32(CSYS_BOOT_STAGE_EXEC): .agentExec
+        case Int32(CSYS_BOOT_STAGE_USER): .userNamespace
+        case Int32(CSYS_BOOT_STAGE_API_FS): .apiFilesystems
         default: .namespace
         }
     }

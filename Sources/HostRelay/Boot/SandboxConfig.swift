@@ -13,6 +13,7 @@ public enum NetworkMode: String, Codable, Sendable, CaseIterable {
     /// The host's network (namespace: no network namespace; krun: libkrun's TSI through the host).
     case host
     /// Loopback only (namespace: a new network namespace with lo up; krun: vsock without TSI).
+    /// The default.
     case none
 }
 
@@ -32,9 +33,11 @@ public struct SandboxConfig: Codable, Equatable, Sendable {
     public var network: NetworkMode
     /// The guest's hostname; the sandbox name when nil.
     public var hostname: String?
-    /// Namespace backend: mount the rootfs as the lower layer of an overlay whose upper layer
-    /// lives in the sandbox's directory and is deleted at stop, so the rootfs stays untouched.
+    /// Namespace backend: the sandbox's writable layer (the overlay over the read-only image) is
+    /// a tmpfs dropped at stop, instead of a directory kept until `tether rm`.
     public var ephemeral: Bool
+    /// MiB: the bound of the sandbox's writable layer (namespace backend); nil: the default.
+    public var diskMiB: Int?
     /// The agent inside the guest.
     public var agentPath: String
     /// How long the agent has to say hello after the sandbox starts.
@@ -53,7 +56,7 @@ public struct SandboxConfig: Codable, Equatable, Sendable {
     public static let defaultKrunMemoryMiB = 512
 
     public init(name: String, rootfs: String, backend: BackendKind = .namespace, cpus: Int? = nil,
-                memoryMiB: Int? = nil, initSystem: String? = nil, network: NetworkMode = .host,
+                memoryMiB: Int? = nil, initSystem: String? = nil, network: NetworkMode = .none,
                 hostname: String? = nil, ephemeral: Bool = false, agentPath: String = SandboxConfig.defaultAgentPath,
                 handshakeTimeoutMs: UInt64 = SandboxConfig.defaultHandshakeTimeoutMs, krunLibrary: String? = nil,
                 relayExecutable: String? = nil) {

@@ -16,7 +16,7 @@ protocol Command {
 
 /// Every subcommand, in the order `tether --help` lists them.
 nonisolated(unsafe) let commands: [any Command.Type] = [
-    RunCommand.self, BootCommand.self, ListCommand.self, StopCommand.self,
+    RunCommand.self, BootCommand.self, ListCommand.self, StopCommand.self, RemoveCommand.self,
     ExecCommand.self, ShellCommand.self, AttachCommand.self, PsCommand.self, KillCommand.self, LogsCommand.self, PingCommand.self,
     RelayCommand.self,
 ]

@@ -12,7 +12,7 @@ import TetherPosix
 enum SandboxCommands {
     static let bootUsage = """
         usage: tether boot --rootfs DIR --name NAME [--backend namespace|krun] [--cpus N] [--memory MiB]
-                           [--init PATH|auto] [--network host|none] [--ephemeral]
+                           [--init PATH|auto] [--network none|host] [--ephemeral] [--disk MiB]
                            [--replace [--replace-grace D]] [--handshake-timeout D]
         Boots a sandbox from DIR and leaves it running in the background (its supervisor and relay
         stay with it); `tether exec --sandbox NAME -- CMD` runs commands in it, `tether stop NAME`
@@ -20,13 +20,21 @@ enum SandboxCommands {
           --backend B          namespace (default: Linux namespaces, root) or krun (libkrun microVM)
           --cpus N, --memory M vCPUs and MiB (krun); cgroup limits where the host allows (namespace)
           --init PATH|auto     hand PID 1 to an init (systemd, OpenRC, busybox init); the agent keeps serving
-          --network host|none  the host's network (default) or loopback only
-          --ephemeral          writes go to an overlay that is dropped at stop (namespace)
+          --network none|host  loopback only (default), or the host's network stack (warns: the
+                               sandbox then reaches the host's 127.0.0.1 services)
+          --ephemeral          the sandbox's writable layer is a tmpfs dropped at stop (namespace);
+                               otherwise it stays with the name until `tether rm NAME`
+          --disk MiB           the bound of the writable layer (default 1024; namespace)
           --replace            stop a running sandbox of that name first (TERM, grace, KILL)
         """
     static let lsUsage = """
         usage: tether ls
         Lists the sandboxes under $TETHER_HOME (default ~/.tether): name, status, backend, pid, age, rootfs.
+        """
+    static let rmUsage = """
+        usage: tether rm NAME [--force [--grace D]]
+        Removes a stopped sandbox: its state, logs and writable layer (what it wrote to its file
+        system). --force stops a running one first.
         """
     static let stopUsage = """
         usage: tether stop NAME [--grace D]
@@ -122,6 +130,8 @@ enum SandboxCommands {
             config.network = network
         case "--ephemeral":
             config.ephemeral = true
+        case "--disk":
+            config.diskMiB = try parser.integer(for: option, in: 1...(1 << 24))
         case "--handshake-timeout":
             config.handshakeTimeoutMs = try parser.duration(for: option)
         case "--hostname":
@@ -155,7 +165,8 @@ enum SandboxCommands {
         $TETHER_HOME/default-rootfs remembers where; delete that file to assemble it anew).
         Without --name the sandbox is called run-XXXXXX and its state is removed afterwards;
         a named one stays in `tether ls` as stopped. BOOT OPTIONS are `tether boot`'s
-        (--backend, --cpus, --memory, --init, --network, --ephemeral, --replace, --hostname).
+        (--backend, --cpus, --memory, --init, --network, --ephemeral, --disk, --replace,
+        --replace-grace, --handshake-timeout, --hostname).
         """
 
     static func run(_ arguments: [String]) -> Int32 {
@@ -247,6 +258,36 @@ enum SandboxCommands {
             directory.deleteLastPathComponent()
         }
         return nil
+    }
+
+    // MARK: rm
+
+    static func remove(_ arguments: [String]) -> Int32 {
+        var parser = SandboxArguments(arguments)
+        var force = false
+        var graceMs: UInt64 = 10_000
+        do {
+            while let option = try parser.nextOption() {
+                switch option {
+                case "--force", "-f": force = true
+                case "--grace": graceMs = try parser.duration(for: option)
+                case "-h", "--help":
+                    print(rmUsage)
+                    return 0
+                default: throw SandboxUsageError("unknown option \(option)")
+                }
+            }
+            guard parser.remaining.count == 1 else { throw SandboxUsageError("tether rm takes one sandbox name") }
+        } catch {
+            return usageError(error, usage: rmUsage)
+        }
+        do {
+            try sandboxes().remove(parser.remaining[0], stopFirst: force, graceMs: graceMs)
+            print("sandbox \(parser.remaining[0]) removed")
+            return 0
+        } catch {
+            return report(error)
+        }
     }
 
     // MARK: ls
@@ -447,6 +488,13 @@ enum ListCommand: Command {
     static let summary = "list sandboxes"
     static var help: String { SandboxCommands.lsUsage + "\n" }
     static func run(_ arguments: ArraySlice<String>) -> Int32 { SandboxCommands.list(Array(arguments)) }
+}
+
+enum RemoveCommand: Command {
+    static let name = "rm"
+    static let summary = "remove a stopped sandbox: its state, logs and writable layer"
+    static var help: String { SandboxCommands.rmUsage + "\n" }
+    static func run(_ arguments: ArraySlice<String>) -> Int32 { SandboxCommands.remove(Array(arguments)) }
 }
 
 enum StopCommand: Command {
