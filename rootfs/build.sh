@@ -109,9 +109,12 @@ ID=tether-busybox
 PRETTY_NAME="Tether busybox rootfs ($(basename "$deb" .deb))"
 OSRELEASE
 
-  # Same owner and mtime everywhere, so equal inputs give equal trees.
-  chown -R -h 0:0 "$stage"
-  chown 1000:1000 "$stage/home/sandbox"
+  # Same owner and mtime everywhere, so equal inputs give equal trees. Rootless the tree stays
+  # the user's own: a sandbox maps that uid to its root, so the files look owned by root inside.
+  if [ "$(id -u)" -eq 0 ]; then
+    chown -R -h 0:0 "$stage"
+    chown 1000:1000 "$stage/home/sandbox"
+  fi
   find "$stage" -exec touch -h -d "@${SOURCE_DATE_EPOCH:-0}" {} +
   mv "$stage" "$dest"
 }

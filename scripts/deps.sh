@@ -8,7 +8,8 @@ packages=(
   busybox-static      # the bundled guest rootfs and the agent's PID 1 tests
   debootstrap         # Debian guest trees with systemd / OpenRC for the init hand-off tests
   tmux                # drives the CLI in a real terminal in the PTY tests
-  util-linux procps   # unshare, nsenter, ps
+  util-linux procps   # unshare, nsenter, ps, setpriv (the rootless tests)
+  e2fsprogs           # mkfs.ext4: a persistent sandbox's writable layer is a sized ext4 image
 )
 missing=()
 for p in "${packages[@]}"; do

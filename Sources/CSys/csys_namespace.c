@@ -17,6 +17,9 @@
 #include <unistd.h>
 #include <grp.h>
 #include <linux/mount.h>
+#include <linux/loop.h>
+#include <linux/openat2.h>
+#include <stdlib.h>
 
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
@@ -277,7 +280,8 @@ static void child_main(const struct csys_sandbox_spec *spec, int go_read, int st
     sigemptyset(&empty);
     sigprocmask(SIG_SETMASK, &empty, NULL);
 
-    execve(spec->path, spec->argv, spec->envp);
+    if (spec->exec_fd >= 0) syscall(SYS_execveat, spec->exec_fd, "", spec->argv, spec->envp, AT_EMPTY_PATH);
+    else execve(spec->path, spec->argv, spec->envp);
     child_fail(status_write, CSYS_BOOT_STAGE_EXEC, errno);
 }
 
@@ -412,4 +416,67 @@ int csys_overlay_root(const char *lower, const char *upper, const char *work, co
     int result = new_tree("overlay", keys, values, 3, extra_options);
     errno = saved;
     return result;
+}
+
+int csys_loop_attach(const char *image, int *number) {
+    int saved = errno;
+    int control = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+    if (control < 0) { int e = errno; errno = saved; return -e; }
+    int backing = open(image, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    if (backing < 0) { int e = errno; close(control); errno = saved; return -e; }
+    int result = -EBUSY;
+    /* Another process may take the free device between GET_FREE and CONFIGURE: try again. */
+    for (int attempt = 0; attempt < 16 && result == -EBUSY; attempt++) {
+        int n = ioctl(control, LOOP_CTL_GET_FREE);
+        if (n < 0) { result = -errno; break; }
+        char path[32] = "/dev/loop";
+        char digits[12];
+        int length = 0;
+        do { digits[length++] = (char)('0' + n % 10); n /= 10; } while (n > 0);
+        size_t at = strlen(path);
+        while (length > 0) path[at++] = digits[--length];
+        path[at] = 0;
+        int loop = open(path, O_RDWR | O_CLOEXEC);
+        if (loop < 0) { result = -errno; break; }
+        struct loop_config config;
+        memset(&config, 0, sizeof config);
+        config.fd = (uint32_t)backing;
+        /* AUTOCLEAR: the device frees itself once its last user (the sandbox's mount) is gone. */
+        config.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+        if (ioctl(loop, LOOP_CONFIGURE, &config) < 0) {
+            result = -errno;
+            close(loop);
+            continue;
+        }
+        *number = atoi(path + 9);
+        result = loop;
+    }
+    close(backing);
+    close(control);
+    errno = saved;
+    return result;
+}
+
+int csys_ext4_tree(const char *device) {
+    int saved = errno;
+    const char *keys[] = { "source" };
+    const char *values[] = { device };
+    int result = new_tree("ext4", keys, values, 1, NULL);
+    errno = saved;
+    return result;
+}
+
+int csys_open_in_root(const char *root, const char *path) {
+    int saved = errno;
+    int directory = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (directory < 0) { int e = errno; errno = saved; return -e; }
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = O_RDONLY | O_CLOEXEC;
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    int fd = (int)syscall(SYS_openat2, directory, path, &how, sizeof how);
+    int e = errno;
+    close(directory);
+    errno = saved;
+    return fd < 0 ? -e : fd;
 }

@@ -172,6 +172,9 @@ import Testing
         let expected = [
             "krun_create_ctx() = 0",
             "krun_set_vm_config(0, 2, 256) = 0",
+            // --network none, the default: no implicit TSI vsock, a plain vsock device instead.
+            "krun_disable_implicit_vsock(0) = 0",
+            "krun_add_vsock(0, 0) = 0",
             "krun_set_root(0, \"\(rootfs)\") = 0",
             "krun_set_exec(0, \"/sbin/tether-agent\", [\"--listen\", \"vsock:2695\", \"--hostname\", \"order\"], [\"KRUN_INIT_PID1=1\", \"HOSTNAME=order\", \"SWIFT_BACKTRACE=enable=no,swift-backtrace=/dev/null\"]) = 0",
             "krun_add_vsock_port2(0, 2695, \"\(sock)\", true) = 0",

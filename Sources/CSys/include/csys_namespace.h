@@ -69,6 +69,8 @@ struct csys_sandbox_spec {
     int new_sysfs;               /* with api_filesystems: a new read-only sysfs (own network namespace);
                                     0: a read-only recursive bind of the host's /sys */
     const char *devpts_options;  /* with api_filesystems: the devpts instance on /dev/pts */
+    int exec_fd;                 /* >= 0: execveat(exec_fd, "", AT_EMPTY_PATH) instead of `path`
+                                    (the program as opened by the parent, not as the root shows it) */
 };
 
 /* Returns the child's pid (in the caller's PID namespace) or -errno from pipe2/clone. On success
@@ -94,3 +96,14 @@ int csys_overlay_root(const char *lower, const char *upper, const char *work, co
 
 /* pivot_root(2) has no glibc wrapper; exposed for tests of the namespace steps. */
 int csys_pivot_root(const char *new_root, const char *put_old);
+
+/* Attaches `image` (a file) to a free loop device with LO_FLAGS_AUTOCLEAR; returns the device's
+ * fd (CLOEXEC; *number is N of /dev/loopN) or -errno. */
+int csys_loop_attach(const char *image, int *number);
+/* A detached ext4 mount (nosuid, nodev) of `device`, as a mount fd, or -errno. */
+int csys_ext4_tree(const char *device);
+
+/* Opens `path` inside the directory `root` as if `root` were "/" (openat2 RESOLVE_IN_ROOT: an
+ * absolute or ".." symlink in the tree cannot lead out of it), read-only and CLOEXEC; the fd
+ * or -errno. */
+int csys_open_in_root(const char *root, const char *path);

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import CSys
 import Foundation
 import TetherPosix
 import TetherProtocol
@@ -70,6 +71,15 @@ public enum NamespaceBackend {
             throw BootFailure(stage: .namespace, errno: Errno.current.rawValue, message: "opening /dev/null or \(paths.console.path) failed")
         }
 
+        // The agent is run from the image itself, never from what the sandbox's layer shows at
+        // its path: a guest that replaced /sbin/tether-agent in its own layer must not have its
+        // program run as the next boot's PID 1.
+        let agent = csys_open_in_root(config.rootfs, config.agentPath)
+        guard agent >= 0 else {
+            throw describe(LaunchFailure(stage: .agentExec, errno: Errno(rawValue: -agent)), config: config)
+        }
+        defer { close(agent) }
+
         var launcher = NamespaceLauncher(path: config.agentPath,
                                          arguments: [config.agentPath] + config.agentArguments(listen: "fd:\(agentListenFD)"),
                                          environment: environment(for: config))
@@ -79,6 +89,7 @@ public enum NamespaceBackend {
         launcher.hostname = config.hostname ?? config.name
         launcher.rootfs = config.rootfs
         launcher.apiFilesystems = true
+        launcher.executableFD = agent
         launcher.newSysfs = config.network != .host
         launcher.devptsOptions = "newinstance,ptmxmode=0666,mode=0620" + (mapping.mapsTTYGroup ? ",gid=5" : "")
         // The supervisor is single-threaded, so PDEATHSIG means "when the supervisor dies".

@@ -81,6 +81,9 @@ public struct NamespaceLauncher {
     public var newSysfs = true
     /// With `apiFilesystems`: the options of the devpts instance on /dev/pts.
     public var devptsOptions: String?
+    /// A descriptor of the program to run (execveat), instead of `path` resolved in the new
+    /// root; the caller keeps ownership. -1: `path`.
+    public var executableFD: CInt = -1
 
     public init(path: String, arguments: [String], environment: [String] = []) {
         self.path = path
@@ -131,6 +134,7 @@ public struct NamespaceLauncher {
                     spec.api_filesystems = apiFilesystems ? 1 : 0
                     spec.new_sysfs = newSysfs ? 1 : 0
                     spec.devpts_options = UnsafePointer(strings[7])
+                    spec.exec_fd = executableFD
                     spec.argv = argvBuffer.baseAddress
                     spec.envp = envpBuffer.baseAddress
                     spec.fd_map = mapBuffer.baseAddress

@@ -36,6 +36,8 @@ public final class Supervisor {
     var relayPid: pid_t = 0
     var relayFD: CInt = -1
     var relayRestarts = 0
+    /// The console log's size when this boot began: what an earlier boot printed is not ours.
+    var consoleStart: UInt64 = 0
     static let maxRelayRestarts = 5
 
     init(paths: SandboxPaths, config: SandboxConfig, lock: consuming NameLock, readyFD: CInt, executable: String) throws(Errno) {
@@ -115,6 +117,7 @@ public final class Supervisor {
         try? FileManager.default.removeItem(at: paths.bootError)
         // A report an earlier boot of this rootfs left behind is not about this one.
         unlink(agentBootErrorPath)
+        consoleStart = ((try? FileManager.default.attributesOfItem(atPath: paths.console.path))?[.size] as? UInt64) ?? 0
         state.save(to: paths.state)
         let startedNs = Clock.monotonicNs()
         do {
@@ -377,17 +380,30 @@ public final class Supervisor {
     /// ephemeral). The agent's stages are its own words (`mount /proc`, `init`, ...).
     func bootError() -> BootFailure? {
         if let failure = BootFailure.read(from: paths.bootError) { return failure }
-        guard var failure = BootFailure.read(from: URL(fileURLWithPath: agentBootErrorPath)) else { return nil }
+        guard var failure = BootFailure.read(from: URL(fileURLWithPath: agentBootErrorPath)) ?? agentBootErrorFromConsole() else { return nil }
         failure.message = "the agent: " + failure.message
         return failure
     }
 
-    /// `/.tether/boot-error.json` as the host sees it for this sandbox (namespace backend; with
-    /// krun the root is the same directory, shared over virtio-fs).
+    /// `/.tether/boot-error.json` as the host sees it for this sandbox: krun shares the rootfs
+    /// over virtio-fs; the namespace backend's guest writes into its layer, which the host can
+    /// read only where it is a directory (a tmpfs or image layer is gone or unmounted by now:
+    /// `agentBootErrorFromConsole` covers those).
     var agentBootErrorPath: String {
-        let root = config.ephemeral && config.backend == .namespace
-            ? paths.overlay.appendingPathComponent("upper").path : config.rootfs
+        let root = config.backend == .namespace ? paths.overlay.appendingPathComponent("layer/upper").path : config.rootfs
         return root + "/.tether/boot-error.json"
+    }
+
+    /// The agent also prints its boot error on the console: `tether-agent: boot failed: {json}`.
+    func agentBootErrorFromConsole() -> BootFailure? {
+        guard let handle = try? FileHandle(forReadingFrom: paths.console) else { return nil }
+        defer { try? handle.close() }
+        try? handle.seek(toOffset: consoleStart)
+        let text = String(decoding: (try? handle.readToEnd()) ?? Data(), as: UTF8.self)
+        let marker = "boot failed: "
+        guard let line = text.split(separator: "\n").last(where: { $0.contains(marker) }),
+              let range = line.range(of: marker) else { return nil }
+        return try? JSONDecoder().decode(BootFailure.self, from: Data(line[range.upperBound...].utf8))
     }
 
     /// The last lines the agent printed, for messages about an agent that died early.

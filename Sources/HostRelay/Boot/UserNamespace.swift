@@ -196,16 +196,7 @@ enum UserNamespace {
 
     private static func runHelper(_ name: String, pid: pid_t, _ ranges: [IDMapping.Range]) throws(LaunchFailure) {
         guard let path = helper(name) else { throw LaunchFailure(stage: .userNamespace, errno: Errno(rawValue: ENOENT)) }
-        let arguments = [path, "\(pid)"] + ranges.flatMap { ["\($0.inside)", "\($0.outside)", "\($0.count)"] }
-        var launcher = NamespaceLauncher(path: path, arguments: arguments, environment: [])
-        launcher.namespaces = []
-        launcher.newSession = false
-        let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
-        defer { if devNull >= 0 { Glibc.close(devNull) } }
-        launcher.descriptors = [(devNull, 0), (2, 1), (2, 2)]
-        let helperPid = try launcher.launch()
-        var status: CInt = 0
-        while waitpid(helperPid, &status, 0) < 0 && errno == EINTR {}
+        let status = Layer.runAndWait([path, "\(pid)"] + ranges.flatMap { ["\($0.inside)", "\($0.outside)", "\($0.count)"] })
         guard status == 0 else { throw LaunchFailure(stage: .userNamespace, errno: Errno(rawValue: EPERM)) }
     }
 
