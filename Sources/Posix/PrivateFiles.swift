@@ -52,6 +52,30 @@ public enum PrivateFiles {
         try open(path, O_RDONLY, mode: 0, anyOwner: anyOwner)
     }
 
+    /// Opens a directory without following a link at its last component (O_DIRECTORY|O_NOFOLLOW),
+    /// for reading and removing files in it with the `in:` calls: a directory someone else can
+    /// replace with a link (the guest's, seen from the host) is then pinned once and for all.
+    public static func openDirectory(_ path: String) throws(UnsafePathError) -> OwnedFD {
+        do {
+            return OwnedFD(adopting: try retrying { Glibc.open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) })
+        } catch {
+            if error.rawValue == ELOOP { throw UnsafePathError(path: path, problem: .symbolicLink) }
+            if error.rawValue == ENOTDIR { throw UnsafePathError(path: path, problem: .notADirectory(found: "not a directory")) }
+            throw UnsafePathError(path: path, problem: .failed(operation: "open", error))
+        }
+    }
+
+    /// Reads a whole small file `name` of an `openDirectory` descriptor, as `read` does.
+    public static func read(_ name: String, in directory: borrowing OwnedFD, limit: Int = 1 << 20,
+                            anyOwner: Bool = false) throws(UnsafePathError) -> [UInt8] {
+        let fd = try open(name, O_RDONLY, mode: 0, anyOwner: anyOwner, at: directory.raw)
+        do {
+            return try readAll(fd.raw, limit: limit)
+        } catch {
+            throw UnsafePathError(path: name, problem: .failed(operation: "read", error))
+        }
+    }
+
     /// Reads a whole small file opened as `openForReading` does; at most `limit` bytes.
     public static func read(_ path: String, limit: Int = 1 << 20, anyOwner: Bool = false) throws(UnsafePathError) -> [UInt8] {
         let fd = try openForReading(path, anyOwner: anyOwner)
@@ -110,10 +134,11 @@ public enum PrivateFiles {
 
     // MARK: internals
 
-    private static func open(_ path: String, _ flags: CInt, mode: mode_t, anyOwner: Bool = false) throws(UnsafePathError) -> OwnedFD {
+    private static func open(_ path: String, _ flags: CInt, mode: mode_t, anyOwner: Bool = false,
+                             at directory: CInt = AT_FDCWD) throws(UnsafePathError) -> OwnedFD {
         let raw: CInt
         do {
-            raw = try retrying { Glibc.open(path, flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, mode) }
+            raw = try retrying { openat(directory, path, flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, mode) }
         } catch {
             // ELOOP from O_NOFOLLOW: the last component is a symbolic link.
             if error.rawValue == ELOOP { throw UnsafePathError(path: path, problem: .symbolicLink) }

@@ -52,7 +52,7 @@ public enum NamespaceBackend {
             throw BootFailure(stage: .namespace, errno: error.errno?.rawValue ?? 0, message: "agent socket: \(error)")
         }
         let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
-        let console = open(paths.console.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        let console = open(paths.console.path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0o644)
         defer {
             if devNull >= 0 { close(devNull) }
             if console >= 0 { close(console) }

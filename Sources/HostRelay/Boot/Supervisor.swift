@@ -51,6 +51,8 @@ public final class Supervisor {
         state = SandboxState(name: config.name, backend: config.backend, rootfs: config.rootfs, status: .booting,
                              supervisorPid: getpid(), agentSocket: paths.agentSocket.path,
                              relaySocket: paths.relaySocket.path)
+        // With the PID, what `tether stop` checks before it signals us.
+        state.supervisorStartTime = try? ProcessHandle.startTime(of: getpid())
     }
 
     deinit {
@@ -84,6 +86,12 @@ public final class Supervisor {
             if pid < 0 { log("fork: \(Errno.current)"); return 1 }
             if pid > 0 { _exit(0) }
         }
+        // Everything below reads and writes in this directory as its owner: it must be ours and
+        // closed to others (the CLI checked it too; it may have changed since).
+        do { try PrivateFiles.checkDirectory(directory) } catch {
+            log(error.description)
+            return 1
+        }
         let paths = SandboxPaths(directory: URL(fileURLWithPath: directory, isDirectory: true))
         let config: SandboxConfig
         do { config = try SandboxConfig.load(from: paths.config) } catch {
@@ -114,7 +122,7 @@ public final class Supervisor {
     func run() -> Int32 {
         try? FileManager.default.removeItem(at: paths.bootError)
         // A report an earlier boot of this rootfs left behind is not about this one.
-        unlink(agentBootErrorPath)
+        if let directory = agentBootErrorDirectory() { unlinkat(directory.raw, agentBootErrorFile, 0) }
         state.save(to: paths.state)
         let startedNs = Clock.monotonicNs()
         do {
@@ -123,6 +131,8 @@ public final class Supervisor {
             return failed(error)
         }
         state.sandboxPid = sandboxPid
+        // Our child, not yet reaped: the PID cannot name another process while we read this.
+        state.sandboxStartTime = try? ProcessHandle.startTime(of: sandboxPid)
         state.cgroups = cgroup?.directories
         state.save(to: paths.state)
         pidfd = csys_pidfd_open(sandboxPid, 0)
@@ -377,7 +387,11 @@ public final class Supervisor {
     /// ephemeral). The agent's stages are its own words (`mount /proc`, `init`, ...).
     func bootError() -> BootFailure? {
         if let failure = BootFailure.read(from: paths.bootError) { return failure }
-        guard var failure = BootFailure.read(from: URL(fileURLWithPath: agentBootErrorPath)) else { return nil }
+        // The guest wrote this file (and owns it, in a user namespace): read it as any owner's,
+        // still never through a link or from a FIFO, and at most JSONFile.readLimit bytes.
+        guard let directory = agentBootErrorDirectory(),
+              let bytes = try? PrivateFiles.read(agentBootErrorFile, in: directory, limit: JSONFile.readLimit, anyOwner: true),
+              var failure = try? JSONFile.decode(BootFailure.self, from: bytes) else { return nil }
         failure.message = "the agent: " + failure.message
         return failure
     }
@@ -390,9 +404,19 @@ public final class Supervisor {
         return root + "/.tether/boot-error.json"
     }
 
+    /// The guest's `/.tether`, opened without following a link there: the guest may have
+    /// made it one (to a host path, as the host resolves it), and the host reads and removes
+    /// `boot-error.json` in it as root. Nil when it is missing or not a real directory.
+    func agentBootErrorDirectory() -> OwnedFD? {
+        try? PrivateFiles.openDirectory(URL(fileURLWithPath: agentBootErrorPath).deletingLastPathComponent().path)
+    }
+
+    var agentBootErrorFile: String { URL(fileURLWithPath: agentBootErrorPath).lastPathComponent }
+
     /// The last lines the agent printed, for messages about an agent that died early.
     func consoleTail(lines: Int = 5) -> String {
-        guard let text = try? String(contentsOf: paths.console, encoding: .utf8) else { return "" }
+        guard let bytes = try? PrivateFiles.readTail(paths.console.path, limit: 16 << 10) else { return "" }
+        let text = String(decoding: bytes, as: UTF8.self)
         let tail = text.split(separator: "\n").suffix(lines)
         return tail.isEmpty ? "" : "; its console ended with:\n  " + tail.joined(separator: "\n  ")
     }
