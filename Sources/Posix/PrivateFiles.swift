@@ -274,7 +274,7 @@ public struct UnsafePathError: Error, Equatable, Sendable, CustomStringConvertib
         case .symbolicLink, .notADirectory, .notARegularFile, .hardLinked:
             "someone else may have planted it: inspect it, remove it (rm \(path)), and try again"
         case .wrongOwner(_, _, let expected):
-            "if it is yours: chown \(expected) \(path); otherwise use another $TETHER_HOME"
+            "if it is yours: chown \(expected) \(path); if not, remove it or use another $TETHER_HOME"
         case .writableByOthers:
             "chmod 700 \(path)"
         case .failed:
