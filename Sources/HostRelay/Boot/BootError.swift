@@ -26,6 +26,12 @@ public enum BootError: Error, Equatable, Sendable, CustomStringConvertible {
     case needsRoot(what: String)
     /// The sandbox outlived SIGKILL and the wait after it.
     case stopTimedOut(name: String, pid: Int32)
+    /// A directory or file of host state is not safe to use (another owner, open mode, a link
+    /// in its place); nothing was touched.
+    case unsafeState(UnsafePathError)
+    /// state.json names a process that is not the sandbox's supervisor (not alive, started at
+    /// another time than recorded, or not holding the sandbox's lock); nothing was signalled.
+    case untrustedState(name: String, pid: Int32, reason: String)
 
     public var message: String {
         switch self {
@@ -47,6 +53,10 @@ public enum BootError: Error, Equatable, Sendable, CustomStringConvertible {
             "\(what) needs root (namespaces, mounts and pivot_root)"
         case .stopTimedOut(let name, let pid):
             "sandbox '\(name)' (pid \(pid)) is still there after SIGKILL"
+        case .unsafeState(let error):
+            error.message
+        case .untrustedState(let name, let pid, let reason):
+            "sandbox '\(name)': its state.json names pid \(pid), which is not its supervisor (\(reason)); nothing was signalled"
         }
     }
 
@@ -70,6 +80,10 @@ public enum BootError: Error, Equatable, Sendable, CustomStringConvertible {
             "run as root, or use --backend krun on a host with libkrun"
         case .stopTimedOut:
             "the process may be stuck in the kernel (D state); see `ps -o stat,wchan -p PID`"
+        case .unsafeState(let error):
+            error.hint ?? "check the ownership and mode of $TETHER_HOME (default ~/.tether) and what is in it"
+        case .untrustedState:
+            "state.json was changed by someone else or is left from an earlier sandbox; `tether ls` shows what runs"
         }
     }
 
@@ -78,6 +92,7 @@ public enum BootError: Error, Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .failed(let failure): failure.errno == 0 ? nil : failure.errno
         case .krunUnavailable(let error): error.errno
+        case .unsafeState(let error): error.errno.rawValue
         default: nil
         }
     }

@@ -57,18 +57,14 @@ public struct BootFailure: Error, Equatable, Codable, Sendable, CustomStringConv
         return "boot failed at stage \(stage)\(code): \(message)"
     }
 
-    /// Reads a `boot-error.json`; nil when there is none or it is not ours to parse.
-    public static func read(from url: URL) -> BootFailure? {
-        guard let data = try? Data(contentsOf: url) else { return nil }
-        return try? JSONDecoder().decode(BootFailure.self, from: data)
+    /// Reads a `boot-error.json`; nil when there is none or it is not ours to parse. A link in
+    /// its place is not followed; `anyOwner` accepts a file of another user (the guest's).
+    public static func read(from url: URL, anyOwner: Bool = false) -> BootFailure? {
+        try? JSONFile.read(BootFailure.self, from: url, anyOwner: anyOwner)
     }
 
-    /// Writes `boot-error.json` atomically (a reader never sees half a file).
+    /// Writes `boot-error.json` atomically (a reader never sees half a file; see `JSONFile`).
     public func write(to url: URL) {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        guard var data = try? encoder.encode(self) else { return }
-        data.append(0x0A)
-        try? data.write(to: url, options: .atomic)
+        try? JSONFile.write(self, to: url, sortedKeysOnly: true)
     }
 }

@@ -105,14 +105,3 @@ extension SandboxConfig {
         }
     }
 }
-
-/// Small JSON files written atomically (write a temporary file, rename over).
-enum JSONFile {
-    static func write<T: Encodable>(_ value: T, to url: URL) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        var data = try encoder.encode(value)
-        data.append(0x0A)
-        try data.write(to: url, options: .atomic)
-    }
-}

@@ -13,8 +13,13 @@ public struct SandboxState: Codable, Equatable, Sendable {
     public var status: Status
     /// The supervisor (`tether-sandbox supervise`), which holds the name's lock.
     public var supervisorPid: Int32
+    /// When the supervisor started (field 22 of /proc/PID/stat, clock ticks since boot): with
+    /// the PID, what `stop` checks before it signals (a PID alone may name another process by then).
+    public var supervisorStartTime: UInt64?
     /// The sandbox's first process as the host sees it: namespace PID 1, or the krun runner.
     public var sandboxPid: Int32?
+    /// When the sandbox's first process started (as `supervisorStartTime`).
+    public var sandboxStartTime: UInt64?
     /// The relay serving `relaySocket`, when one runs.
     public var relayPid: Int32?
     public var agentSocket: String
@@ -48,9 +53,9 @@ public struct SandboxState: Codable, Equatable, Sendable {
         self.warnings = []
     }
 
+    /// The state, or nil when there is none, or it is not a regular file of ours, or not valid.
     public static func load(from url: URL) -> SandboxState? {
-        guard let data = try? Data(contentsOf: url) else { return nil }
-        return try? JSONDecoder().decode(SandboxState.self, from: data)
+        try? JSONFile.read(SandboxState.self, from: url)
     }
 
     func save(to url: URL) {

@@ -27,6 +27,9 @@ public struct Sandboxes: Sendable {
         public var isLive: Bool
         public var state: SandboxState?
         public var paths: SandboxPaths
+        /// Why its directory (or $TETHER_HOME) was not read: not ours, open to others, a link.
+        /// Such an entry is never live and has no state.
+        public var problem: BootError?
     }
 
     /// How `boot` treats a name that is in use.
@@ -45,17 +48,14 @@ public struct Sandboxes: Sendable {
         guard FileManager.default.isExecutableFile(atPath: supervisorExecutable) else {
             throw .missingProgram(path: supervisorExecutable)
         }
-        let paths = home.sandbox(config.name)
+        let planned = home.sandbox(config.name)
         // sun_path holds 107 bytes: the relay's socket is the longest path a client connects to.
-        guard paths.relaySocket.path.utf8.count < 108 else {
-            throw .state(operation: "create", path: paths.relaySocket.path,
+        guard planned.relaySocket.path.utf8.count < 108 else {
+            throw .state(operation: "create", path: planned.relaySocket.path,
                          message: "the path is longer than a unix socket allows (107 bytes); use a shorter $TETHER_HOME or name")
         }
-        do {
-            try FileManager.default.createDirectory(at: paths.directory, withIntermediateDirectories: true)
-        } catch {
-            throw .state(operation: "create", path: paths.directory.path, message: "\(error)")
-        }
+        // Created 0700 where missing; an existing one must be ours and closed to others.
+        let paths = try home.preparedSandbox(config.name)
 
         let lock = try takeName(config.name, paths: paths, onConflict: onConflict)
         for stale in [paths.bootError, paths.state, paths.console, paths.supervisorLog] {
@@ -71,12 +71,13 @@ public struct Sandboxes: Sendable {
         }
         let readyRead = OwnedFD(adopting: pipeFDs[0])
         let readyWrite = OwnedFD(adopting: pipeFDs[1])
-        let log = open(paths.supervisorLog.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
-        let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
-        defer {
-            if log >= 0 { close(log) }
-            if devNull >= 0 { close(devNull) }
+        let supervisorLog: OwnedFD
+        do { supervisorLog = try PrivateFiles.openForAppend(paths.supervisorLog.path, mode: 0o644) } catch {
+            throw .unsafeState(error)
         }
+        let log = supervisorLog.raw
+        let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { if devNull >= 0 { close(devNull) } }
         var launcher = NamespaceLauncher(
             path: supervisorExecutable,
             arguments: [supervisorExecutable, "supervise", paths.directory.path, "--lock-fd", "3", "--ready-fd", "4", "--detach"],
@@ -94,6 +95,7 @@ public struct Sandboxes: Sendable {
         var status: CInt = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         _ = consume readyWrite
+        _ = consume supervisorLog
         _ = consume lock     // the supervisor holds the name now
 
         let (ready, readError) = readLine(readyRead.raw)
@@ -104,7 +106,7 @@ public struct Sandboxes: Sendable {
             return state
         }
         if let failure = BootFailure.read(from: paths.bootError) { throw .failed(failure) }
-        let said = ((try? String(contentsOf: paths.supervisorLog, encoding: .utf8)) ?? "")
+        let said = String(decoding: (try? PrivateFiles.readTail(paths.supervisorLog.path, limit: 4096)) ?? [], as: UTF8.self)
             .trimmingCharacters(in: .whitespacesAndNewlines)
         let pipe = readError.map { "reading its ready pipe failed: \($0)" }
             ?? (ready.isEmpty ? "it closed its ready pipe" : "its ready pipe said \"\(ready)\"")
@@ -117,7 +119,7 @@ public struct Sandboxes: Sendable {
         do {
             if let lock = try NameLock.tryAcquire(paths.lock.path) { return lock }
         } catch {
-            throw .state(operation: "lock", path: paths.lock.path, message: "\(error)")
+            throw .unsafeState(error)
         }
         guard case .replace(let graceMs) = onConflict else {
             throw .nameInUse(name: name, supervisorPid: SandboxState.load(from: paths.state)?.supervisorPid)
@@ -127,7 +129,7 @@ public struct Sandboxes: Sendable {
         do {
             if let lock = try NameLock.tryAcquire(paths.lock.path) { return lock }
         } catch {
-            throw .state(operation: "lock", path: paths.lock.path, message: "\(error)")
+            throw .unsafeState(error)
         }
         throw .nameInUse(name: name, supervisorPid: SandboxState.load(from: paths.state)?.supervisorPid)
     }
@@ -154,8 +156,17 @@ public struct Sandboxes: Sendable {
         home.sandboxNames().map(entry)
     }
 
+    /// One sandbox as `tether ls` shows it. Its directory is checked first (`TetherHome`); one
+    /// that fails the check is reported through `problem`, and nothing in it is read.
     public func entry(_ name: String) -> Entry {
         let paths = home.sandbox(name)
+        do {
+            _ = try home.checkedSandbox(name)
+        } catch .notRunning {
+            return Entry(name: name, isLive: false, state: nil, paths: paths)
+        } catch {
+            return Entry(name: name, isLive: false, state: nil, paths: paths, problem: error)
+        }
         return Entry(name: name, isLive: NameLock.isHeld(paths.lock.path), state: SandboxState.load(from: paths.state), paths: paths)
     }
 
@@ -173,48 +184,95 @@ public struct Sandboxes: Sendable {
     /// which reaches an init handed PID 1 in its own language), waits the grace, then kills it.
     /// Should the supervisor not be gone by the grace plus a margin, the sandbox's process and
     /// the supervisor are killed here. Never waits longer than grace + 10 s.
+    ///
+    /// Nothing is signalled on the word of state.json alone: the sandbox runs only while its
+    /// name's lock is held, and the PID state.json names is signalled through a pidfd, and only
+    /// once that process is shown to be the supervisor (`verifiedSupervisor`).
     @discardableResult
     public func stop(_ name: String, graceMs: UInt64 = Supervisor.defaultGraceMs) throws(BootError) -> StopOutcome {
-        guard SandboxName.isValid(name) else { throw .invalidName(name) }
-        let paths = home.sandbox(name)
+        let paths = try home.checkedSandbox(name)
         guard NameLock.isHeld(paths.lock.path), let state = SandboxState.load(from: paths.state) else {
             throw .notRunning(name: name)
         }
-        let supervisor = state.supervisorPid
-        let pidfd = csys_pidfd_open(supervisor, 0)
-        guard pidfd >= 0 else {
+        let supervisor: ProcessHandle
+        do {
+            supervisor = try verifiedSupervisor(state, paths: paths)
+        } catch .notRunning {
             // Gone between the lock probe and now.
             return .stopped(exit: SandboxState.load(from: paths.state)?.exit)
         }
-        defer { close(pidfd) }
-        var value = sigval()
-        value.sival_int = Int32(clamping: graceMs)
-        sigqueue(supervisor, SIGTERM, value)
+        // The grace travels as the sigqueue(3) value; the supervisor reads it from its signalfd.
+        do { try supervisor.sendSignal(SIGTERM, value: Int32(clamping: graceMs)) } catch {
+            if supervisor.isAlive { throw .state(operation: "signal the supervisor of", path: paths.directory.path, message: "\(error)") }
+        }
         let waitMs = Int32(clamping: graceMs + Supervisor.killMarginMs + 2_000)
-        if Handshake.wait(fds: [pidfd], timeoutMs: waitMs) == 0 {
+        if supervisor.waitForExit(timeoutMs: waitMs) {
             return .stopped(exit: SandboxState.load(from: paths.state)?.exit)
         }
         // The supervisor is stuck: kill the sandbox (PID 1 takes its namespace with it; the krun
-        // runner takes the VM) and the supervisor; the lock goes with the supervisor.
-        let sandboxFD = state.sandboxPid.map { csys_pidfd_open($0, 0) } ?? -1
-        defer { if sandboxFD >= 0 { close(sandboxFD) } }
-        if let sandbox = state.sandboxPid { kill(sandbox, SIGKILL) }
-        kill(supervisor, SIGKILL)
+        // runner takes the VM) and the supervisor; the lock goes with the supervisor. The
+        // sandbox is killed only when it is the supervisor's child that started when recorded;
+        // otherwise the supervisor's death kills it anyway (its parent-death signal is SIGKILL).
+        let sandbox = verifiedSandbox(state, supervisor: supervisor.pid)
+        try? sandbox?.sendSignal(SIGKILL)
+        try? supervisor.sendSignal(SIGKILL)
         // A PID namespace's init ends only after every process in it is gone.
-        if sandboxFD >= 0 { _ = Handshake.wait(fds: [sandboxFD], timeoutMs: 5_000) }
-        if Handshake.wait(fds: [pidfd], timeoutMs: 5_000) != 0 {
-            throw .stopTimedOut(name: name, pid: supervisor)
+        _ = sandbox?.waitForExit(timeoutMs: 5_000)
+        if !supervisor.waitForExit(timeoutMs: 5_000) {
+            throw .stopTimedOut(name: name, pid: supervisor.pid)
         }
         // What the killed supervisor would have cleaned up. Its cgroups empty once the sandbox's
-        // processes are gone, which SIGKILL to a PID namespace's init makes happen.
+        // processes are gone, which SIGKILL to a PID namespace's init makes happen. Only the
+        // cgroups this supervisor would have made (tether-NAME-PID) are removed.
         unlink(paths.agentSocket.path)
         unlink(paths.relaySocket.path)
-        if let cgroups = state.cgroups { Cgroup.remove(cgroups) }
+        let leaf = "tether-\(name)-\(supervisor.pid)"
+        if let cgroups = state.cgroups { Cgroup.remove(cgroups.filter { $0.split(separator: "/").last.map(String.init) == leaf }) }
         var ended = state
         ended.status = .stopped
         ended.exit = "killed (the supervisor did not finish the stop in time)"
         ended.stoppedAt = Date().timeIntervalSince1970
         ended.save(to: paths.state)
         return .killed
+    }
+
+    /// A pidfd of the process state.json names as the supervisor, once it is shown to be it:
+    /// alive, started when state.json recorded, and holding the sandbox's lock. Throws
+    /// `untrustedState` otherwise, or `notRunning` when the named process is gone and the
+    /// lock is free (the sandbox ended meanwhile).
+    func verifiedSupervisor(_ state: SandboxState, paths: SandboxPaths) throws(BootError) -> ProcessHandle {
+        let pid = state.supervisorPid
+        func untrusted(_ reason: String) -> BootError { .untrustedState(name: state.name, pid: pid, reason: reason) }
+        let handle: ProcessHandle
+        do {
+            handle = try ProcessHandle(pid: pid)
+        } catch {
+            if !NameLock.isHeld(paths.lock.path) { throw .notRunning(name: state.name) }
+            throw untrusted("no process has that pid")
+        }
+        // Read with the pidfd open, then checked alive: the /proc entries read belonged to the
+        // pidfd's process, not to one that took the PID after it.
+        guard let recorded = state.supervisorStartTime else { throw untrusted("state.json records no start time to check it against") }
+        guard let started = try? ProcessHandle.startTime(of: pid) else { throw untrusted("its /proc/\(pid)/stat cannot be read") }
+        guard started == recorded else {
+            throw untrusted("it started at tick \(started) after boot, the supervisor at tick \(recorded)")
+        }
+        guard NameLock.isHeld(paths.lock.path, by: pid) else { throw untrusted("it does not hold the sandbox's lock") }
+        guard handle.isAlive else {
+            if !NameLock.isHeld(paths.lock.path) { throw .notRunning(name: state.name) }
+            throw untrusted("it ended while being checked")
+        }
+        return handle
+    }
+
+    /// A pidfd of the sandbox's first process, when state.json's PID is a child of the
+    /// verified supervisor that started when recorded; nil otherwise.
+    func verifiedSandbox(_ state: SandboxState, supervisor: pid_t) -> ProcessHandle? {
+        guard let pid = state.sandboxPid, let recorded = state.sandboxStartTime,
+              let handle = try? ProcessHandle(pid: pid),
+              (try? ProcessHandle.parentPid(of: pid)) == supervisor,
+              (try? ProcessHandle.startTime(of: pid)) == recorded,
+              handle.isAlive else { return nil }
+        return handle
     }
 }

@@ -53,6 +53,8 @@ public final class Supervisor {
         state = SandboxState(name: config.name, backend: config.backend, rootfs: config.rootfs, status: .booting,
                              supervisorPid: getpid(), agentSocket: paths.agentSocket.path,
                              relaySocket: paths.relaySocket.path)
+        // With the PID, what `tether stop` checks before it signals us.
+        state.supervisorStartTime = try? ProcessHandle.startTime(of: getpid())
     }
 
     deinit {
@@ -86,6 +88,12 @@ public final class Supervisor {
             if pid < 0 { log("fork: \(Errno.current)"); return 1 }
             if pid > 0 { _exit(0) }
         }
+        // Everything below reads and writes in this directory as its owner: it must be ours and
+        // closed to others (the CLI checked it too; it may have changed since).
+        do { try PrivateFiles.checkDirectory(directory) } catch {
+            log(error.description)
+            return 1
+        }
         let paths = SandboxPaths(directory: URL(fileURLWithPath: directory, isDirectory: true))
         let config: SandboxConfig
         do { config = try SandboxConfig.load(from: paths.config) } catch {
@@ -116,7 +124,7 @@ public final class Supervisor {
     func run() -> Int32 {
         try? FileManager.default.removeItem(at: paths.bootError)
         // A report an earlier boot of this rootfs left behind is not about this one.
-        unlink(agentBootErrorPath)
+        if let directory = agentBootErrorDirectory() { unlinkat(directory.raw, agentBootErrorFile, 0) }
         consoleStart = ((try? FileManager.default.attributesOfItem(atPath: paths.console.path))?[.size] as? UInt64) ?? 0
         state.save(to: paths.state)
         let startedNs = Clock.monotonicNs()
@@ -126,6 +134,8 @@ public final class Supervisor {
             return failed(error)
         }
         state.sandboxPid = sandboxPid
+        // Our child, not yet reaped: the PID cannot name another process while we read this.
+        state.sandboxStartTime = try? ProcessHandle.startTime(of: sandboxPid)
         state.cgroups = cgroup?.directories
         state.save(to: paths.state)
         pidfd = csys_pidfd_open(sandboxPid, 0)
@@ -380,7 +390,15 @@ public final class Supervisor {
     /// ephemeral). The agent's stages are its own words (`mount /proc`, `init`, ...).
     func bootError() -> BootFailure? {
         if let failure = BootFailure.read(from: paths.bootError) { return failure }
-        guard var failure = BootFailure.read(from: URL(fileURLWithPath: agentBootErrorPath)) ?? agentBootErrorFromConsole() else { return nil }
+        // The guest wrote this file (and owns it, in a user namespace): read it as any owner's,
+        // still never through a link or from a FIFO, and at most JSONFile.readLimit bytes. A
+        // layer that is not a directory on the host (tmpfs, image) leaves only the console.
+        var written: BootFailure?
+        if let directory = agentBootErrorDirectory(),
+           let bytes = try? PrivateFiles.read(agentBootErrorFile, in: directory, limit: JSONFile.readLimit, anyOwner: true) {
+            written = try? JSONFile.decode(BootFailure.self, from: bytes)
+        }
+        guard var failure = written ?? agentBootErrorFromConsole() else { return nil }
         failure.message = "the agent: " + failure.message
         return failure
     }
@@ -396,19 +414,30 @@ public final class Supervisor {
 
     /// The agent also prints its boot error on the console: `tether-agent: boot failed: {json}`.
     func agentBootErrorFromConsole() -> BootFailure? {
-        guard let handle = try? FileHandle(forReadingFrom: paths.console) else { return nil }
-        defer { try? handle.close() }
-        try? handle.seek(toOffset: consoleStart)
-        let text = String(decoding: (try? handle.readToEnd()) ?? Data(), as: UTF8.self)
+        guard let bytes = try? PrivateFiles.readTail(paths.console.path, limit: 16 << 10) else { return nil }
+        let size = ((try? FileManager.default.attributesOfItem(atPath: paths.console.path))?[.size] as? UInt64) ?? 0
+        // Only what this boot printed: an earlier boot's report is not about this one.
+        let fresh = size > consoleStart ? min(Int(size - consoleStart), bytes.count) : 0
+        let text = String(decoding: bytes.suffix(fresh), as: UTF8.self)
         let marker = "boot failed: "
         guard let line = text.split(separator: "\n").last(where: { $0.contains(marker) }),
               let range = line.range(of: marker) else { return nil }
         return try? JSONDecoder().decode(BootFailure.self, from: Data(line[range.upperBound...].utf8))
     }
 
+    /// The guest's `/.tether`, opened without following a link there: the guest may have
+    /// made it one (to a host path, as the host resolves it), and the host reads and removes
+    /// `boot-error.json` in it as root. Nil when it is missing or not a real directory.
+    func agentBootErrorDirectory() -> OwnedFD? {
+        try? PrivateFiles.openDirectory(URL(fileURLWithPath: agentBootErrorPath).deletingLastPathComponent().path)
+    }
+
+    var agentBootErrorFile: String { URL(fileURLWithPath: agentBootErrorPath).lastPathComponent }
+
     /// The last lines the agent printed, for messages about an agent that died early.
     func consoleTail(lines: Int = 5) -> String {
-        guard let text = try? String(contentsOf: paths.console, encoding: .utf8) else { return "" }
+        guard let bytes = try? PrivateFiles.readTail(paths.console.path, limit: 16 << 10) else { return "" }
+        let text = String(decoding: bytes, as: UTF8.self)
         let tail = text.split(separator: "\n").suffix(lines)
         return tail.isEmpty ? "" : "; its console ended with:\n  " + tail.joined(separator: "\n  ")
     }

@@ -1,4 +1,5 @@
 import Foundation
+import TetherPosix
 
 /// Where sandbox state lives: `$TETHER_HOME`, default `~/.tether`, so a CI job or a test can
 /// isolate it. One directory per sandbox name:
@@ -15,6 +16,12 @@ import Foundation
 ///   supervisor.log   the supervisor's own messages
 ///   overlay/         upper and work dirs when the rootfs is mounted as an overlay
 /// ```
+///
+/// `$TETHER_HOME`, `sandboxes/` and every sandbox directory must be real directories of the
+/// effective user that group and others cannot write (they are created 0700): whoever can
+/// write one can plant a link that turns the host's next write into a write elsewhere, or a
+/// `state.json` that names someone else's process. Every use checks them with lstat(2)
+/// (`checkedSandbox`, `preparedSandbox`) and refuses with `BootError.unsafeState`.
 public struct TetherHome: Sendable {
     public let root: URL
 
@@ -34,6 +41,47 @@ public struct TetherHome: Sendable {
 
     public func sandbox(_ name: String) -> SandboxPaths {
         SandboxPaths(directory: sandboxesDirectory.appendingPathComponent(name, isDirectory: true))
+    }
+
+    /// Checks `$TETHER_HOME` and `sandboxes/` (see the type's comment); creates what is missing
+    /// of them (0700) when `create` is set.
+    public func check(create: Bool = false) throws(BootError) {
+        if create {
+            // The directories above $TETHER_HOME are not Tether's; only a missing one is made.
+            try? FileManager.default.createDirectory(at: root.deletingLastPathComponent(), withIntermediateDirectories: true)
+        }
+        do {
+            for directory in [root.path, sandboxesDirectory.path] {
+                if create { try PrivateFiles.makeDirectory(directory) } else { try PrivateFiles.checkDirectory(directory) }
+            }
+        } catch {
+            throw .unsafeState(error)
+        }
+    }
+
+    /// The paths of an existing sandbox, once `$TETHER_HOME`, `sandboxes/` and its directory
+    /// passed the checks. A missing directory is `notRunning`.
+    public func checkedSandbox(_ name: String) throws(BootError) -> SandboxPaths {
+        guard SandboxName.isValid(name) else { throw .invalidName(name) }
+        let paths = sandbox(name)
+        for directory in [root.path, sandboxesDirectory.path, paths.directory.path] {
+            do { try PrivateFiles.checkDirectory(directory) } catch {
+                // Nothing there: no such sandbox, not a danger.
+                if case .failed(_, let cause) = error.problem, cause.rawValue == ENOENT { throw .notRunning(name: name) }
+                throw .unsafeState(error)
+            }
+        }
+        return paths
+    }
+
+    /// The paths of a sandbox about to boot: `$TETHER_HOME`, `sandboxes/` and its directory are
+    /// created (0700) where missing, and checked.
+    public func preparedSandbox(_ name: String) throws(BootError) -> SandboxPaths {
+        guard SandboxName.isValid(name) else { throw .invalidName(name) }
+        try check(create: true)
+        let paths = sandbox(name)
+        do { try PrivateFiles.makeDirectory(paths.directory.path) } catch { throw .unsafeState(error) }
+        return paths
     }
 
     /// Names of every sandbox directory (running or not), sorted.

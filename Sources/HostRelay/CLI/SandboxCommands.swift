@@ -221,7 +221,9 @@ enum SandboxCommands {
     static func defaultRootfs() throws -> String {
         let home = TetherHome.fromEnvironment()
         let record = home.root.appendingPathComponent("default-rootfs")
-        if let recorded = try? String(contentsOf: record, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
+        if (try? home.check()) != nil,
+           let bytes = try? PrivateFiles.read(record.path, limit: 4096),
+           case let recorded = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines),
            !recorded.isEmpty, FileManager.default.isExecutableFile(atPath: recorded + SandboxConfig.defaultAgentPath) {
             return recorded
         }
@@ -242,8 +244,10 @@ enum SandboxCommands {
         guard process.terminationStatus == 0, !path.isEmpty else {
             throw SandboxUsageError("\(script) failed (exit status \(process.terminationStatus)); its messages are above")
         }
-        try? FileManager.default.createDirectory(at: home.root, withIntermediateDirectories: true)
-        try? Data((path + "\n").utf8).write(to: record, options: .atomic)
+        // Only into a $TETHER_HOME of ours (created 0700), never through a link at the name.
+        if (try? home.check(create: true)) != nil {
+            try? PrivateFiles.writeAtomically(Array((path + "\n").utf8), to: record.path, mode: 0o644)
+        }
         return path
     }
 
@@ -298,10 +302,23 @@ enum SandboxCommands {
             return 0
         }
         guard arguments.isEmpty else { return usageError(SandboxUsageError("tether ls takes no arguments"), usage: lsUsage) }
-        let entries = sandboxes().list()
+        let sandboxes = sandboxes()
+        do { try sandboxes.home.check() } catch {
+            // No $TETHER_HOME yet: no sandboxes. Anything else about it is worth refusing.
+            guard case .unsafeState(let unsafe) = error, case .failed(_, let cause) = unsafe.problem, cause.rawValue == ENOENT else {
+                return report(error)
+            }
+        }
+        let entries = sandboxes.list()
         var rows = [["NAME", "STATUS", "BACKEND", "PID", "AGE", "ROOTFS"]]
         let now = Date().timeIntervalSince1970
         for entry in entries {
+            if let problem = entry.problem {
+                // Its directory is not ours or is open to others: nothing in it was read.
+                rows.append([entry.name, "unsafe", "-", "-", "-", "-"])
+                printWarning("\(entry.name): \(problem.message)" + (problem.hint.map { "\n-> " + $0 } ?? ""))
+                continue
+            }
             let state = entry.state
             // The lock is the truth about liveness; state.json may be from a supervisor that died.
             let status = entry.isLive ? (state?.status.rawValue ?? "booting") : (state.map { $0.status == .running || $0.status == .stopping || $0.status == .booting ? "dead" : $0.status.rawValue } ?? "unknown")

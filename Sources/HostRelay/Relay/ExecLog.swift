@@ -17,6 +17,12 @@ import TetherProtocol
 /// never waited for, and the next line written is a `logDropped` marker with how many entries
 /// and data bytes were lost. The relay never blocks on the log.
 ///
+/// The files are opened as `PrivateFiles` does: never through a symbolic link at their names
+/// (O_NOFOLLOW: ELOOP), only regular files of the relay's user with one name, and a rotation
+/// creates the new live file fresh (O_EXCL), so a link planted in the log's directory cannot
+/// turn guest output into a write to some other file, or a `logs` request into a read of one.
+/// A directory it creates is 0700.
+///
 /// Owns: the open exec.log descriptor and the writer thread. Ends with `close()`, which
 /// writes what is queued and joins the thread. Readers (`LogFollower`) open the files
 /// themselves and wait on `progress` for new lines.
@@ -75,13 +81,20 @@ public final class ExecLog: @unchecked Sendable {
     private let finished = NSCondition()
     private var isFinished = false
 
-    /// Opens (creating it and the directory if needed) the live file for appending.
+    /// Opens (creating it and the directory if needed) the live file for appending. A file that
+    /// is not safe to append to (see the type's comment) throws the errno that stands for it
+    /// (ELOOP for a link, EPERM for another owner, ...) after `diagnostics` got the details.
     public init(_ configuration: Configuration, diagnostics: @escaping @Sendable (String) -> Void) throws(Errno) {
         precondition(configuration.files >= 1 && configuration.maxFileBytes > 0)
         self.configuration = configuration
         self.diagnostics = diagnostics
-        if mkdir(configuration.directory, 0o755) != 0 && errno != EEXIST { throw .current }
-        fd = try retrying { open(configuration.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640) }
+        if mkdir(configuration.directory, 0o700) != 0 && errno != EEXIST { throw .current }
+        do {
+            fd = try PrivateFiles.openForAppend(configuration.path, mode: 0o640).release()
+        } catch {
+            if case .failed = error.problem {} else { diagnostics("exec.log: \(error.message)") }
+            throw error.errno
+        }
         var st = stat()
         fileBytes = fstat(fd, &st) == 0 ? Int(st.st_size) : 0
     }
@@ -200,19 +213,19 @@ public final class ExecLog: @unchecked Sendable {
         }
         _ = Glibc.close(fd)
         fd = -1
-        if configuration.files > 1 {
-            for generation in stride(from: configuration.files - 1, through: 1, by: -1) {
-                _ = Glibc.rename(configuration.path(generation: generation - 1), configuration.path(generation: generation))
-            }
-        } else {
-            _ = unlink(configuration.path)
+        // rename(2) moves names and never follows a link at either of them.
+        for generation in stride(from: configuration.files - 1, through: 1, by: -1) {
+            _ = Glibc.rename(configuration.path(generation: generation - 1), configuration.path(generation: generation))
         }
+        // The live name is free now unless something was planted there meanwhile: remove
+        // whatever it is, and create the new file fresh.
+        _ = unlink(configuration.path)
         rotations += 1
         fileBytes = 0
         do {
-            fd = try retrying { open(configuration.path, O_WRONLY | O_APPEND | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640) }
+            fd = try PrivateFiles.createNew(configuration.path, mode: 0o640).release()
         } catch {
-            diagnostics("exec.log: cannot open \(configuration.path) after rotation: \(error)")
+            diagnostics("exec.log: cannot create \(configuration.path) after rotation: \(error.message)")
         }
     }
 
@@ -223,8 +236,7 @@ public final class ExecLog: @unchecked Sendable {
     func openGenerations(from oldest: Int) -> [CInt] {
         var fds: [CInt] = []
         for generation in stride(from: oldest, through: 0, by: -1) {
-            let fd = open(configuration.path(generation: generation), O_RDONLY | O_CLOEXEC)
-            if fd >= 0 { fds.append(fd) }
+            if let file = try? PrivateFiles.openForReading(configuration.path(generation: generation)) { fds.append(file.release()) }
         }
         return fds
     }
