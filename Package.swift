@@ -64,9 +64,10 @@ let package = Package(
                     path: "Tests/RelayTests"),
         // The CLI's own logic (argument parsing, detach keys), imported from the executable.
         .testTarget(name: "CLITests", dependencies: ["tether"], path: "Tests/CLITests"),
-        // Stub/ holds the C stub libkrun the krun tests compile with cc.
+        // Stub/ holds the C stub libkrun the krun tests compile with cc; Probes/ the static C
+        // programs the confinement tests copy into sandboxes.
         .testTarget(name: "BootTests", dependencies: ["TetherBoot", "TetherClient", "TestSupport"],
-                    path: "Tests/BootTests", exclude: ["Stub"]),
+                    path: "Tests/BootTests", exclude: ["Stub", "Probes"]),
         // Faults end to end (killed agent or relay, floods, limits, a long soak): real processes.
         .testTarget(name: "ReliabilityTests", dependencies: ["TetherClient", "TetherPosix", "TetherProtocol", "TestSupport"],
                     path: "Tests/ReliabilityTests"),

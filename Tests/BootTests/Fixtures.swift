@@ -128,6 +128,42 @@ enum Fixtures {
         return Output(status: status, stdout: process.stdout, stderr: process.stderr)
     }
 
+    /// Runs a program to completion with its stdin read from the file at `path` (the shell's
+    /// `<`: ChildProcess writes text only, and probes are binaries).
+    static func run(_ argv: [String], environment: [String: String]? = nil, standardInput path: String) throws -> Output {
+        try run(["/bin/sh", "-c", #"exec "$@" < "$0""#, path] + argv, environment: environment)
+    }
+
+    /// A private copy of the busybox tree (cp -a), for a test that writes into it or must not
+    /// let a failure write into the shared cached one; `owner` chowns the whole copy to that
+    /// uid and gid.
+    static func rootfsCopy(_ label: String, owner: uid_t? = nil) throws -> String {
+        let source = try busyboxRootfs()
+        let copy = temporaryDirectory(label).appendingPathComponent("rootfs").path
+        let result = try run(["/bin/cp", "-a", source, copy])
+        guard result.status == 0 else { throw FixtureError.failed("cp -a \(source) \(copy): \(result.stderr)") }
+        if let owner {
+            let chown = try run(["/bin/chown", "-R", "\(owner):\(owner)", copy])
+            guard chown.status == 0 else { throw FixtureError.failed("chown -R \(owner) \(copy): \(chown.stderr)") }
+        }
+        return copy
+    }
+
+    /// Tests/BootTests/Probes/NAME.c compiled with `cc -static -O` (once per test process), a
+    /// program that runs in any guest tree: what an attacker would copy into a sandbox.
+    static func staticProbe(_ name: String) throws -> String {
+        try memoized("probe-" + name) {
+            let source = repository.appendingPathComponent("Tests/BootTests/Probes/\(name).c").path
+            let output = temporaryDirectory("probe").appendingPathComponent(name).path
+            let compiler = try cCompiler()
+            let result = try run([compiler, "-static", "-O", "-o", output, source])
+            if result.status != 0 {
+                try Test.cancel("cannot build the static probe \(name) (\(compiler) -static needs libc6-dev's libc.a): \(result.stderr.suffix(500))")
+            }
+            return output
+        }
+    }
+
     /// A C compiler for the stub libkrun: cc, else the Swift toolchain's clang.
     static func cCompiler() throws -> String {
         for candidate in ["/usr/bin/cc", "/usr/bin/gcc", "/opt/swift/usr/bin/clang", "/usr/bin/clang"]
