@@ -280,8 +280,15 @@ static void child_main(const struct csys_sandbox_spec *spec, int go_read, int st
     sigemptyset(&empty);
     sigprocmask(SIG_SETMASK, &empty, NULL);
 
-    if (spec->exec_fd >= 0) syscall(SYS_execveat, spec->exec_fd, "", spec->argv, spec->envp, AT_EMPTY_PATH);
-    else execve(spec->path, spec->argv, spec->envp);
+    if (spec->exec_fd >= 0) {
+        syscall(SYS_execveat, spec->exec_fd, "", spec->argv, spec->envp, AT_EMPTY_PATH);
+        /* A script's interpreter opens the program as /dev/fd/N, which a close-on-exec fd no
+         * longer is by then (ENOENT): only then keep the fd open across the exec. */
+        if (errno == ENOENT && fcntl(spec->exec_fd, F_SETFD, 0) == 0)
+            syscall(SYS_execveat, spec->exec_fd, "", spec->argv, spec->envp, AT_EMPTY_PATH);
+    } else {
+        execve(spec->path, spec->argv, spec->envp);
+    }
     child_fail(status_write, CSYS_BOOT_STAGE_EXEC, errno);
 }
 
