@@ -81,7 +81,7 @@ public enum NamespaceBackend {
             launcher.overlayOptions = overlay.options
         }
 
-        let cgroup = Cgroup.create(name: config.name, cpus: config.cpus, memoryMiB: config.memoryMiB, warnings: &warnings)
+        let cgroup = Cgroup.create(name: config.name, limits: CgroupLimits(config), warnings: &warnings)
         launcher.cgroupNamespace = cgroup != nil
         let pid: pid_t
         do {

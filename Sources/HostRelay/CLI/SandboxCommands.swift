@@ -11,14 +11,16 @@ import TetherPosix
 /// `$TETHER_HOME` (see TetherBoot's `Sandboxes`).
 enum SandboxCommands {
     static let bootUsage = """
-        usage: tether boot --rootfs DIR --name NAME [--backend namespace|krun] [--cpus N] [--memory MiB]
+        usage: tether boot --rootfs DIR --name NAME [--backend namespace|krun] [--cpus N] [--memory MiB] [--pids N]
                            [--init PATH|auto] [--network host|none] [--ephemeral]
                            [--replace [--replace-grace D]] [--handshake-timeout D]
         Boots a sandbox from DIR and leaves it running in the background (its supervisor and relay
         stay with it); `tether exec --sandbox NAME -- CMD` runs commands in it, `tether stop NAME`
         ends it. D is a duration: 500ms, 10s, 2m (a plain number is seconds).
           --backend B          namespace (default: Linux namespaces, root) or krun (libkrun microVM)
-          --cpus N, --memory M vCPUs and MiB (krun); cgroup limits where the host allows (namespace)
+          --cpus N, --memory M vCPUs and MiB (krun); cgroup limits where the host allows (namespace;
+                               memory defaults to 1024 MiB)
+          --pids N             at most N processes and threads (namespace; default 4096)
           --init PATH|auto     hand PID 1 to an init (systemd, OpenRC, busybox init); the agent keeps serving
           --network host|none  the host's network (default) or loopback only
           --ephemeral          writes go to an overlay that is dropped at stop (namespace)
@@ -112,6 +114,9 @@ enum SandboxCommands {
             config.cpus = try parser.integer(for: option, in: 1...255)
         case "--memory":
             config.memoryMiB = try parser.integer(for: option, in: 16...(1 << 22))
+        case "--pids":
+            // Up to the kernel's largest pid_max (PID_MAX_LIMIT, 4194304).
+            config.pidsLimit = try parser.integer(for: option, in: 1...(1 << 22))
         case "--init":
             let text = try parser.value(for: option)
             guard text == "auto" || text.hasPrefix("/") else { throw SandboxUsageError("--init takes an absolute path in the guest or 'auto'") }
@@ -155,7 +160,7 @@ enum SandboxCommands {
         $TETHER_HOME/default-rootfs remembers where; delete that file to assemble it anew).
         Without --name the sandbox is called run-XXXXXX and its state is removed afterwards;
         a named one stays in `tether ls` as stopped. BOOT OPTIONS are `tether boot`'s
-        (--backend, --cpus, --memory, --init, --network, --ephemeral, --replace, --hostname).
+        (--backend, --cpus, --memory, --pids, --init, --network, --ephemeral, --replace, --hostname).
         """
 
     static func run(_ arguments: [String]) -> Int32 {
