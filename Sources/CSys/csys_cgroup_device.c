@@ -3,14 +3,15 @@
 
 #include <errno.h>
 #include <linux/bpf.h>
-#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* Enough for the allow-lists Tether writes (each rule is at most 8 instructions). */
+/* Far more than the allow-lists Tether writes. The program has 6 instructions before the rules,
+ * at most 8 per rule, and 2 after them. */
 #define MAX_RULES 256
-#define MAX_INSNS (8 + MAX_RULES * 8)
+#define MAX_INSNS_FOR(rules) (8 + (rules) * 8)
 
 static long bpf_call(int command, union bpf_attr *attr) {
     return syscall(SYS_bpf, command, attr, sizeof(*attr));
@@ -117,9 +118,11 @@ int csys_cgroup_device_attach(int cgroup_fd, const struct csys_device_rule *rule
             || rules[i].major > INT32_MAX || rules[i].minor > INT32_MAX) return -EINVAL;
     }
     int saved = errno;
-    static __thread struct bpf_insn program[MAX_INSNS];
+    struct bpf_insn *program = calloc(MAX_INSNS_FOR(count), sizeof(*program));
+    if (program == NULL) return -ENOMEM;
     int length = build_program(rules, count, program);
     int program_fd = load_program(program, length, log, log_size);
+    free(program);
     if (program_fd < 0) {
         int error = errno;
         errno = saved;
