@@ -51,6 +51,36 @@ import Testing
         #expect(DeviceRule(.character, 4, 1, [.read, .write]).description == "c 4:1 rw")
     }
 
+    /// Each limit the host cannot set is one warning naming it (the option given, or the
+    /// default) and why; what could be set is set. Plain directories stand in for cgroup v1
+    /// ones: a file that is there takes the value, one that is not refuses it (ENOENT).
+    @Test func warningsNameEachLimitTheHostCannotSetAndWhy() throws {
+        let root = Fixtures.temporaryDirectory("cgwarn")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let pids = root.appendingPathComponent("pids").path
+        let memory = root.appendingPathComponent("memory").path
+        let devices = root.appendingPathComponent("devices").path
+        for directory in [pids, memory, devices] { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
+        #expect(FileManager.default.createFile(atPath: pids + "/pids.max", contents: nil))
+        #expect(FileManager.default.createFile(atPath: devices + "/devices.deny", contents: nil))
+        // devices.allow cannot be opened for writing (EISDIR): the list is refused part-way.
+        try FileManager.default.createDirectory(atPath: devices + "/devices.allow", withIntermediateDirectories: false)
+
+        var config = SandboxConfig(name: "x", rootfs: "/")
+        config.cpus = 2
+        let cgroup = Cgroup(path: nil, v1: ["pids": pids, "memory": memory, "devices": devices])
+        var warnings: [String] = []
+        cgroup.apply(CgroupLimits(config), v2Parent: nil, warnings: &warnings)
+        #expect(try String(contentsOfFile: pids + "/pids.max", encoding: .utf8) == "4096")
+        #expect(warnings == [
+            "the default memory limit (1024 MiB; --memory sets another) was not applied: no cgroup v2; "
+                + "the cgroup v1 memory hierarchy refused memory.limit_in_bytes: ENOENT (No such file or directory)",
+            "--cpus 2 was not applied: no cgroup v2; no cgroup v1 cpu hierarchy either",
+            "the device allow-list was not applied: the cgroup v1 devices hierarchy refused devices.allow: "
+                + "EISDIR (Is a directory); no cgroup v2",
+        ])
+    }
+
     /// A default sandbox: pids.max 4096, the memory default and only the allowed devices in its
     /// cgroups (or a warning naming each limit the host could not set), and the guest sees its
     /// cgroups as the root of its cgroup namespace.

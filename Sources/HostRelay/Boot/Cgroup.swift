@@ -141,26 +141,33 @@ public struct Cgroup: Sendable {
             return nil
         }
         let cgroup = Cgroup(path: v2Path, v1: v1)
+        cgroup.apply(limits, v2Parent: v2Parent, warnings: &warnings)
+        return cgroup
+    }
+
+    /// Writes every limit of `limits` (before any process is inside); `v2Parent` is the v2
+    /// directory's parent, where controllers are enabled for it. Each limit the host cannot set
+    /// becomes one warning that names it and says why.
+    func apply(_ limits: CgroupLimits, v2Parent: String?, warnings: inout [String]) {
         if let memoryMiB = limits.memoryMiB {
-            cgroup.limit(option: limits.memoryLabel, v2Controller: "memory", v2Parent: v2Parent,
-                         v2: [("memory.max", String(memoryMiB << 20))],
-                         v1Controller: "memory", v1: [("memory.limit_in_bytes", String(memoryMiB << 20))], warnings: &warnings)
+            limit(option: limits.memoryLabel, v2Controller: "memory", v2Parent: v2Parent,
+                  v2: [("memory.max", String(memoryMiB << 20))],
+                  v1Controller: "memory", v1: [("memory.limit_in_bytes", String(memoryMiB << 20))], warnings: &warnings)
         }
         if let pids = limits.pids {
             // Counts threads as well as processes, in the cgroup and every cgroup below it.
-            cgroup.limit(option: limits.pidsLabel, v2Controller: "pids", v2Parent: v2Parent,
-                         v2: [("pids.max", String(pids))], v1Controller: "pids", v1: [("pids.max", String(pids))],
-                         warnings: &warnings)
+            limit(option: limits.pidsLabel, v2Controller: "pids", v2Parent: v2Parent,
+                  v2: [("pids.max", String(pids))], v1Controller: "pids", v1: [("pids.max", String(pids))],
+                  warnings: &warnings)
         }
         if let cpus = limits.cpus {
             // `cpus` CPUs' worth of time in every 100 ms period.
-            cgroup.limit(option: limits.cpusLabel, v2Controller: "cpu", v2Parent: v2Parent,
-                         v2: [("cpu.max", "\(cpus * 100_000) 100000")],
-                         v1Controller: "cpu", v1: [("cpu.cfs_period_us", "100000"), ("cpu.cfs_quota_us", String(cpus * 100_000))],
-                         warnings: &warnings)
+            limit(option: limits.cpusLabel, v2Controller: "cpu", v2Parent: v2Parent,
+                  v2: [("cpu.max", "\(cpus * 100_000) 100000")],
+                  v1Controller: "cpu", v1: [("cpu.cfs_period_us", "100000"), ("cpu.cfs_quota_us", String(cpus * 100_000))],
+                  warnings: &warnings)
         }
-        if let devices = limits.devices { cgroup.restrictDevices(to: devices, warnings: &warnings) }
-        return cgroup
+        if let devices = limits.devices { restrictDevices(to: devices, warnings: &warnings) }
     }
 
     /// Puts the device allow-list everywhere this host takes one: the v1 devices hierarchy
