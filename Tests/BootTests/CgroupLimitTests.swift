@@ -43,6 +43,8 @@ import Testing
         #expect(given.pids == 50 && given.memoryMiB == 256 && given.cpus == 2)
         #expect(given.pidsLabel == "--pids 50")
         #expect(given.memoryLabel == "--memory 256")
+        #expect(CgroupLimits(memoryMiB: 64, pids: 20).memoryLabel == "a memory limit of 64 MiB")
+        #expect(CgroupLimits(memoryMiB: 64, pids: 20).pidsLabel == "a pids limit of 20")
     }
 
     @Test func allowListIsWrittenInTheKernelsSyntax() {

@@ -37,14 +37,18 @@ public struct CgroupLimits: Sendable, Equatable {
         pidsFromConfig = config.pidsLimit != nil
     }
 
-    /// How warnings name each limit: the option the user gave, or the default that was meant.
+    /// How warnings name each limit: the option the user gave, the default, or (limits built
+    /// by other code) the value.
     var memoryLabel: String {
         guard let memoryMiB else { return "" }
-        return memoryFromConfig ? "--memory \(memoryMiB)" : "the default memory limit (\(memoryMiB) MiB; --memory sets another)"
+        if memoryFromConfig { return "--memory \(memoryMiB)" }
+        return memoryMiB == Self.defaultMemoryMiB ? "the default memory limit (\(memoryMiB) MiB; --memory sets another)"
+            : "a memory limit of \(memoryMiB) MiB"
     }
     var pidsLabel: String {
         guard let pids else { return "" }
-        return pidsFromConfig ? "--pids \(pids)" : "the default pids limit (\(pids); --pids sets another)"
+        if pidsFromConfig { return "--pids \(pids)" }
+        return pids == Self.defaultPids ? "the default pids limit (\(pids); --pids sets another)" : "a pids limit of \(pids)"
     }
     var cpusLabel: String { cpus.map { "--cpus \($0)" } ?? "" }
 }
