@@ -108,11 +108,16 @@ public struct Cgroup: Sendable {
 
         var v2Path: String?
         var v2Parent: String?
+        // Why no directory could be made, for the warning when none could (a user that is not
+        // root and owns no cgroup gets EACCES everywhere).
+        var refusals: [String] = []
         if let v2Mount {
             let parent = directory(mount: v2Mount, own: own[""] ?? "/")
             if mkdir(join(parent, leaf), 0o755) == 0 || errno == EEXIST {
                 v2Path = join(parent, leaf)
                 v2Parent = parent
+            } else {
+                refusals.append("mkdir in \(parent): \(Errno.current)")
             }
         }
         var v1: [String: String] = [:]
@@ -121,7 +126,10 @@ public struct Cgroup: Sendable {
                   let ownPath = own[key] else { continue }
             let parent = directory(mount: mount, own: ownPath)
             let path = join(parent, leaf)
-            guard mkdir(path, 0o755) == 0 || errno == EEXIST else { continue }
+            guard mkdir(path, 0o755) == 0 || errno == EEXIST else {
+                refusals.append("mkdir in \(parent): \(Errno.current)")
+                continue
+            }
             // A new cpuset cgroup has no CPUs or memory nodes until given its parent's.
             if mount.controllers.contains("cpuset") {
                 for file in ["cpuset.cpus", "cpuset.mems"] {
@@ -136,7 +144,8 @@ public struct Cgroup: Sendable {
             let asked = [limits.cpusLabel, limits.memoryLabel, limits.pidsLabel].filter { !$0.isEmpty }
                 + (limits.devices != nil ? ["the device allow-list"] : [])
             if !asked.isEmpty {
-                warnings.append("no usable cgroup (v2 or v1) on this host: \(asked.joined(separator: ", ")) not applied")
+                let why = refusals.isEmpty ? "no cgroup v2 or v1 is mounted" : refusals.prefix(3).joined(separator: "; ")
+                warnings.append("\(asked.joined(separator: ", ")) not applied: no cgroup for the sandbox could be made (\(why))")
             }
             return nil
         }
