@@ -11,7 +11,7 @@ import TetherPosix
 /// `$TETHER_HOME` (see TetherBoot's `Sandboxes`).
 enum SandboxCommands {
     static let bootUsage = """
-        usage: tether boot --rootfs DIR --name NAME [--backend namespace|krun] [--cpus N] [--memory MiB] [--pids N]
+        usage: tether boot --rootfs DIR --name NAME [--backend namespace|krun] [--cpus N] [--memory MiB]
                            [--init PATH|auto] [--network host|none] [--ephemeral]
                            [--replace [--replace-grace D]] [--handshake-timeout D]
         Boots a sandbox from DIR and leaves it running in the background (its supervisor and relay
@@ -160,7 +160,7 @@ enum SandboxCommands {
         $TETHER_HOME/default-rootfs remembers where; delete that file to assemble it anew).
         Without --name the sandbox is called run-XXXXXX and its state is removed afterwards;
         a named one stays in `tether ls` as stopped. BOOT OPTIONS are `tether boot`'s
-        (--backend, --cpus, --memory, --pids, --init, --network, --ephemeral, --replace, --hostname).
+        (--backend, --cpus, --memory, --init, --network, --ephemeral, --replace, --hostname).
         """
 
     static func run(_ arguments: [String]) -> Int32 {
