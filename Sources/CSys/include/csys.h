@@ -26,6 +26,7 @@
 #include "csys_namespace.h"
 #include "csys_seccomp.h"
 #include "csys_early_init.h"
+#include "csys_cgroup_device.h"
 
 /* Wait-status macros (function-like, so not importable). */
 static inline int csys_wifexited(int status) { return WIFEXITED(status); }

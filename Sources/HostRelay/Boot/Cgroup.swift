@@ -13,9 +13,15 @@ import TetherPosix
 /// own directories and never lands in the host's. Removed, with what the init made in them,
 /// after the sandbox ended.
 ///
-/// Limits go to cgroup v2 where it has the controller, else to the v1 hierarchy that has it
-/// (hybrid hosts bind memory and cpu to v1); what neither can do becomes a warning, never a
-/// boot failure.
+/// Limits (`CgroupLimits`: pids and memory by default, cpu when asked for) go to cgroup v2
+/// where it has the controller, else to the v1 hierarchy that has it (hybrid hosts bind memory,
+/// pids and cpu to v1). The device allow-list goes to the v1 devices hierarchy and, as a
+/// program, to the v2 directory (`CgroupDevices`). What none of them can do becomes a warning,
+/// never a boot failure.
+///
+/// The limit files stay root's: `delegate(toUID:gid:)` hands an init in a user namespace only
+/// the files it needs to build its own tree below, so the guest can subdivide its limits but
+/// never raise them.
 ///
 /// Owns the directories; `remove()` deletes them (rmdir(2): only once no process is left).
 public struct Cgroup: Sendable {
@@ -95,19 +101,23 @@ public struct Cgroup: Sendable {
     /// unique per `$TETHER_HOME` only, and two homes (two test runs, two users) share the
     /// host's cgroup tree; a shared directory would put one sandbox's init (systemd) into the
     /// other's cgroups, and the first to stop would take the limits of both.
-    public static func create(name: String, cpus: Int?, memoryMiB: Int?, warnings: inout [String]) -> Cgroup? {
-        let limits = cpus != nil || memoryMiB != nil
+    public static func create(name: String, limits: CgroupLimits, warnings: inout [String]) -> Cgroup? {
         let (v2Mount, v1Mounts) = mounts()
         let own = ownPaths()
         let leaf = "tether-\(name)-\(getpid())"
 
         var v2Path: String?
         var v2Parent: String?
+        // Why no directory could be made, for the warning when none could (a user that is not
+        // root and owns no cgroup gets EACCES everywhere).
+        var refusals: [String] = []
         if let v2Mount {
             let parent = directory(mount: v2Mount, own: own[""] ?? "/")
             if mkdir(join(parent, leaf), 0o755) == 0 || errno == EEXIST {
                 v2Path = join(parent, leaf)
                 v2Parent = parent
+            } else {
+                refusals.append("mkdir in \(parent): \(Errno.current)")
             }
         }
         var v1: [String: String] = [:]
@@ -116,7 +126,10 @@ public struct Cgroup: Sendable {
                   let ownPath = own[key] else { continue }
             let parent = directory(mount: mount, own: ownPath)
             let path = join(parent, leaf)
-            guard mkdir(path, 0o755) == 0 || errno == EEXIST else { continue }
+            guard mkdir(path, 0o755) == 0 || errno == EEXIST else {
+                refusals.append("mkdir in \(parent): \(Errno.current)")
+                continue
+            }
             // A new cpuset cgroup has no CPUs or memory nodes until given its parent's.
             if mount.controllers.contains("cpuset") {
                 for file in ["cpuset.cpus", "cpuset.mems"] {
@@ -128,23 +141,76 @@ public struct Cgroup: Sendable {
             v1[key] = path
         }
         guard v2Path != nil || !v1.isEmpty else {
-            if limits { warnings.append("no usable cgroup (v2 or v1) on this host: --cpus/--memory were not applied") }
+            let asked = [limits.cpusLabel, limits.memoryLabel, limits.pidsLabel].filter { !$0.isEmpty }
+                + (limits.devices != nil ? ["the device allow-list"] : [])
+            if !asked.isEmpty {
+                let why = refusals.isEmpty ? "no cgroup v2 or v1 is mounted" : refusals.prefix(3).joined(separator: "; ")
+                warnings.append("\(asked.joined(separator: ", ")) not applied: no cgroup for the sandbox could be made (\(why))")
+            }
             return nil
         }
         let cgroup = Cgroup(path: v2Path, v1: v1)
-        if let memoryMiB {
-            cgroup.limit(option: "--memory \(memoryMiB)", v2Controller: "memory", v2Parent: v2Parent,
-                         v2: [("memory.max", String(memoryMiB << 20))],
-                         v1Controller: "memory", v1: [("memory.limit_in_bytes", String(memoryMiB << 20))], warnings: &warnings)
-        }
-        if let cpus {
-            // `cpus` CPUs' worth of time in every 100 ms period.
-            cgroup.limit(option: "--cpus \(cpus)", v2Controller: "cpu", v2Parent: v2Parent,
-                         v2: [("cpu.max", "\(cpus * 100_000) 100000")],
-                         v1Controller: "cpu", v1: [("cpu.cfs_period_us", "100000"), ("cpu.cfs_quota_us", String(cpus * 100_000))],
-                         warnings: &warnings)
-        }
+        cgroup.apply(limits, v2Parent: v2Parent, warnings: &warnings)
         return cgroup
+    }
+
+    /// Writes every limit of `limits` (before any process is inside); `v2Parent` is the v2
+    /// directory's parent, where controllers are enabled for it. Each limit the host cannot set
+    /// becomes one warning that names it and says why.
+    func apply(_ limits: CgroupLimits, v2Parent: String?, warnings: inout [String]) {
+        if let memoryMiB = limits.memoryMiB {
+            limit(option: limits.memoryLabel, v2Controller: "memory", v2Parent: v2Parent,
+                  v2: [("memory.max", String(memoryMiB << 20))],
+                  v1Controller: "memory", v1: [("memory.limit_in_bytes", String(memoryMiB << 20))], warnings: &warnings)
+        }
+        if let pids = limits.pids {
+            // Counts threads as well as processes, in the cgroup and every cgroup below it.
+            limit(option: limits.pidsLabel, v2Controller: "pids", v2Parent: v2Parent,
+                  v2: [("pids.max", String(pids))], v1Controller: "pids", v1: [("pids.max", String(pids))],
+                  warnings: &warnings)
+        }
+        if let cpus = limits.cpus {
+            // `cpus` CPUs' worth of time in every 100 ms period.
+            limit(option: limits.cpusLabel, v2Controller: "cpu", v2Parent: v2Parent,
+                  v2: [("cpu.max", "\(cpus * 100_000) 100000")],
+                  v1Controller: "cpu", v1: [("cpu.cfs_period_us", "100000"), ("cpu.cfs_quota_us", String(cpus * 100_000))],
+                  warnings: &warnings)
+        }
+        if let devices = limits.devices { restrictDevices(to: devices, warnings: &warnings) }
+    }
+
+    /// Puts the device allow-list everywhere this host takes one: the v1 devices hierarchy
+    /// (hybrid and v1 hosts) and a device program on the v2 directory. On a hybrid host both
+    /// apply, and the kernel asks both; one of the two is enough, so a warning only says that
+    /// neither worked.
+    private func restrictDevices(to rules: [DeviceRule], warnings: inout [String]) {
+        var reasons: [String] = []
+        var applied = false
+        if let directory = v1Directory(controller: "devices") {
+            if let failure = CgroupDevices.applyV1(rules, in: directory) {
+                reasons.append("the cgroup v1 devices hierarchy refused \(failure)")
+            } else {
+                applied = true
+            }
+        } else {
+            reasons.append("no cgroup v1 devices hierarchy")
+        }
+        if let path {
+            do {
+                try CgroupDevices.attachProgram(rules, to: path)
+                applied = true
+            } catch {
+                reasons.append("the cgroup v2 device program: \(error)")
+            }
+        } else {
+            reasons.append("no cgroup v2")
+        }
+        if !applied { warnings.append("the device allow-list was not applied: " + reasons.joined(separator: "; ")) }
+    }
+
+    /// The v1 directory of the hierarchy that has `controller`.
+    func v1Directory(controller: String) -> String? {
+        v1.first(where: { $0.key.split(separator: ",").contains(Substring(controller)) })?.value
     }
 
     /// Writes a limit through cgroup v2 when it has the controller, else through the v1
@@ -170,7 +236,7 @@ public struct Cgroup: Sendable {
         } else {
             reasons.append("no cgroup v2")
         }
-        if let directory = self.v1.first(where: { $0.key.split(separator: ",").contains(Substring(v1Controller)) })?.value {
+        if let directory = v1Directory(controller: v1Controller) {
             if let failure = Cgroup.writeAll(v1Files, in: directory) {
                 reasons.append("the cgroup v1 \(v1Controller) hierarchy refused \(failure)")
             } else {
@@ -190,12 +256,50 @@ public struct Cgroup: Sendable {
         return nil
     }
 
+    /// The files of a cgroup v2 directory that a delegatee writes: moving processes and threads
+    /// between the cgroups it makes, and enabling controllers for them. Nothing that sets a limit.
+    public static let delegatedV2Files = ["cgroup.procs", "cgroup.threads", "cgroup.subtree_control"]
+    /// The same for a cgroup v1 directory. `release_agent` is not among them: it exists only in
+    /// a hierarchy's root directory (never a sandbox's), and the kernel lets only root in the
+    /// initial user namespace write it.
+    public static let delegatedV1Files = ["cgroup.procs", "tasks", "cgroup.clone_children", "notify_on_release"]
+
+    /// Hands the sandbox's cgroups to the root of a user namespace (host uid `uid`, gid `gid`),
+    /// so an init in it (systemd) can create its own cgroups below and move its processes into
+    /// them: the directories and `delegatedV2Files`/`delegatedV1Files` change owner. Every limit
+    /// file (memory.max, memory.limit_in_bytes, pids.max, devices.*, cpu.*) stays root's, so the
+    /// guest cannot raise its own limits; the limits of cgroups it creates below are bounded by
+    /// these (the kernel charges every level of the hierarchy).
+    ///
+    /// Call it before the sandbox's first process starts. A file this kernel does not have
+    /// (cgroup.threads before 4.14) is skipped; any other failure is thrown, and what was
+    /// changed until then stays changed (the directories go with the sandbox).
+    public func delegate(toUID uid: uid_t, gid: gid_t) throws(CgroupDelegationError) {
+        if let path { try Cgroup.changeOwner(of: path, files: Cgroup.delegatedV2Files, uid: uid, gid: gid) }
+        for directory in v1.values.sorted() {
+            try Cgroup.changeOwner(of: directory, files: Cgroup.delegatedV1Files, uid: uid, gid: gid)
+        }
+    }
+
+    private static func changeOwner(of directory: String, files: [String], uid: uid_t, gid: gid_t) throws(CgroupDelegationError) {
+        // AT_SYMLINK_NOFOLLOW: cgroupfs has no links, so a link here is not one of ours.
+        if fchownat(AT_FDCWD, directory, uid, gid, AT_SYMLINK_NOFOLLOW) != 0 {
+            throw CgroupDelegationError(path: directory, errno: .current)
+        }
+        for file in files {
+            let path = join(directory, file)
+            if fchownat(AT_FDCWD, path, uid, gid, AT_SYMLINK_NOFOLLOW) != 0 && errno != ENOENT {
+                throw CgroupDelegationError(path: path, errno: .current)
+            }
+        }
+    }
+
     /// The value of an interface file of the v2 directory, else of the v1 directory whose
     /// hierarchy has `controller` (for tests and `tether ls`).
     public func read(_ file: String, controller: String) -> String? {
         var candidates: [String] = []
         if let path { candidates.append(path + "/" + file) }
-        if let directory = v1.first(where: { $0.key.split(separator: ",").contains(Substring(controller)) })?.value {
+        if let directory = v1Directory(controller: controller) {
             candidates.append(directory + "/" + file)
         }
         for candidate in candidates {
@@ -253,4 +357,11 @@ public struct Cgroup: Sendable {
         do { try FileIO.writeAll(owned.raw, Array(value.utf8)) } catch { return error }
         return nil
     }
+}
+
+/// A cgroup directory or file that could not be handed to a user namespace's root.
+public struct CgroupDelegationError: Error, Equatable, Sendable, CustomStringConvertible {
+    public var path: String
+    public var errno: Errno
+    public var description: String { "cannot delegate the cgroup \(path): chown failed: \(errno)" }
 }

@@ -105,7 +105,7 @@ public enum NamespaceBackend {
             launcher.layerDirectory = directory
         }
 
-        let cgroup = Cgroup.create(name: config.name, cpus: config.cpus, memoryMiB: config.memoryMiB, warnings: &warnings)
+        let cgroup = Cgroup.create(name: config.name, limits: CgroupLimits(config), warnings: &warnings)
         launcher.cgroupNamespace = cgroup != nil
         var root: CInt = -1
         defer { if root >= 0 { close(root) } }

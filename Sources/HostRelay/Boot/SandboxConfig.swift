@@ -28,6 +28,9 @@ public struct SandboxConfig: Codable, Equatable, Sendable {
     public var cpus: Int?
     /// MiB: krun's guest RAM; namespace: cgroup v2 memory.max, where the host allows.
     public var memoryMiB: Int?
+    /// Namespace: the most processes and threads the sandbox may have (cgroup pids.max);
+    /// nil: `CgroupLimits.defaultPids`. `--pids N`.
+    public var pidsLimit: Int? = nil
     /// `--init PATH|auto` handed to the agent: it forks, PID 1 becomes this init.
     public var initSystem: String?
     public var network: NetworkMode

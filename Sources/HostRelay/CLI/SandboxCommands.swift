@@ -18,7 +18,9 @@ enum SandboxCommands {
         stay with it); `tether exec --sandbox NAME -- CMD` runs commands in it, `tether stop NAME`
         ends it. D is a duration: 500ms, 10s, 2m (a plain number is seconds).
           --backend B          namespace (default: Linux namespaces, root) or krun (libkrun microVM)
-          --cpus N, --memory M vCPUs and MiB (krun); cgroup limits where the host allows (namespace)
+          --cpus N, --memory M vCPUs and MiB (krun); cgroup limits where the host allows (namespace;
+                               memory defaults to 1024 MiB)
+          --pids N             at most N processes and threads (namespace; default 4096)
           --init PATH|auto     hand PID 1 to an init (systemd, OpenRC, busybox init); the agent keeps serving
           --network none|host  loopback only (default), or the host's network stack (warns: the
                                sandbox then reaches the host's 127.0.0.1 services)
@@ -120,6 +122,9 @@ enum SandboxCommands {
             config.cpus = try parser.integer(for: option, in: 1...255)
         case "--memory":
             config.memoryMiB = try parser.integer(for: option, in: 16...(1 << 22))
+        case "--pids":
+            // Up to the kernel's largest pid_max (PID_MAX_LIMIT, 4194304).
+            config.pidsLimit = try parser.integer(for: option, in: 1...(1 << 22))
         case "--init":
             let text = try parser.value(for: option)
             guard text == "auto" || text.hasPrefix("/") else { throw SandboxUsageError("--init takes an absolute path in the guest or 'auto'") }
