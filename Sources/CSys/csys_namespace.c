@@ -182,6 +182,11 @@ static void child_main(const struct csys_sandbox_spec *spec, int go_read, int st
         if (setresgid(0, 0, 0) < 0) child_fail(status_write, CSYS_BOOT_STAGE_USER, errno);
         if (setresuid(0, 0, 0) < 0) child_fail(status_write, CSYS_BOOT_STAGE_USER, errno);
     }
+    for (int cap = 0; cap < 64; cap++)
+        if ((spec->bounding_drop >> cap) & 1) {
+            /* EINVAL: a capability this kernel does not know; nothing to drop. */
+            if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL) child_fail(status_write, CSYS_BOOT_STAGE_USER, errno);
+        }
     /* After the id change: changing credentials clears the parent-death signal. */
     if (spec->parent_death_signal && prctl(PR_SET_PDEATHSIG, spec->parent_death_signal) < 0)
         child_fail(status_write, CSYS_BOOT_STAGE_NAMESPACE, errno);

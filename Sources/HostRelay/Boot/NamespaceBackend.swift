@@ -28,6 +28,29 @@ public enum NamespaceBackend {
          "TETHER_SANDBOX=\(config.name)", SandboxConfig.agentRuntimeEnvironment]
     }
 
+    /// Capabilities no process of a sandbox keeps, an init handed PID 1 included (what
+    /// systemd-nspawn leaves out too): inside a user namespace they could only reach the host's
+    /// kernel (modules, raw I/O, the clock, accounting, MAC policy, the kernel log, BPF, perf),
+    /// and an init that sees them tries to use them (systemd mounts debugfs when it holds
+    /// CAP_SYS_RAWIO). Guest commands get Docker's default set on top of this (the agent's spawn).
+    /// Numbers from linux/capability.h.
+    static let sandboxBoundingSetDrop: UInt64 = [
+        16,  // SYS_MODULE
+        17,  // SYS_RAWIO
+        20,  // SYS_PACCT
+        25,  // SYS_TIME
+        30,  // AUDIT_CONTROL
+        32,  // MAC_OVERRIDE
+        33,  // MAC_ADMIN
+        34,  // SYSLOG
+        35,  // WAKE_ALARM
+        36,  // BLOCK_SUSPEND
+        37,  // AUDIT_READ
+        38,  // PERFMON
+        39,  // BPF
+        40,  // CHECKPOINT_RESTORE
+    ].reduce(UInt64(0)) { $0 | (1 << $1) }
+
     /// The writable layer's size when `--disk` is not given.
     public static let defaultDiskMiB = 1024
 
@@ -90,6 +113,7 @@ public enum NamespaceBackend {
         launcher.rootfs = config.rootfs
         launcher.apiFilesystems = true
         launcher.executableFD = agent
+        launcher.boundingSetDrop = sandboxBoundingSetDrop
         launcher.newSysfs = config.network != .host
         launcher.devptsOptions = "newinstance,ptmxmode=0666,mode=0620" + (mapping.mapsTTYGroup ? ",gid=5" : "")
         // The supervisor is single-threaded, so PDEATHSIG means "when the supervisor dies".
@@ -106,6 +130,11 @@ public enum NamespaceBackend {
         }
 
         let cgroup = Cgroup.create(name: config.name, limits: CgroupLimits(config), warnings: &warnings)
+        // An init in the sandbox (systemd) builds its own tree under the sandbox's cgroup: the
+        // guest's root may create and enter child cgroups there, never write the limit files.
+        if let cgroup {
+            do { try cgroup.delegate(toUID: mapping.rootUID, gid: mapping.rootGID) } catch { warnings.append("\(error)") }
+        }
         launcher.cgroupNamespace = cgroup != nil
         var root: CInt = -1
         defer { if root >= 0 { close(root) } }

@@ -81,6 +81,9 @@ public struct NamespaceLauncher {
     public var newSysfs = true
     /// With `apiFilesystems`: the options of the devpts instance on /dev/pts.
     public var devptsOptions: String?
+    /// Capabilities (bit N: capability N) dropped from the child's bounding set once it is in
+    /// its user namespace: nothing in the sandbox, init included, can ever have them.
+    public var boundingSetDrop: UInt64 = 0
     /// A descriptor of the program to run (execveat), instead of `path` resolved in the new
     /// root; the caller keeps ownership. -1: `path`.
     public var executableFD: CInt = -1
@@ -135,6 +138,7 @@ public struct NamespaceLauncher {
                     spec.new_sysfs = newSysfs ? 1 : 0
                     spec.devpts_options = UnsafePointer(strings[7])
                     spec.exec_fd = executableFD
+                    spec.bounding_drop = boundingSetDrop
                     spec.argv = argvBuffer.baseAddress
                     spec.envp = envpBuffer.baseAddress
                     spec.fd_map = mapBuffer.baseAddress

@@ -12,7 +12,7 @@ import TetherPosix
 enum SandboxCommands {
     static let bootUsage = """
         usage: tether boot --rootfs DIR --name NAME [--backend namespace|krun] [--cpus N] [--memory MiB]
-                           [--init PATH|auto] [--network none|host] [--ephemeral] [--disk MiB]
+                           [--init PATH|auto] [--network none|host] [--ephemeral] [--disk MiB] [--pids N]
                            [--replace [--replace-grace D]] [--handshake-timeout D]
         Boots a sandbox from DIR and leaves it running in the background (its supervisor and relay
         stay with it); `tether exec --sandbox NAME -- CMD` runs commands in it, `tether stop NAME`
@@ -170,7 +170,7 @@ enum SandboxCommands {
         $TETHER_HOME/default-rootfs remembers where; delete that file to assemble it anew).
         Without --name the sandbox is called run-XXXXXX and its state is removed afterwards;
         a named one stays in `tether ls` as stopped. BOOT OPTIONS are `tether boot`'s
-        (--backend, --cpus, --memory, --init, --network, --ephemeral, --disk, --replace,
+        (--backend, --cpus, --memory, --pids, --init, --network, --ephemeral, --disk, --replace,
         --replace-grace, --handshake-timeout, --hostname).
         """
 
