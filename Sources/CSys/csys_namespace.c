@@ -122,6 +122,26 @@ static const char *const device_links[][2] = {
     { "stdout", "/proc/self/fd/1" }, { "stderr", "/proc/self/fd/2" }, { "core", "/proc/kcore" }, { NULL, NULL },
 };
 
+/* The sandbox's own cgroups (the cgroup namespace makes them the roots it sees), read-only:
+ * the guest can read its limits and usage but neither write them nor mount a hierarchy of its
+ * own (guest commands lack the capability). Best effort: a hierarchy that does not mount
+ * leaves its directory empty, which costs the guest a view, not confinement. */
+static void cgroup_filesystems(const char *const *mounts) {
+    const unsigned long flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+    char target[128];
+    if (mounts[0] && mounts[0][0] == 0) {
+        mount("cgroup2", "sys/fs/cgroup", mounts[1], flags, mounts[2][0] ? mounts[2] : NULL);
+        return;
+    }
+    if (mount("tmpfs", "sys/fs/cgroup", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=64k") < 0) return;
+    for (int i = 0; mounts[i] && mounts[i + 1] && mounts[i + 2]; i += 3) {
+        join(target, sizeof target, "sys/fs/cgroup/", mounts[i]);
+        if (mkdir(target, 0755) < 0 && errno != EEXIST) continue;
+        mount("cgroup", target, mounts[i + 1], flags, mounts[i + 2][0] ? mounts[i + 2] : NULL);
+    }
+    mount(NULL, "sys/fs/cgroup", NULL, MS_REMOUNT | flags, "mode=0755,size=64k");
+}
+
 /* /proc, /sys and /dev of a confined sandbox, relative to the current directory (the new root),
  * before pivot_root: the kernel lets a user namespace mount procfs and sysfs only while a fully
  * visible instance is in its mount namespace (mount_too_revealing), which the host's still is. */
@@ -141,6 +161,7 @@ static void api_filesystems(const struct csys_sandbox_spec *spec, int status_wri
         attr.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
         if (syscall(SYS_mount_setattr, AT_FDCWD, "sys", AT_RECURSIVE, &attr, sizeof attr) < 0) FAIL_API();
     }
+    if (spec->cgroup_mounts) cgroup_filesystems(spec->cgroup_mounts);
     for (int i = 0; read_only_paths[i]; i++)
         if (read_only(read_only_paths[i]) < 0) FAIL_API();
     for (int i = 0; masked_paths[i]; i++)

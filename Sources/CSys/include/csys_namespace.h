@@ -69,6 +69,9 @@ struct csys_sandbox_spec {
     int new_sysfs;               /* with api_filesystems: a new read-only sysfs (own network namespace);
                                     0: a read-only recursive bind of the host's /sys */
     const char *devpts_options;  /* with api_filesystems: the devpts instance on /dev/pts */
+    const char *const *cgroup_mounts; /* with api_filesystems: NULL, or {dir, fstype, options}
+                                    triples ended by NULL, mounted read-only under /sys/fs/cgroup
+                                    (a dir of "" mounts on /sys/fs/cgroup itself) */
     uint64_t bounding_drop;      /* capabilities (bit N = CAP number N) dropped from the bounding set
                                     after the id change, for the sandbox's whole tree */
     int exec_fd;                 /* >= 0: execveat(exec_fd, "", AT_EMPTY_PATH) instead of `path`

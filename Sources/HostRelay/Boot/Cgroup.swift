@@ -66,6 +66,26 @@ public struct Cgroup: Sendable {
         return (v2, v1)
     }
 
+    /// What the sandbox sees of its cgroups, read-only under /sys/fs/cgroup (the launcher's
+    /// `cgroupMounts`): each hierarchy the sandbox has a directory in, under the name the host
+    /// mounts it by; on a cgroup2-only host the one hierarchy on /sys/fs/cgroup itself.
+    public func guestMounts() -> [(directory: String, type: String, options: String)] {
+        let (v2Mount, v1Mounts) = Cgroup.mounts()
+        var result: [(directory: String, type: String, options: String)] = []
+        if path != nil, let v2Mount {
+            if v1.isEmpty && v2Mount.path == "/sys/fs/cgroup" { return [("", "cgroup2", "")] }
+            result.append((URL(fileURLWithPath: v2Mount.path).lastPathComponent, "cgroup2", ""))
+        }
+        for mount in v1Mounts {
+            let key = mount.controllers.sorted().joined(separator: ",")
+            guard v1.keys.contains(where: { Set($0.split(separator: ",").map(String.init)) == mount.controllers }) else { continue }
+            // A named hierarchy without controllers (name=systemd) mounts with "none".
+            let options = mount.controllers.allSatisfy { $0.hasPrefix("name=") } ? "none," + key : key
+            result.append((URL(fileURLWithPath: mount.path).lastPathComponent, "cgroup", options))
+        }
+        return result
+    }
+
     /// Where cgroup2 is mounted: `/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on
     /// hybrid ones; nil without cgroup v2.
     public static func v2Mount() -> String? { mounts().v2?.path }

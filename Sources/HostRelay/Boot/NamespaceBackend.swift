@@ -134,6 +134,8 @@ public enum NamespaceBackend {
         // guest's root may create and enter child cgroups there, never write the limit files.
         if let cgroup {
             do { try cgroup.delegate(toUID: mapping.rootUID, gid: mapping.rootGID) } catch { warnings.append("\(error)") }
+            // The agent as PID 1 shows the guest its cgroups read-only; an init mounts its own.
+            if config.initSystem == nil { launcher.cgroupMounts = cgroup.guestMounts() }
         }
         launcher.cgroupNamespace = cgroup != nil
         var root: CInt = -1

@@ -81,6 +81,9 @@ public struct NamespaceLauncher {
     public var newSysfs = true
     /// With `apiFilesystems`: the options of the devpts instance on /dev/pts.
     public var devptsOptions: String?
+    /// With `apiFilesystems`: cgroup hierarchies to mount read-only under /sys/fs/cgroup, as
+    /// (directory, filesystem type, options); a directory of "" mounts on /sys/fs/cgroup.
+    public var cgroupMounts: [(directory: String, type: String, options: String)] = []
     /// Capabilities (bit N: capability N) dropped from the child's bounding set once it is in
     /// its user namespace: nothing in the sandbox, init included, can ever have them.
     public var boundingSetDrop: UInt64 = 0
@@ -112,10 +115,13 @@ public struct NamespaceLauncher {
             envp.forEach { free($0) }
         }
         let map = descriptors.flatMap { [$0.parent, $0.child] }
+        let cgroupFields: [String] = cgroupMounts.flatMap { [$0.directory, $0.type, $0.options] }
+        let cgroupStrings: [UnsafeMutablePointer<CChar>?] = cgroupFields.map { strdup($0)! } + [nil]
+        defer { cgroupStrings.forEach { free($0) } }
 
         var goFD: CInt = -1
         var statusFD: CInt = -1
-        let pid: pid_t = argv.withUnsafeBufferPointer { argvBuffer in
+        let pid: pid_t = cgroupStrings.withUnsafeBufferPointer { cgroupBuffer in argv.withUnsafeBufferPointer { argvBuffer in
             envp.withUnsafeBufferPointer { envpBuffer in
                 map.withUnsafeBufferPointer { mapBuffer in
                     var spec = csys_sandbox_spec()
@@ -139,6 +145,8 @@ public struct NamespaceLauncher {
                     spec.devpts_options = UnsafePointer(strings[7])
                     spec.exec_fd = executableFD
                     spec.bounding_drop = boundingSetDrop
+                    spec.cgroup_mounts = cgroupMounts.isEmpty ? nil
+                        : UnsafeRawPointer(cgroupBuffer.baseAddress!).assumingMemoryBound(to: UnsafePointer<CChar>?.self)
                     spec.argv = argvBuffer.baseAddress
                     spec.envp = envpBuffer.baseAddress
                     spec.fd_map = mapBuffer.baseAddress
@@ -146,7 +154,7 @@ public struct NamespaceLauncher {
                     return csys_sandbox_clone(&spec, &goFD, &statusFD)
                 }
             }
-        }
+        } }
         guard pid > 0 else { throw LaunchFailure(stage: .namespace, errno: Errno(rawValue: -pid)) }
         let go = OwnedFD(adopting: goFD)
         let status = OwnedFD(adopting: statusFD)
