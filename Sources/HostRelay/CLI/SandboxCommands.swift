@@ -14,6 +14,7 @@ enum SandboxCommands {
         usage: tether boot --rootfs DIR --name NAME [--backend namespace|krun] [--cpus N] [--memory MiB]
                            [--init PATH|auto] [--network host|none] [--ephemeral]
                            [--replace [--replace-grace D]] [--handshake-timeout D]
+                           [--seccomp default|restricted|none]
         Boots a sandbox from DIR and leaves it running in the background (its supervisor and relay
         stay with it); `tether exec --sandbox NAME -- CMD` runs commands in it, `tether stop NAME`
         ends it. D is a duration: 500ms, 10s, 2m (a plain number is seconds).
@@ -23,6 +24,11 @@ enum SandboxCommands {
           --network host|none  the host's network (default) or loopback only
           --ephemeral          writes go to an overlay that is dropped at stop (namespace)
           --replace            stop a running sandbox of that name first (TERM, grace, KILL)
+          --seccomp P          the profile of commands that do not name one (tether exec --seccomp):
+                               default (EPERM for mount, open_by_handle_at, bpf, keyrings,
+                               namespaces, ...), restricted (also ptrace, process_vm_*, chroot),
+                               none (no filter; warns). Commands get at most the default
+                               capabilities and no_new_privs whatever the profile
         """
     static let lsUsage = """
         usage: tether ls
@@ -126,6 +132,15 @@ enum SandboxCommands {
             config.handshakeTimeoutMs = try parser.duration(for: option)
         case "--hostname":
             config.hostname = try parser.value(for: option)
+        case "--seccomp":
+            let text = try parser.value(for: option)
+            guard SandboxConfig.seccompProfiles.contains(text) else {
+                throw SandboxUsageError("--seccomp must be default, restricted or none, not '\(text)'")
+            }
+            if text == "none" {
+                FileHandle.standardError.write(Data("tether: warning: --seccomp none: the sandbox's commands run without a seccomp filter unless they ask for one (capabilities stay bounded, no_new_privs stays set)\n".utf8))
+            }
+            config.seccomp = text
         default:
             return false
         }
@@ -155,7 +170,8 @@ enum SandboxCommands {
         $TETHER_HOME/default-rootfs remembers where; delete that file to assemble it anew).
         Without --name the sandbox is called run-XXXXXX and its state is removed afterwards;
         a named one stays in `tether ls` as stopped. BOOT OPTIONS are `tether boot`'s
-        (--backend, --cpus, --memory, --init, --network, --ephemeral, --replace, --hostname).
+        (--backend, --cpus, --memory, --init, --network, --ephemeral, --replace, --hostname,
+        --seccomp: the profile CMD runs under).
         """
 
     static func run(_ arguments: [String]) -> Int32 {
