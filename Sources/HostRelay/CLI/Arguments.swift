@@ -169,8 +169,8 @@ func parseSeccompProfile(_ text: String, command: String, scope: String) throws(
 
 /// The `--seccomp` lines of exec's and shell's --help.
 let seccompHelpLines = """
-          --seccomp P       the command's seccomp profile: default (the sandbox's choice,
-                            normally `default`: EPERM for mount, open_by_handle_at, bpf,
-                            keyrings, namespaces, ...), restricted (also ptrace,
-                            process_vm_*, chroot) or none (no filter; warns)
+          --seccomp P       the seccomp profile (without it: the sandbox's, from `tether
+                            boot --seccomp`, normally default): default (EPERM for mount,
+                            open_by_handle_at, bpf, keyrings, namespaces, ...), restricted
+                            (also ptrace, process_vm_*, chroot) or none (no filter; warns)
     """
