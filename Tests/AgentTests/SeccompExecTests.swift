@@ -531,7 +531,7 @@ import TetherProtocol
         let (root, agent) = try boot()
         for (id, profile) in zip(UInt32(1)..., [SeccompProfile?.none, .default, .restricted, .unfiltered]) {
             let refused = try run(agent, sh(Self.mountScript) { $0.seccomp = profile }, id: id)
-            #expect(refused.exited == .code(1), "\(String(describing: profile))")
+            #expect(refused.exited == .code(1), "\(String(describing: profile)): \(String(describing: refused.failed)) \(String(describing: refused.error))")
             #expect(refused.stderrText.contains("permission denied"), "\(String(describing: profile)): \(refused.stderrText)")
         }
         try stop(agent)
