@@ -147,6 +147,15 @@ import TetherProtocol
         #include <sys/syscall.h>
         #include <sys/timex.h>
 
+        /* The same calls through the i386 entry point, from this 64-bit program: int 0x80
+         * (the kernel filters it as AUDIT_ARCH_I386). */
+        static long i386_call(long number, long a, long b, long c) {
+            long r;
+            __asm__ volatile ("int $0x80" : "=a"(r) : "a"(number), "b"(a), "c"(b), "d"(c) : "memory");
+            if (r < 0 && r > -4096) { errno = (int)-r; return -1; }
+            return r;
+        }
+
         static void report(const char *name, long result) {
             if (result >= 0) printf("%s: ok\\n", name);
             else printf("%s: %s\\n", name, strerrorname_np(errno));
@@ -212,6 +221,17 @@ import TetherProtocol
                     if (r >= 0) personality(PER_LINUX);
                 } else if (!strcmp(call, "chroot")) {
                     r = chroot("/");
+                } else if (!strcmp(call, "i386_getpid")) {
+                    r = i386_call(20, 0, 0, 0);
+                } else if (!strcmp(call, "i386_keyctl")) {
+                    r = i386_call(288, 0, -3, 0);
+                } else if (!strcmp(call, "i386_setns")) {
+                    r = i386_call(346, -1, 0, 0);
+                } else if (!strcmp(call, "i386_unshare_newns")) {
+                    r = i386_call(310, CLONE_NEWNS, 0, 0);
+                } else if (!strcmp(call, "i386_personality_read_implies_exec")) {
+                    r = i386_call(136, READ_IMPLIES_EXEC, 0, 0);
+                    if (r >= 0) personality(PER_LINUX);
                 } else if (!strcmp(call, "syslog")) {
                     r = syscall(SYS_syslog, 10 /* SYSLOG_ACTION_SIZE_BUFFER */, NULL, 0);
                 } else {
@@ -274,6 +294,26 @@ import TetherProtocol
         // CAP_DAC_READ_SEARCH.
         let bounded = try Self.calls(agent, probe, ["open_by_handle_at", "unshare_newns", "mount"], profile: .unfiltered, id: 21)
         #expect(bounded == ["open_by_handle_at": "EPERM", "unshare_newns": "EPERM", "mount": "EPERM"], "\(bounded)")
+    }
+
+    /// A 64-bit program making i386 system calls (int 0x80) meets the same rules.
+    @Test(.timeLimit(.minutes(1)))
+    func theSameRulesHoldForThe32BitEntryPoint() throws {
+        let dir = try TemporaryDirectory("tether-calls")
+        #expect(chmod(dir.path, 0o755) == 0)
+        guard let probe = try Self.callProbe(in: dir) else {
+            try Test.cancel("no cc with a static C library: cannot build the system-call probe")
+        }
+        let agent = try startAgent()
+        let open = try Self.calls(agent, probe, ["i386_getpid", "i386_keyctl", "i386_setns", "i386_personality_read_implies_exec"],
+                                  profile: .unfiltered, id: 1)
+        if open["i386_getpid"] != "ok" { try Test.cancel("this kernel has no i386 entry point (IA32 emulation): \(open)") }
+        #expect(open == ["i386_getpid": "ok", "i386_keyctl": "ok", "i386_setns": "EBADF", "i386_personality_read_implies_exec": "ok"],
+                "\(open)")
+        let filtered = try Self.calls(agent, probe, ["i386_getpid", "i386_keyctl", "i386_setns", "i386_unshare_newns",
+                                                     "i386_personality_read_implies_exec"], profile: nil, id: 2)
+        #expect(filtered == ["i386_getpid": "ok", "i386_keyctl": "EPERM", "i386_setns": "EPERM", "i386_unshare_newns": "EPERM",
+                             "i386_personality_read_implies_exec": "EPERM"], "\(filtered)")
     }
 
     @Test(.timeLimit(.minutes(1)))
