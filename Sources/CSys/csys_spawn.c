@@ -12,6 +12,7 @@
 #include <string.h>
 #include <termios.h>
 #include <unistd.h>
+#include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sched.h>
@@ -38,6 +39,8 @@ const char *csys_spawn_stage_name(int stage) {
     case CSYS_STAGE_CONTROLLING_TTY: return "controllingTty";
     case CSYS_STAGE_STDIO: return "stdio";
     case CSYS_STAGE_SETRLIMIT: return "setrlimit";
+    case CSYS_STAGE_CAPABILITY_BOUND: return "capabilityBound";
+    case CSYS_STAGE_CAPABILITY_SETS: return "capabilitySets";
     case CSYS_STAGE_SETGROUPS: return "setgroups";
     case CSYS_STAGE_SETGID: return "setgid";
     case CSYS_STAGE_SETUID: return "setuid";
@@ -132,6 +135,15 @@ static void child(const struct csys_spawn_options *o, int report_fd) {
         if (setrlimit(o->rlimits[i].resource, &limit) < 0) fail(report_fd, CSYS_STAGE_SETRLIMIT, errno);
     }
 
+    /* Before the uid change: dropping from the bounding set needs CAP_SETPCAP, which a
+     * change away from uid 0 takes away. */
+    if (o->bound_capabilities) {
+        int result = csys_capability_bound(o->kept_capabilities);
+        if (result < 0) fail(report_fd, CSYS_STAGE_CAPABILITY_BOUND, -result);
+        result = csys_capability_limit_sets(o->kept_capabilities, 0);
+        if (result < 0) fail(report_fd, CSYS_STAGE_CAPABILITY_SETS, -result);
+    }
+
     if (o->set_user) {
         if (syscall(SYS_setgroups, (size_t)o->group_count, o->groups) < 0)
             fail(report_fd, CSYS_STAGE_SETGROUPS, errno);
@@ -145,8 +157,13 @@ static void child(const struct csys_spawn_options *o, int report_fd) {
 
     if (mark_cloexec_from_3() < 0) fail(report_fd, CSYS_STAGE_CLOSE_FDS, errno);
 
-    if (o->seccomp_filter != NULL) {
+    /* Required for a filter installed without CAP_SYS_ADMIN, and what makes the capability
+     * bound hold: an execve can no longer grant anything (set-user-ID, file capabilities). */
+    if (o->no_new_privs || o->seccomp_filter != NULL) {
         if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) fail(report_fd, CSYS_STAGE_NO_NEW_PRIVS, errno);
+    }
+    /* Last: every call the child still makes from here on must pass the filter. */
+    if (o->seccomp_filter != NULL) {
         if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, o->seccomp_filter) < 0)
             fail(report_fd, CSYS_STAGE_SECCOMP, errno);
     }
@@ -349,6 +366,87 @@ int csys_set_pipe_size(int fd, int bytes) {
     int saved = errno;
     int result = fcntl(fd, F_SETPIPE_SZ, bytes);
     if (result < 0) result = -errno;
+    errno = saved;
+    return result;
+}
+
+/* capget(2)/capset(2) through syscall(2): glibc has no wrapper, libcap is not a dependency.
+ * Version 3: two 32-bit words per set. */
+static int read_capabilities(struct __user_cap_data_struct data[2]) {
+    struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    return syscall(SYS_capget, &header, data) < 0 ? -errno : 0;
+}
+
+static uint64_t combine(uint32_t low, uint32_t high) { return (uint64_t)high << 32 | low; }
+
+int csys_capability_get(uint64_t *effective, uint64_t *permitted, uint64_t *inheritable) {
+    int saved = errno;
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    int result = read_capabilities(data);
+    if (result == 0) {
+        *effective = combine(data[0].effective, data[1].effective);
+        *permitted = combine(data[0].permitted, data[1].permitted);
+        *inheritable = combine(data[0].inheritable, data[1].inheritable);
+    }
+    errno = saved;
+    return result;
+}
+
+int csys_capability_bound(uint64_t kept) {
+    int saved = errno;
+    uint64_t effective = 0, permitted = 0, inheritable = 0;
+    int result = csys_capability_get(&effective, &permitted, &inheritable);
+    for (int cap = 0; result == 0 && cap < 64; cap++) {
+        if (kept & (UINT64_C(1) << cap)) continue;
+        int present = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
+        /* EINVAL: past the last capability this kernel knows (they are numbered densely). */
+        if (present < 0 && errno == EINVAL) break;
+        if (present < 0) { result = -errno; break; }
+        if (present == 0) continue;
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0) continue;
+        /* Without CAP_SETPCAP: acceptable only for a capability the caller does not hold. */
+        if (errno == EPERM && !(permitted & (UINT64_C(1) << cap))) continue;
+        result = -errno;
+    }
+    errno = saved;
+    return result;
+}
+
+int csys_capability_limit_sets(uint64_t kept, int limit_permitted) {
+    int saved = errno;
+    int result = 0;
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) result = -errno;
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    if (result == 0) result = read_capabilities(data);
+    if (result == 0) {
+        for (int word = 0; word < 2; word++) {
+            uint32_t mask = (uint32_t)(kept >> (32 * word));
+            data[word].inheritable &= mask;
+            if (limit_permitted) {
+                data[word].permitted &= mask;
+                data[word].effective &= mask;
+            }
+        }
+        struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
+        if (syscall(SYS_capset, &header, data) < 0) result = -errno;
+    }
+    errno = saved;
+    return result;
+}
+
+int csys_capability_in_bounding_set(int cap) {
+    int saved = errno;
+    int result = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
+    if (result < 0) result = -errno;
+    errno = saved;
+    return result;
+}
+
+int csys_set_dumpable(int value) {
+    int saved = errno;
+    int result = prctl(PR_SET_DUMPABLE, value, 0, 0, 0) < 0 ? -errno : 0;
     errno = saved;
     return result;
 }

@@ -4,46 +4,109 @@ import Glibc
 import Musl
 #endif
 
-// The two policies Tether ships. Why each entry is there is documented in SECCOMP.md.
+// The policies Tether ships. Why each entry is there is documented in SECCOMP.md.
 
 extension SeccompPolicy {
-    /// Calls no ordinary program makes and that let a sandboxed one reach the kernel's or the
-    /// host's privileged surface. Restricted guest commands get EPERM for them.
-    public static let privilegedSyscalls: [String] = [
-        // Filesystem namespace changes, old and new mount API.
-        "mount", "umount2", "umount", "pivot_root", "chroot",
+    /// Refused with EPERM under `default`, the profile of every guest command unless it asks
+    /// for another: at least what container runtimes' default profiles refuse. Calls that reach
+    /// the kernel's or the host's shared state, that the kernel does not namespace, or that
+    /// exist only for old binaries and exploits.
+    public static let defaultDeniedSyscalls: [String] = [
+        // Filesystem namespace changes, old and new mount API (the new one would otherwise
+        // bypass a `mount`-only rule).
+        "mount", "umount2", "umount", "pivot_root",
         "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr",
-        // Reading or writing other processes.
-        "ptrace", "process_vm_readv", "process_vm_writev",
-        // Kernel code and the kernel's state.
-        "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
-        "bpf", "perf_event_open", "reboot", "swapon", "swapoff", "acct", "quotactl",
-        "iopl", "ioperm", "lookup_dcookie", "settimeofday", "clock_settime", "clock_adjtime",
-        "nfsservctl", "vhangup",
-        // The kernel keyring.
+        // Opening files by handle, around the mount namespace ("shocker"), and making handles.
+        "open_by_handle_at", "name_to_handle_at",
+        // The kernel keyring is not namespaced.
         "keyctl", "add_key", "request_key",
-        // Escaping through handles and page-fault handling.
-        "open_by_handle_at", "userfaultfd",
+        // Loading code into, instrumenting or replacing the kernel.
+        "bpf", "perf_event_open", "kexec_load", "kexec_file_load",
+        "init_module", "finit_module", "delete_module", "create_module", "get_kernel_syms", "query_module",
+        // A favourite primitive for kernel exploits' race windows; io_uring a large attack
+        // surface that also sidesteps this filter (its operations are not system calls).
+        "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register",
+        // Machine-wide state: the clock, power, swap, accounting, quotas, the kernel log.
+        "settimeofday", "clock_settime", "clock_settime64", "stime",
+        "reboot", "swapon", "swapoff", "acct", "quotactl", "quotactl_fd", "syslog", "vhangup",
+        // Hardware access and obsolete calls no current program makes.
+        "iopl", "ioperm", "vm86", "vm86old", "pciconfig_read", "pciconfig_write", "pciconfig_iobase",
+        "lookup_dcookie", "nfsservctl", "_sysctl", "sysfs", "ustat", "uselib",
+        // Joining another process's namespaces.
+        "setns",
     ]
 
-    /// `seccomp: "restricted"`: everything is allowed except the privileged calls above and
-    /// creating or joining user namespaces, which fail with EPERM (a normal error, so programs
-    /// that probe for them carry on).
+    /// Refused under `restricted` on top of `defaultDeniedSyscalls`: reading or writing other
+    /// processes, chroot, and the clock-adjusting calls that `default` leaves to the kernel's
+    /// CAP_SYS_TIME check (see SECCOMP.md).
+    public static let restrictedOnlyDeniedSyscalls: [String] = [
+        "ptrace", "process_vm_readv", "process_vm_writev", "chroot", "adjtimex", "clock_adjtime", "clock_adjtime64",
+    ]
+
+    /// Rules both guest profiles share besides plain EPERM: namespace flags of unshare and
+    /// clone, clone3, and unusual personalities.
+    static var guestArgumentRules: [Rule] {
+        // unshare(2) and clone(2) with any namespace flag. One rule per flag: rules for the
+        // same call and action are alternatives, and a rule may test an argument only once.
+        var rules = CloneFlags.namespaces.map { Rule("unshare", .errno(EPERM), when: [.hasBits(argument: 0, $0)]) }
+        rules += [CloneFlags.newTime].map { Rule("unshare", .errno(EPERM), when: [.hasBits(argument: 0, $0)]) }
+        // clone's flags are argument 0 on x86_64, i386, x32 and aarch64. CLONE_NEWTIME is left
+        // out: for clone that bit is part of the exit signal, and clone cannot make a time
+        // namespace anyway.
+        rules += CloneFlags.namespaces.map { Rule("clone", .errno(EPERM), when: [.hasBits(argument: 0, $0)]) }
+        // clone3 passes its flags in memory, where seccomp cannot look. ENOSYS makes the C
+        // library fall back to clone, whose flags the rules above inspect (the approach of
+        // container runtimes' default profiles).
+        rules.append(Rule("clone3", .errno(ENOSYS)))
+        rules += personalityRules
+        return rules
+    }
+
+    /// personality(2) only with the personas ordinary programs use: PER_LINUX (0),
+    /// PER_LINUX32 (8), UNAME26 (0x20000), PER_LINUX32|UNAME26 (0x20008), and 0xffffffff,
+    /// which only asks for the current one. Anything else (READ_IMPLIES_EXEC,
+    /// ADDR_NO_RANDOMIZE, ... weaken the process's own defences) is EPERM.
+    ///
+    /// "Not one of these five" cannot be one rule: libseccomp tests an argument at most once
+    /// per rule. The kernel reads the persona as a 32-bit value, and a refused persona is one
+    /// with a bit outside {3, 17} set and at least one bit clear. So the refusal is 32 rules of
+    /// the form "bit b set and bit c clear", one per bit c, where b is the bit after c in a
+    /// cycle through the 30 bits outside {3, 17} (and the first of them for c = 3 and 17).
+    /// A refused persona meets one: if one of the 30 bits is clear, walk the cycle from it to
+    /// the first set one; if all are set, bit 3 or 17 is the clear one. None of the five
+    /// allowed values does: four have no bit outside {3, 17}, 0xffffffff has no clear bit.
+    static var personalityRules: [Rule] {
+        let free: Set<Int> = [3, 17]
+        let cycle = (0..<32).filter { !free.contains($0) }
+        return (0..<32).map { clear in
+            let set = cycle.firstIndex(of: clear).map { cycle[($0 + 1) % cycle.count] } ?? cycle[0]
+            let bitSet: UInt64 = 1 << UInt64(set)
+            return Rule("personality", .errno(EPERM),
+                        when: [SeccompPolicy.Condition(argument: 0, mask: bitSet | 1 << UInt64(clear), value: bitSet)])
+        }
+    }
+
+    /// Whether the personality rules refuse `persona` (what the kernel would see: its low
+    /// 32 bits). For tests of the construction above.
+    static func personalityRefused(_ persona: UInt64) -> Bool {
+        personalityRules.contains { rule in
+            rule.conditions.allSatisfy { persona & $0.mask == $0.value }
+        }
+    }
+
+    /// `seccomp: "default"`: everything is allowed except `defaultDeniedSyscalls`, namespace
+    /// creation through unshare and clone, and unusual personalities, which fail with EPERM (a
+    /// normal error, so programs that probe for a feature carry on); clone3 fails with ENOSYS.
+    public static let defaultGuest: SeccompPolicy = {
+        let rules = defaultDeniedSyscalls.map { Rule($0, .errno(EPERM)) } + guestArgumentRules
+        return SeccompPolicy(name: "default", defaultAction: .allow, rules: rules)
+    }()
+
+    /// `seccomp: "restricted"`: everything `default` refuses, and also ptrace,
+    /// process_vm_readv/writev, chroot and the clock-adjusting calls.
     public static let restrictedGuest: SeccompPolicy = {
-        var rules = privilegedSyscalls.map { Rule($0, .errno(EPERM)) }
-        let newUser = CloneFlags.newUser
-        rules += [
-            Rule("unshare", .errno(EPERM), when: [.hasBits(argument: 0, newUser)]),
-            // clone's flags are argument 0 on x86_64 and aarch64.
-            Rule("clone", .errno(EPERM), when: [.hasBits(argument: 0, newUser)]),
-            // clone3 passes its flags in memory, where seccomp cannot look. ENOSYS makes the C
-            // library fall back to clone, whose flags the rule above inspects (the approach of
-            // container runtimes' default profiles).
-            Rule("clone3", .errno(ENOSYS)),
-            // setns to a user namespace, or with nstype 0 ("any"), which could be one.
-            Rule("setns", .errno(EPERM), when: [.equals(argument: 1, newUser)]),
-            Rule("setns", .errno(EPERM), when: [.equals(argument: 1, 0)]),
-        ]
+        let denied = defaultDeniedSyscalls + restrictedOnlyDeniedSyscalls
+        let rules = denied.map { Rule($0, .errno(EPERM)) } + guestArgumentRules
         return SeccompPolicy(name: "restricted", defaultAction: .allow, rules: rules)
     }()
 

@@ -63,6 +63,17 @@ public struct SeccompPolicy: Sendable {
 
 /// Clone flag bits the policies inspect (linux/sched.h).
 public enum CloneFlags {
-    public static let newUser: UInt64 = 0x1000_0000   // CLONE_NEWUSER
-    public static let thread: UInt64 = 0x0001_0000    // CLONE_THREAD
+    public static let newNS: UInt64 = 0x0002_0000      // CLONE_NEWNS
+    public static let newCgroup: UInt64 = 0x0200_0000  // CLONE_NEWCGROUP
+    public static let newUTS: UInt64 = 0x0400_0000     // CLONE_NEWUTS
+    public static let newIPC: UInt64 = 0x0800_0000     // CLONE_NEWIPC
+    public static let newUser: UInt64 = 0x1000_0000    // CLONE_NEWUSER
+    public static let newPID: UInt64 = 0x2000_0000     // CLONE_NEWPID
+    public static let newNet: UInt64 = 0x4000_0000     // CLONE_NEWNET
+    /// unshare(2) only: in clone's flags this bit belongs to the exit signal.
+    public static let newTime: UInt64 = 0x0000_0080    // CLONE_NEWTIME
+    public static let thread: UInt64 = 0x0001_0000     // CLONE_THREAD
+
+    /// Every namespace clone(2) and unshare(2) can create.
+    public static let namespaces: [UInt64] = [newNS, newCgroup, newUTS, newIPC, newUser, newPID, newNet]
 }

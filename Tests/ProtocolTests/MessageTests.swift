@@ -108,7 +108,7 @@ import Testing
 
     @Test func anUnknownSeccompProfileIsNamed() {
         // {"argv": ["x"], "seccomp": "strict"}
-        #expect(throws: MessageError.invalidValue(key: "seccomp", reason: "must be \"default\" or \"restricted\", not \"strict\"")) {
+        #expect(throws: MessageError.invalidValue(key: "seccomp", reason: "must be \"default\", \"restricted\" or \"none\", not \"strict\"")) {
             try ExecRequest(cbor: hex("a2646172677681617867736563636f6d706673747269637 4".replacingSpaces()))
         }
     }

@@ -45,7 +45,7 @@ import TetherPosix
             if call("ptrace", 16 /* PTRACE_ATTACH */, Int(getppid())) != (-1, EPERM) { exit(3) }
             if call("bpf") != (-1, EPERM) { exit(4) }
             if call("clone3") != (-1, ENOSYS) { exit(5) }
-            // Namespaces other than user namespaces are still root's to create.
+            // setns to a user namespace: refused (default refuses every setns).
             if call("setns", -1, 0x1000_0000) != (-1, EPERM) { exit(9) }
             // Ordinary work still works: files, pipes, time, identity.
             var fds: [CInt] = [0, 0]

@@ -21,7 +21,9 @@ public final class GuestRoot {
         for dir in ["bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "run", "root", "home/sandbox", ".tether", "usr/bin"] {
             try fm.createDirectory(atPath: path + "/" + dir, withIntermediateDirectories: true)
         }
-        try fm.copyItem(atPath: "/bin/busybox", toPath: path + "/bin/busybox")
+        // Not FileManager's in-process copy: see `writeFile` (ETXTBSY when a child forked by
+        // another test meanwhile inherited the write descriptor).
+        try Self.copyExecutable("/bin/busybox", to: path + "/bin/busybox")
         let applets = try runCommand(["/bin/busybox", "--list"]).output.split(separator: "\n")
         for applet in applets where applet != "busybox" {
             try? fm.createSymbolicLink(atPath: path + "/bin/" + applet, withDestinationPath: "busybox")

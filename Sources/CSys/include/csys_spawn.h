@@ -12,13 +12,19 @@
  *     stdio           the three descriptors onto 0, 1, 2 (collisions with 0-2 handled)
  *     setrlimit       each limit, in the order given (before the uid change: raising a hard
  *                     limit needs privilege, and RLIMIT_NPROC is checked against the new user)
+ *     capabilityBound, capabilitySets   when bound_capabilities is set: every capability
+ *                     outside kept_capabilities leaves the bounding set (PR_CAPBSET_DROP, while
+ *                     the child still has the agent's CAP_SETPCAP, so before the uid change),
+ *                     the ambient set is cleared and the inheritable set cut down to the kept
+ *                     ones (see csys_capability_bound and csys_capability_limit_sets)
  *     setgroups, setgid, setuid   when set_user is true, in that order (raw syscalls: the
  *                     child is single-threaded, and glibc's wrappers would broadcast)
  *     chdir           as the new user, so permissions are the user's
  *     closeFds        every descriptor above 2 marked close-on-exec (close_range(2), or a
  *                     loop up to RLIMIT_NOFILE where close_range is missing); the report pipe
  *                     stays usable until execve
- *     noNewPrivs, seccomp   only when seccomp_filter is set (see below)
+ *     noNewPrivs      PR_SET_NO_NEW_PRIVS, when no_new_privs is set or there is a filter
+ *     seccomp         the filter, when seccomp_filter is set (see below); last before exec
  *     exec            the signal mask emptied, then execve(2) on each candidate path in turn,
  *                     with execvp(3)'s rules: ENOENT, ENOTDIR, ESTALE, ENODEV, ETIMEDOUT move on
  *                     to the next candidate, EACCES is remembered and moves on, anything else
@@ -49,6 +55,8 @@ enum csys_spawn_stage {
     CSYS_STAGE_CONTROLLING_TTY,
     CSYS_STAGE_STDIO,
     CSYS_STAGE_SETRLIMIT,
+    CSYS_STAGE_CAPABILITY_BOUND,
+    CSYS_STAGE_CAPABILITY_SETS,
     CSYS_STAGE_SETGROUPS,
     CSYS_STAGE_SETGID,
     CSYS_STAGE_SETUID,
@@ -84,10 +92,17 @@ struct csys_spawn_options {
     int group_count;
     const struct csys_rlimit *rlimits;
     int rlimit_count;
-    /* Hook for a restricted profile: when non-NULL, the child sets PR_SET_NO_NEW_PRIVS and
-     * installs this classic-BPF filter with seccomp(SECCOMP_SET_MODE_FILTER) right before
-     * execve. The filter must allow execve (and execveat), write and exit_group: the child
-     * still calls them after installing it. The parent builds it; the child only passes it on. */
+    /* Nonzero: the stages capabilityBound and capabilitySets, with kept_capabilities (bit N is
+     * capability N of linux/capability.h) as the most the command may ever hold. */
+    int bound_capabilities;
+    uint64_t kept_capabilities;
+    /* Nonzero: PR_SET_NO_NEW_PRIVS before exec (set-user-ID bits and file capabilities then
+     * grant nothing). Implied by a seccomp filter. */
+    int no_new_privs;
+    /* When non-NULL, the child installs this classic-BPF filter with
+     * seccomp(SECCOMP_SET_MODE_FILTER) right before execve, after no_new_privs. The filter must
+     * allow execve (and execveat), write and exit_group: the child still calls them after
+     * installing it. The parent builds it; the child only passes it on. */
     const struct sock_fprog *seccomp_filter;
 };
 
@@ -136,6 +151,37 @@ int csys_readable_bytes(int fd);
 
 /* F_SETPIPE_SZ, best effort: returns the new size or -errno. */
 int csys_set_pipe_size(int fd, int bytes);
+
+/* Capabilities (capabilities(7)). Both are async-signal-safe (prctl and raw capget/capset
+ * only), so the spawn child uses them between clone and execve, and the agent on itself.
+ *
+ * csys_capability_bound: drops every capability the kernel knows that is outside `kept`
+ * (bit N = capability N) from the calling thread's bounding set. Dropping needs CAP_SETPCAP;
+ * a caller without it (an agent run as an ordinary user) cannot drop, and that is accepted
+ * for a capability that is not in its permitted set either: with no_new_privs set before the
+ * next execve (every guest command gets it), nothing can grant it that capability again
+ * (set-user-ID and file capabilities are ignored). Any other failure returns -errno.
+ *
+ * csys_capability_limit_sets: clears the ambient set (PR_CAP_AMBIENT_CLEAR_ALL; EINVAL from a
+ * kernel before 4.3, which has no ambient set, is not an error) and cuts the inheritable set
+ * down to `kept`: at an execve by root the new permitted set is the bounding set plus the
+ * inheritable one. With limit_permitted, the permitted and effective sets too (the agent on
+ * itself; a spawn child keeps the agent's until its execve, it still needs CAP_SETUID).
+ * Returns 0 or -errno. */
+int csys_capability_bound(uint64_t kept);
+int csys_capability_limit_sets(uint64_t kept, int limit_permitted);
+
+/* The capability sets of the calling thread as capget(2) reports them (bit N = capability
+ * N). Returns 0 or -errno. */
+int csys_capability_get(uint64_t *effective, uint64_t *permitted, uint64_t *inheritable);
+
+/* PR_CAPBSET_READ: 1 when capability `cap` is in the calling thread's bounding set, 0 when
+ * not, -EINVAL past the last capability the kernel knows. */
+int csys_capability_in_bounding_set(int cap);
+
+/* prctl(PR_SET_DUMPABLE, value): 0 makes /proc/PID/{mem,environ,fd,...} of this process
+ * root's alone and refuses ptrace without CAP_SYS_PTRACE. Returns 0 or -errno. */
+int csys_set_dumpable(int value);
 
 /* TIOCSCTTY-free helpers the Glibc module does not export. */
 int csys_reboot_power_off(void);          /* reboot(2) RB_POWER_OFF; -errno on failure */

@@ -53,9 +53,11 @@ public final class Agent {
     /// Limits every child starts with before its request's own: the agent raised its
     /// descriptor limit for itself, programs get the usual one back.
     let baseLimits: [csys_rlimit]
-    /// Built once here, not per exec (libseccomp compiles the policy in some hundred
-    /// microseconds, and must not run in a fork child); shared by every restricted child.
-    let restrictedSeccomp: Result<SeccompProgram, SpawnFailure>
+    /// The guest seccomp programs, each built once, not per exec (libseccomp compiles a policy
+    /// in some hundred microseconds, and must not run in a fork child); shared by every child
+    /// under that profile. `default` at start (nearly every exec uses it), `restricted` on
+    /// first use.
+    let seccompPrograms = GuestSeccompPrograms()
     private let hostname: String
     private let bootNs: UInt64
     private var readyNs: UInt64 = 0
@@ -91,9 +93,15 @@ public final class Agent {
         self.signalFD = signalFD
         self.bootNs = bootNs
         self.baseLimits = baseLimits
-        self.restrictedSeccomp = SeccompProgram.restricted()
-        if case .failure(let failure) = restrictedSeccomp {
-            Log.warning("\(failure.message); execs under the restricted profile will fail")
+        if case .failure(let failure) = seccompPrograms.program(for: .default) {
+            Log.warning("\(failure.message); execs under the default profile will fail")
+        }
+        if options.seccomp == .unfiltered {
+            Log.warning("--seccomp none: commands run without a seccomp filter unless their request names a profile")
+        }
+        // Boot is done (an init, if any, was exec'd before the fork that made this process).
+        do { try GuestCapabilities.dropAgentBoundingSet(role: role) } catch {
+            Log.warning("cannot lower the agent's own capabilities (\(error)); it keeps them, commands are bounded all the same")
         }
         var name = [UInt8](repeating: 0, count: 256)
         _ = name.withUnsafeMutableBufferPointer { gethostname(UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), 255) }
@@ -312,10 +320,11 @@ public final class Agent {
         let plan: SpawnPlan
         do {
             plan = try SpawnPlan(request: request, users: users, baseLimits: baseLimits)
-            var filter: SeccompProgram?
-            if (request.seccomp ?? options.seccomp) == .restricted {
-                filter = try restrictedSeccomp.get()
+            let profile = request.seccomp ?? options.seccomp
+            if request.seccomp == .unfiltered {
+                Log.warning("exec \(plan.program): seccomp none requested: the command runs without a filter")
             }
+            let filter = try seccompPrograms.program(for: profile)?.get()
             child = try withExtendedLifetime(filter) { () throws(SpawnFailure) -> StartedChild in
                 try ChildSpawner.start(plan, request: request, seccompFilter: filter?.pointer)
             }

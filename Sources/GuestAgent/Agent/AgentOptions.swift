@@ -3,7 +3,7 @@ import TetherProtocol
 /// What the command line asks for:
 ///
 ///     tether-agent [--listen ADDR | --connect ADDR] [--hostname NAME] [--init PATH|auto]
-///                  [--seccomp default|restricted]
+///                  [--seccomp default|restricted|none]
 ///
 /// `--listen` defaults to `vsock:2695`. Options may also be written `--name=value`.
 public struct AgentOptions: Equatable, Sendable {
@@ -25,9 +25,10 @@ public struct AgentOptions: Equatable, Sendable {
 
     public static let defaultPort: UInt32 = 2695
     public static let usage = "usage: tether-agent [--listen ADDR | --connect ADDR] [--hostname NAME] [--init PATH|auto]\n"
-        + "                    [--seccomp default|restricted]\n"
+        + "                    [--seccomp default|restricted|none]\n"
         + "  ADDR is vsock:PORT, vsock:CID:PORT, unix:PATH or fd:N (default --listen vsock:\(defaultPort))\n"
-        + "  --seccomp: the profile of execs whose request does not name one (default: default)"
+        + "  --seccomp: the profile of execs whose request does not name one (default: default;\n"
+        + "             none turns the filter off, with a warning)"
 
     public var endpoint: Endpoint = .listen(.vsock(cid: nil, port: defaultPort))
     public var hostname: String?
@@ -101,7 +102,7 @@ public struct AgentOptions: Equatable, Sendable {
             case "--seccomp":
                 let text = try value(for: name, inline: inline)
                 guard let profile = SeccompProfile(rawValue: text) else {
-                    throw UsageError(message: "--seccomp: '\(text)' is not a profile (default or restricted)")
+                    throw UsageError(message: "--seccomp: '\(text)' is not a profile (\(SeccompProfile.spellings))")
                 }
                 seccomp = profile
             case "--help", "-h":

@@ -31,7 +31,10 @@ enum ChildSpawner {
 
     /// Opens the descriptors, forks and returns at once: the exec's outcome arrives later on
     /// `report` (see csys_spawn.h). Throws for failures before and at fork.
-    /// `seccompFilter` is passed to the child unchanged (see csys_spawn_options).
+    /// Every child is confined the same way whatever its profile: at most
+    /// `GuestCapabilities.guestDefault` in its bounding set, no ambient capabilities,
+    /// no_new_privs. `seccompFilter` (nil for the profile `none`) is passed to the child
+    /// unchanged (see csys_spawn_options).
     static func start(_ plan: SpawnPlan, request: ExecRequest,
                       seccompFilter: UnsafePointer<sock_fprog>? = nil) throws(SpawnFailure) -> StartedChild {
         var childEnds: [CInt] = []      // closed in the agent whatever happens
@@ -129,6 +132,9 @@ enum ChildSpawner {
                     }
                     options.rlimits = limitBuffer.baseAddress
                     options.rlimit_count = CInt(limitBuffer.count)
+                    options.bound_capabilities = 1
+                    options.kept_capabilities = GuestCapabilities.guestDefault
+                    options.no_new_privs = 1
                     options.seccomp_filter = seccompFilter
                     return csys_spawn(&options, &reportFD, &failedStage)
                 }

@@ -87,7 +87,9 @@ public struct InitSystem: Equatable, Sendable {
 
     /// Forks. In the parent (PID 1) it execs the init and never returns (a failed exec is a
     /// boot failure: reported, then exit). In the child it returns, a new session leader and
-    /// child subreaper, to go on as the agent.
+    /// child subreaper, to go on as the agent. The init keeps every capability it was given
+    /// (systemd needs SYS_ADMIN and more); only the child lowers its own, once it serves
+    /// (`GuestCapabilities.dropAgentBoundingSet`).
     func handOff() throws(BootError) {
         let pid = fork()
         if pid < 0 {

@@ -7,10 +7,11 @@ import CSys
 import TetherProtocol
 import TetherSeccomp
 
-/// The `restricted` profile as a classic-BPF program, compiled with libseccomp once when the
-/// agent starts and kept at a fixed address for its whole life: every restricted child gets a
-/// pointer to it (csys_spawn_options.seccomp_filter) and installs it between fork and execve,
-/// where libseccomp must not run (it allocates, and the child of a threaded parent may not).
+/// A guest seccomp profile (`default` or `restricted`) as a classic-BPF program, compiled with
+/// libseccomp once by the agent and kept at a fixed address for its whole life: every child
+/// under that profile gets a pointer to it (csys_spawn_options.seccomp_filter) and installs it
+/// between fork and execve, where libseccomp must not run (it allocates, and the child of a
+/// threaded parent may not).
 final class SeccompProgram {
     private let instructions: UnsafeMutableBufferPointer<sock_filter>
     private let program: UnsafeMutablePointer<sock_fprog>
@@ -38,11 +39,11 @@ final class SeccompProgram {
         instructions.deallocate()
     }
 
-    /// The restricted program, or why it cannot be had: then every restricted exec fails
-    /// with that failure (never runs unconfined).
-    static func restricted() -> Result<SeccompProgram, SpawnFailure> {
+    /// The program of `policy`, or why it cannot be had: then every exec under that profile
+    /// fails with that failure (never runs unconfined).
+    static func compile(_ policy: SeccompPolicy) -> Result<SeccompProgram, SpawnFailure> {
         do {
-            let filter = try SeccompFilter(.restrictedGuest)
+            let filter = try SeccompFilter(policy)
             let bpf = try filter.exportBPF()
             guard let program = SeccompProgram(bpf: bpf) else {
                 return .failure(SpawnFailure(stage: "seccomp", errno: EINVAL,
@@ -53,7 +54,30 @@ final class SeccompProgram {
             var code = EINVAL
             if case .libseccomp(_, let e) = error { code = e.rawValue }
             return .failure(SpawnFailure(stage: "seccomp", errno: code,
-                                         message: "cannot build the restricted seccomp filter: \(error)"))
+                                         message: "cannot build the \(policy.name) seccomp filter: \(error)"))
         }
+    }
+}
+
+/// The agent's compiled guest profiles, one program each for its whole life. Used on the
+/// agent's loop thread only.
+final class GuestSeccompPrograms {
+    private var programs: [SeccompProfile: Result<SeccompProgram, SpawnFailure>] = [:]
+
+    /// Compiles `default` at once: nearly every exec uses it.
+    init() { _ = program(for: .default) }
+
+    /// The program for `profile`, compiled on first use; nil for `none` (no filter).
+    func program(for profile: SeccompProfile) -> Result<SeccompProgram, SpawnFailure>? {
+        let policy: SeccompPolicy
+        switch profile {
+        case .unfiltered: return nil
+        case .default: policy = .defaultGuest
+        case .restricted: policy = .restrictedGuest
+        }
+        if let compiled = programs[profile] { return compiled }
+        let compiled = SeccompProgram.compile(policy)
+        programs[profile] = compiled
+        return compiled
     }
 }

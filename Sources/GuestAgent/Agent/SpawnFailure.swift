@@ -14,7 +14,8 @@ import TetherProtocol
 /// `rlimits`, `stdin`, `pipes`, `openpt`, `unlockpt`, `openSlave`, `winsize`, `ptyNonblock`);
 /// `reportPipe` and `fork` happen in the parent; the rest run in the child, named by
 /// `csys_spawn_stage_name` (`signals`, `setsid`, `controllingTty`, `stdio`, `setrlimit`,
-/// `setgroups`, `setgid`, `setuid`, `chdir`, `closeFds`, `noNewPrivs`, `seccomp`, `exec`).
+/// `capabilityBound`, `capabilitySets`, `setgroups`, `setgid`, `setuid`, `chdir`, `closeFds`,
+/// `noNewPrivs`, `seccomp`, `exec`).
 struct SpawnFailure: Error, Equatable {
     var kind: SpawnFailureKind
     var errno: CInt
@@ -31,8 +32,8 @@ struct SpawnFailure: Error, Equatable {
         case "setgroups", "setgid", "setuid": return .userSetupFailed
         case "chdir": return .badCwd
         case "setrlimit": return .resourceLimit
-        // The profile could not be applied: never a property of the program or its path.
-        case "noNewPrivs", "seccomp": return .other
+        // The confinement could not be applied: never a property of the program or its path.
+        case "capabilityBound", "capabilitySets", "noNewPrivs", "seccomp": return .other
         case "openpt", "unlockpt", "openSlave", "winsize", "ptyNonblock", "controllingTty": return .ptySetupFailed
         default: break
         }

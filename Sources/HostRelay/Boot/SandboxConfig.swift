@@ -51,7 +51,11 @@ public struct SandboxConfig: Codable, Equatable, Sendable {
     /// hello (what `--sandbox NAME` connects to); nil: no relay, clients connect to
     /// `agent.sock` themselves (one at a time, as the agent serves one connection).
     public var relayExecutable: String?
+    /// The seccomp profile of guest commands whose exec does not name one: the agent's
+    /// `--seccomp` (`default`, `restricted` or `none`).
+    public var seccomp: String = "default"
 
+    public static let seccompProfiles = ["default", "restricted", "none"]
     public static let defaultAgentPath = "/sbin/tether-agent"
     public static let defaultHandshakeTimeoutMs: UInt64 = 30_000
     /// krun defaults when --cpus / --memory are not given.
@@ -89,6 +93,7 @@ public struct SandboxConfig: Codable, Equatable, Sendable {
     func agentArguments(listen address: String) -> [String] {
         var arguments = ["--listen", address, "--hostname", hostname ?? name]
         if let initSystem { arguments += ["--init", initSystem] }
+        if seccomp != "default" { arguments += ["--seccomp", seccomp] }
         return arguments
     }
 }

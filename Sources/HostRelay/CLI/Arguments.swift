@@ -1,3 +1,5 @@
+import TetherProtocol
+
 /// A usage mistake: printed as an error block with a pointer to `--help`, exit status 2.
 struct UsageError: Error {
     var message: String
@@ -152,3 +154,23 @@ func parseSession(_ text: String, command: String) throws(UsageError) -> UInt32 
     }
     return number
 }
+
+/// `--seccomp default|restricted|none`: the profile, and for `none` the warning on stderr
+/// (`tether: warning: ...`) that an explicit opt-out owes the user.
+func parseSeccompProfile(_ text: String, command: String, scope: String) throws(UsageError) -> SeccompProfile {
+    guard let profile = SeccompProfile(rawValue: text) else {
+        throw UsageError(message: "--seccomp: '\(text)' is not a profile (\(SeccompProfile.spellings))", command: command)
+    }
+    if profile == .unfiltered {
+        writeStandardError("tether: warning: --seccomp none: \(scope) without a seccomp filter (capabilities stay bounded, no_new_privs stays set)\n")
+    }
+    return profile
+}
+
+/// The `--seccomp` lines of exec's and shell's --help.
+let seccompHelpLines = """
+          --seccomp P       the seccomp profile (without it: the sandbox's, from `tether
+                            boot --seccomp`, normally default): default (EPERM for mount,
+                            open_by_handle_at, bpf, keyrings, namespaces, ...), restricted
+                            (also ptrace, process_vm_*, chroot) or none (no filter; warns)
+    """

@@ -32,6 +32,7 @@ enum ExecCommand: Command {
                                 running (default ctrl-]; like ctrl-p,ctrl-q; none)
               --detach          start it, print its session number, and leave it running
                                 (`tether attach N` picks it up; output until then is printed)
+        \(seccompHelpLines)
         \(RelayTarget.helpLines)
           -h, --help            this text
 
@@ -49,7 +50,7 @@ enum ExecCommand: Command {
         OptionSpec("-e", "--env", value: true), OptionSpec("-w", "--workdir", value: true),
         OptionSpec("-u", "--user", value: true), OptionSpec("--timeout", value: true),
         OptionSpec("-i", "--interactive"), OptionSpec("--detach"), OptionSpec("-t", "--tty"), OptionSpec("--no-tty"),
-        OptionSpec("--detach-key", value: true),
+        OptionSpec("--detach-key", value: true), OptionSpec("--seccomp", value: true),
     ] + RelayTarget.options
 
     static func run(_ arguments: ArraySlice<String>) -> Int32 {
@@ -65,6 +66,9 @@ enum ExecCommand: Command {
             if let timeout = parsed.value("timeout") { exec.timeout = try parseDuration(timeout, option: "--timeout", command: name) }
             exec.stdin = parsed.has("interactive")
             exec.detach = parsed.has("detach")
+            if let text = parsed.value("seccomp") {
+                exec.seccomp = try parseSeccompProfile(text, command: name, scope: "the command runs")
+            }
             if exec.stdin && exec.detach { throw UsageError(message: "--interactive and --detach do not go together", command: name) }
             let keys = try DetachKeys(parsing: parsed.value("detach-key") ?? DetachKeys.defaultSpelling, command: name)
             if try wantsTerminal(parsed, command: name, automatic: !exec.detach) {

@@ -13,7 +13,8 @@ enum SandboxCommands {
     static let bootUsage = """
         usage: tether boot --rootfs DIR --name NAME [--backend namespace|krun] [--cpus N] [--memory MiB]
                            [--init PATH|auto] [--network none|host] [--ephemeral] [--disk MiB] [--pids N]
-                           [--replace [--replace-grace D]] [--handshake-timeout D]
+                           [--replace [--replace-grace D]] [--handshake-timeout D] [--hostname NAME]
+                           [--seccomp default|restricted|none]
         Boots a sandbox from DIR and leaves it running in the background (its supervisor and relay
         stay with it); `tether exec --sandbox NAME -- CMD` runs commands in it, `tether stop NAME`
         ends it. D is a duration: 500ms, 10s, 2m (a plain number is seconds).
@@ -27,7 +28,15 @@ enum SandboxCommands {
           --ephemeral          the sandbox's writable layer is a tmpfs dropped at stop (namespace);
                                otherwise it stays with the name until `tether rm NAME`
           --disk MiB           the bound of the writable layer (default 1024; namespace)
-          --replace            stop a running sandbox of that name first (TERM, grace, KILL)
+          --replace            stop a running sandbox of that name first (TERM, grace, KILL);
+                               --replace-grace D is that grace (default 10s)
+          --handshake-timeout D  how long the agent has to say hello (default 30s)
+          --hostname NAME      the guest's host name (default: the sandbox's name)
+          --seccomp P          the profile of commands that do not name one (tether exec --seccomp):
+                               default (EPERM for mount, open_by_handle_at, bpf, keyrings,
+                               namespaces, ...), restricted (also ptrace, process_vm_*, chroot),
+                               none (no filter; warns). Commands get at most the default
+                               capabilities and no_new_privs whatever the profile
         """
     static let lsUsage = """
         usage: tether ls
@@ -141,6 +150,15 @@ enum SandboxCommands {
             config.handshakeTimeoutMs = try parser.duration(for: option)
         case "--hostname":
             config.hostname = try parser.value(for: option)
+        case "--seccomp":
+            let text = try parser.value(for: option)
+            guard SandboxConfig.seccompProfiles.contains(text) else {
+                throw SandboxUsageError("--seccomp must be default, restricted or none, not '\(text)'")
+            }
+            if text == "none" {
+                FileHandle.standardError.write(Data("tether: warning: --seccomp none: the sandbox's commands run without a seccomp filter unless they ask for one (capabilities stay bounded, no_new_privs stays set)\n".utf8))
+            }
+            config.seccomp = text
         default:
             return false
         }
@@ -171,7 +189,7 @@ enum SandboxCommands {
         Without --name the sandbox is called run-XXXXXX and its state is removed afterwards;
         a named one stays in `tether ls` as stopped. BOOT OPTIONS are `tether boot`'s
         (--backend, --cpus, --memory, --pids, --init, --network, --ephemeral, --disk, --replace,
-        --replace-grace, --handshake-timeout, --hostname).
+        --replace-grace, --handshake-timeout, --hostname, --seccomp: the profile CMD runs under).
         """
 
     static func run(_ arguments: [String]) -> Int32 {

@@ -25,6 +25,7 @@ enum ShellCommand: Command {
                                 `tether attach SESSION` comes back
               --no-tty          no pseudo-terminal even if stdin and stdout are terminals
           -t, --tty             a pseudo-terminal even if they are not
+        \(seccompHelpLines)
         \(RelayTarget.helpLines)
           -h, --help            this text
 
@@ -36,7 +37,7 @@ enum ShellCommand: Command {
     static let options: [OptionSpec] = [
         OptionSpec("-e", "--env", value: true), OptionSpec("-w", "--workdir", value: true),
         OptionSpec("-u", "--user", value: true), OptionSpec("--detach-key", value: true),
-        OptionSpec("--no-tty"), OptionSpec("-t", "--tty"),
+        OptionSpec("--no-tty"), OptionSpec("-t", "--tty"), OptionSpec("--seccomp", value: true),
     ] + RelayTarget.options
 
     /// Finds the login shell inside the sandbox, where /etc/passwd is, and becomes it: field
@@ -60,6 +61,9 @@ enum ShellCommand: Command {
             exec.env = try ExecCommand.environment(parsed.all("env"))
             exec.cwd = parsed.value("workdir")
             exec.user = parsed.value("user")
+            if let text = parsed.value("seccomp") {
+                exec.seccomp = try parseSeccompProfile(text, command: name, scope: "the shell runs")
+            }
             let keys = try DetachKeys(parsing: parsed.value("detach-key") ?? DetachKeys.defaultSpelling, command: name)
             if try ExecCommand.wantsTerminal(parsed, command: name) {
                 exec.tty = Terminal.currentSize

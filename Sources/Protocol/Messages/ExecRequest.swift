@@ -15,13 +15,23 @@ public struct TerminalSize: Hashable, Sendable {
     }
 }
 
-/// The seccomp profile a command runs under (see SECCOMP.md).
-public enum SeccompProfile: String, Sendable {
-    /// No filter beyond what the agent itself runs under.
+/// The seccomp profile a command runs under (see SECCOMP.md). Whatever the profile, the
+/// command's bounding set holds at most the default capabilities and no_new_privs is set.
+public enum SeccompProfile: String, Sendable, CaseIterable {
+    /// EPERM for what container runtimes refuse by default: the mount family, opening files
+    /// by handle, keyrings, bpf, perf_event_open, userfaultfd, kexec, modules, setting the
+    /// clock, reboot, swap, io_uring, namespaces (unshare, clone, setns), unusual
+    /// personalities, ...
     case `default`
-    /// EPERM for privileged calls (mount, ptrace, bpf, kexec, modules, keyrings, user
-    /// namespaces, ...), with no_new_privs set.
+    /// Everything `default` refuses, and also ptrace, process_vm_readv/writev, chroot and
+    /// adjusting the clock.
     case restricted
+    /// No filter at all: an explicit opt-out, which the agent and the CLI warn about. (Not
+    /// called `none`, which an optional profile would confuse with Optional.none.)
+    case unfiltered = "none"
+
+    /// The spellings, for messages: `default, restricted or none`.
+    public static let spellings = "default, restricted or none"
 }
 
 /// A resource limit as setrlimit(2) takes it; nil means unlimited (RLIM_INFINITY).
@@ -178,7 +188,7 @@ public struct ExecRequest: Message {
         detach = try r.optionalBool("detach") ?? false
         if let profile = try r.optionalText("seccomp") {
             guard let parsed = SeccompProfile(rawValue: profile) else {
-                throw .invalidValue(key: "seccomp", reason: "must be \"default\" or \"restricted\", not \"\(profile)\"")
+                throw .invalidValue(key: "seccomp", reason: "must be \"default\", \"restricted\" or \"none\", not \"\(profile)\"")
             }
             seccomp = parsed
         } else {
