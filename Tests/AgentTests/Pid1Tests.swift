@@ -101,7 +101,7 @@ import TetherProtocol
         let missing = try run(agent, ExecRequest(argv: ["/no/such/program"]), id: 3)
         #expect(missing.failed?.kind == .notFound)
         #expect(missing.failed?.errno == ENOENT)
-        #expect(missing.failed?.stage == "exec")
+        #expect(missing.failed?.stage == .exec)
 
         // 8 MiB out (through the output window and acks), every byte accounted for.
         let out = try run(agent, sh("head -c 8388608 /dev/zero | tr '\\0' x"), id: 4)

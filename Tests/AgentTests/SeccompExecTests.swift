@@ -497,7 +497,7 @@ import TetherProtocol
         let agent = try startAgent(wrapper: ["/usr/bin/setpriv", "--bounding-set=-setpcap"])
         let t = try run(agent, sh("touch \(marker)"), id: 1)
         let failed = try #require(t.failed, "the command ran: \(t.stdoutText)\(t.stderrText)")
-        #expect(failed.stage == "capabilityBound")
+        #expect(failed.stage == .capabilityBound)
         #expect(failed.errno == EPERM)
         #expect(failed.kind == .other)
         #expect(!FileManager.default.fileExists(atPath: marker))
@@ -530,8 +530,8 @@ import TetherProtocol
         var result: CInt = -EAGAIN
         #expect(eventually { result = csys_spawn_read_report(child.report, &report); return result != -EAGAIN })
         #expect(result == 1)
-        let failure = SpawnFailure(stage: String(cString: csys_spawn_stage_name(report.stage)), errno: report.error, program: plan.program)
-        #expect(failure.stage == "seccomp")
+        let failure = SpawnFailure(stage: SpawnStage(child: report.stage), errno: report.error, program: plan.program)
+        #expect(failure.stage == .seccomp)
         #expect(failure.errno == EINVAL)
         #expect(failure.event.kind == .other)
         var status: CInt = 0

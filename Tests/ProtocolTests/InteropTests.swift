@@ -40,7 +40,7 @@ import TestSupport
         "msg-exited-code": Exited.code(3),
         "msg-exited-signal": Exited.signal(9, coreDumped: true),
         "msg-done": Done(),
-        "msg-failed": Failed(kind: .notFound, errno: 2, stage: "exec", message: "no such file"),
+        "msg-failed": Failed(kind: .notFound, errno: 2, stage: .exec, message: "no such file"),
         "msg-resize": Resize(rows: 50, cols: 132),
         "msg-signal": SignalRequest(number: 15),
         "msg-kill": KillRequest(),

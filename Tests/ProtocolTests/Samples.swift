@@ -21,7 +21,7 @@ enum Samples {
         StdinError(errno: 32, message: "Broken pipe"),
         Exited.code(3), Exited.signal(9, coreDumped: true), Exited(code: -1),
         Done(),
-        Failed(kind: .notFound, errno: 2, stage: "exec", message: "no such file"),
+        Failed(kind: .notFound, errno: 2, stage: .exec, message: "no such file"),
         Resize(rows: 50, cols: 132),
         SignalRequest(number: 15),
         KillRequest(),

@@ -57,7 +57,7 @@ import TetherProtocol
         let exited = line(.exited(.signal(9)), encoder: &encoder)
         #expect(exited["event"] as? String == "exited")
         #expect(exited["signal"] as? Int == 9)
-        let failed = line(.failed(Failed(kind: .notFound, errno: 2, stage: "exec", message: "no")), encoder: &encoder)
+        let failed = line(.failed(Failed(kind: .notFound, errno: 2, stage: .exec, message: "no")), encoder: &encoder)
         #expect(failed["kind"] as? String == "notFound")
         let dropped = line(.logDropped(entries: 4, bytes: 100), session: 0, encoder: &encoder)
         #expect(dropped["entries"] as? Int == 4)

@@ -89,8 +89,8 @@ import TestSupport
         let result: Result<Int, TetherError> = await Result { () async throws(TetherError) -> Int in
             try await retry.run { () async throws(TetherError) -> Int in
                 attempts += 1
-                if attempts < 3 { throw TetherError(.agentNotReady, "not yet", operation: "test") }
-                throw TetherError(.agentGone, "gone", operation: "test")
+                if attempts < 3 { throw TetherError(.remote(.agentNotReady), "not yet", operation: "test") }
+                throw TetherError(.remote(.agentGone), "gone", operation: "test")
             }
         }
         #expect(attempts == 3)
@@ -98,7 +98,7 @@ import TestSupport
             Issue.record("should fail")
             return
         }
-        #expect(error.code == .agentGone)
+        #expect(error.code == .remote(.agentGone))
     }
 }
 
@@ -138,9 +138,9 @@ extension Result where Failure == TetherError {
 
 @Suite struct TetherErrorTests {
     @Test func encodesEveryFieldAsJSON() throws {
-        let failed = Failed(kind: .notFound, errno: 2, stage: "exec", message: "no such file")
+        let failed = Failed(kind: .notFound, errno: 2, stage: .exec, message: "no such file")
         let error = TetherError(.spawnFailed, "program not found", operation: "exec", context: ["argv": "nosuch"],
-                                errno: 2, spawn: .init(failed), timestamp: Date(timeIntervalSince1970: 1_700_000_000))
+                                errno: 2, spawn: failed, timestamp: Date(timeIntervalSince1970: 1_700_000_000))
         let object = try JSONSerialization.jsonObject(with: Data(error.json.utf8)) as? [String: Any]
         #expect(object?["code"] as? String == "spawnFailed")
         #expect(object?["operation"] as? String == "exec")
@@ -157,9 +157,9 @@ extension Result where Failure == TetherError {
 
     @Test func onlyRelayUnreachableAndAgentNotReadyAreTransient() {
         #expect(TetherError(.relayUnreachable, "", operation: "").isTransient)
-        #expect(TetherError(.agentNotReady, "", operation: "").isTransient)
-        #expect(!TetherError(.agentGone, "", operation: "").isTransient)
-        #expect(!TetherError(.agentUnresponsive, "", operation: "").isTransient)
+        #expect(TetherError(.remote(.agentNotReady), "", operation: "").isTransient)
+        #expect(!TetherError(.remote(.agentGone), "", operation: "").isTransient)
+        #expect(!TetherError(.remote(.agentUnresponsive), "", operation: "").isTransient)
         #expect(!TetherError(.spawnFailed, "", operation: "").isTransient)
     }
 }

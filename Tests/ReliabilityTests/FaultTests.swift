@@ -39,7 +39,7 @@ import TetherProtocol
         }
         // The relay reports the loss before it gives up reconnecting, not when it exits.
         let relayStillRunning = pair.relay.isRunning
-        #expect(failure?.code == .agentGone, "got \(String(describing: failure))")
+        #expect(failure?.code == .remote(.agentGone), "got \(String(describing: failure))")
         #expect(relayStillRunning, "the client must hear agentGone while the relay still retries")
 
         // Documented: the relay retries for --agent-timeout, then exits with status 1.
@@ -219,7 +219,7 @@ import TetherProtocol
         } catch {
             watch.flag.store(true, ordering: .relaxed)
             // Refused before it ran (the limit itself) is the other acceptable outcome.
-            #expect(error.spawn?.kind == "resourceLimit", "unexpected failure: \(error)")
+            #expect(error.spawn?.kind == .resourceLimit, "unexpected failure: \(error)")
             return
         }
         watch.flag.store(true, ordering: .relaxed)
@@ -286,7 +286,7 @@ import TetherProtocol
             let output = try await client.exec(ExecRequest(argv: ["/bin/echo", huge]))
             Issue.record("a 200 KB argument ran: \(output.status)")
         } catch {
-            #expect(error.spawn?.kind == "badArgs", "got \(error)")
+            #expect(error.spawn?.kind == .badArgs, "got \(error)")
             #expect(error.spawn?.errno == E2BIG)
         }
         // A NUL inside an argument cannot reach execve.
@@ -294,7 +294,7 @@ import TetherProtocol
             _ = try await client.exec(ExecRequest(argv: ["/bin/echo", OSString(bytes: [0x61, 0, 0x62])]))
             Issue.record("an argument with a NUL ran")
         } catch {
-            #expect(error.spawn?.kind == "badArgs", "got \(error)")
+            #expect(error.spawn?.kind == .badArgs, "got \(error)")
         }
 
         // An environment just under the frame limit (1 MiB): 15 variables of 64 KiB each.

@@ -48,13 +48,13 @@ enum ChildSpawner {
             var fds: [CInt] = [-1, -1]
             let result = csys_pipe2(&fds, O_CLOEXEC)
             guard result == 0 else {
-                throw SpawnFailure(stage: "pipes", errno: -result, message: "cannot create the \(what) pipe: \(Errno(rawValue: -result))")
+                throw SpawnFailure(stage: .pipes, errno: -result, message: "cannot create the \(what) pipe: \(Errno(rawValue: -result))")
             }
             return (fds[0], fds[1])
         }
         func nonBlocking(_ fd: CInt) throws(SpawnFailure) {
             do { try FileIO.setNonBlocking(fd) } catch {
-                throw SpawnFailure(stage: "pipes", errno: error.rawValue, message: "cannot make a pipe nonblocking: \(error)")
+                throw SpawnFailure(stage: .pipes, errno: error.rawValue, message: "cannot make a pipe nonblocking: \(error)")
             }
         }
 
@@ -78,7 +78,7 @@ enum ChildSpawner {
                 childStdin = open("/dev/null", O_RDONLY | O_CLOEXEC)
                 if childStdin < 0 {
                     let error = Errno.current
-                    throw SpawnFailure(stage: "stdin", errno: error.rawValue, message: "cannot open /dev/null for stdin: \(error)")
+                    throw SpawnFailure(stage: .stdin, errno: error.rawValue, message: "cannot open /dev/null for stdin: \(error)")
                 }
                 childEnds.append(childStdin)
             case .pipe:
@@ -141,8 +141,7 @@ enum ChildSpawner {
             }
         }
         guard pid > 0 else {
-            let stage = String(cString: csys_spawn_stage_name(failedStage))
-            throw SpawnFailure(stage: stage, errno: -pid, program: plan.program)
+            throw SpawnFailure(stage: SpawnStage(child: failedStage), errno: -pid, program: plan.program)
         }
         succeeded = true
         started.pid = pid

@@ -5,6 +5,7 @@ import Musl
 #endif
 import CSys
 import TetherPosix
+import TetherProtocol
 
 /// Pseudo-terminal pairs for `tty` sessions: the master stays with the agent (nonblocking,
 /// CLOEXEC), the slave becomes the child's controlling terminal and fds 0-2; the agent
@@ -19,14 +20,7 @@ enum PtyPair {
         var stage: CInt = 0
         let result = csys_openpty(rows, columns, &masterFD, &slaveFD, &stage)
         guard result == 0 else {
-            let name: String
-            switch UInt32(stage) {
-            case CSYS_PTY_STAGE_OPEN.rawValue: name = "openpt"
-            case CSYS_PTY_STAGE_UNLOCK.rawValue: name = "unlockpt"
-            case CSYS_PTY_STAGE_OPEN_SLAVE.rawValue: name = "openSlave"
-            case CSYS_PTY_STAGE_WINSIZE.rawValue: name = "winsize"
-            default: name = "ptyNonblock"
-            }
+            let name = SpawnStage(pty: stage)
             throw SpawnFailure(stage: name, errno: -result,
                                message: "cannot set up the pseudo-terminal (\(name)): \(Errno(rawValue: -result))")
         }

@@ -46,14 +46,14 @@ final class SeccompProgram {
             let filter = try SeccompFilter(policy)
             let bpf = try filter.exportBPF()
             guard let program = SeccompProgram(bpf: bpf) else {
-                return .failure(SpawnFailure(stage: "seccomp", errno: EINVAL,
+                return .failure(SpawnFailure(stage: .seccomp, errno: EINVAL,
                                              message: "libseccomp exported \(bpf.count) bytes, not a BPF program"))
             }
             return .success(program)
         } catch {
             var code = EINVAL
             if case .libseccomp(_, let e) = error { code = e.rawValue }
-            return .failure(SpawnFailure(stage: "seccomp", errno: code,
+            return .failure(SpawnFailure(stage: .seccomp, errno: code,
                                          message: "cannot build the \(policy.name) seccomp filter: \(error)"))
         }
     }

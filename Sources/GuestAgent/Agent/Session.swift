@@ -177,8 +177,7 @@ final class Session {
         _ = Glibc.close(reportFD)
         reportFD = -1
         if result == 1 {
-            let stage = String(cString: csys_spawn_stage_name(report.stage))
-            failToStart(SpawnFailure(stage: stage, errno: report.error, program: program))
+            failToStart(SpawnFailure(stage: SpawnStage(child: report.stage), errno: report.error, program: program))
         } else {
             // EOF: the exec closed the pipe (CLOEXEC). A read error on our own pipe cannot be
             // told apart from it; the wait status will say what happened.

@@ -25,23 +25,23 @@ struct SpawnPlan {
     /// Checks and resolves a request. `baseLimits` come first (the agent's own descriptor
     /// limit handed back to programs); the request's own limits follow and win.
     init(request: ExecRequest, users: UserDatabase, baseLimits: [csys_rlimit]) throws(SpawnFailure) {
-        func bad(_ stage: String, _ message: String) -> SpawnFailure {
+        func bad(_ stage: SpawnStage, _ message: String) -> SpawnFailure {
             SpawnFailure(stage: stage, errno: EINVAL, message: message)
         }
-        guard let first = request.argv.first else { throw bad("argv", "argv is empty: there is no program to run") }
+        guard let first = request.argv.first else { throw bad(.argv, "argv is empty: there is no program to run") }
         program = first.description
         for (i, arg) in request.argv.enumerated() where arg.containsNUL {
-            throw bad("argv", "argv[\(i)] contains a NUL byte")
+            throw bad(.argv, "argv[\(i)] contains a NUL byte")
         }
         for (name, value) in request.env {
             if name.bytes.isEmpty || name.bytes.contains(UInt8(ascii: "=")) {
-                throw bad("env", "environment variable name '\(name)' is empty or contains '='")
+                throw bad(.env, "environment variable name '\(name)' is empty or contains '='")
             }
-            if name.containsNUL || value.containsNUL { throw bad("env", "environment variable '\(name)' contains a NUL byte") }
+            if name.containsNUL || value.containsNUL { throw bad(.env, "environment variable '\(name)' contains a NUL byte") }
         }
         if let cwd = request.cwd {
-            if cwd.containsNUL { throw bad("cwd", "cwd contains a NUL byte") }
-            if cwd.bytes.isEmpty { throw bad("cwd", "cwd is empty") }
+            if cwd.containsNUL { throw bad(.cwd, "cwd contains a NUL byte") }
+            if cwd.bytes.isEmpty { throw bad(.cwd, "cwd is empty") }
         }
 
         let home: String
@@ -55,9 +55,9 @@ struct SpawnPlan {
             } catch {
                 switch error {
                 case .invalidSyntax(let text):
-                    throw bad("user", "user '\(text)' is not name, uid, name:group or uid:gid")
+                    throw bad(.user, "user '\(text)' is not name, uid, name:group or uid:gid")
                 case .notFound(let what, let code):
-                    throw SpawnFailure(stage: "user", errno: code.rawValue,
+                    throw SpawnFailure(stage: .user, errno: code.rawValue,
                                        message: "\(what) not found in the guest's /etc/passwd or /etc/group")
                 }
             }
@@ -83,7 +83,7 @@ struct SpawnPlan {
         for (name, limit) in request.rlimits.sorted(by: { $0.key < $1.key }) {
             let resource = csys_rlimit_resource(name)
             guard resource >= 0 else {
-                throw bad("rlimits", "unknown resource limit '\(name)' (known: nofile nproc as core cpu fsize stack data memlock rss nice rtprio msgqueue sigpending locks)")
+                throw bad(.rlimits, "unknown resource limit '\(name)' (known: nofile nproc as core cpu fsize stack data memlock rss nice rtprio msgqueue sigpending locks)")
             }
             // nil is unlimited: RLIM_INFINITY, all ones (the C macro does not import).
             rlimits.append(csys_rlimit(resource: resource, soft: limit.soft.map { rlim_t($0) } ?? rlim_t.max,

@@ -31,21 +31,21 @@ enum AttachCommand: Command {
     static let options: [OptionSpec] = [OptionSpec("--no-replay"), OptionSpec("--detach-key", value: true)] + RelayTarget.options
 
     static func run(_ arguments: ArraySlice<String>) -> Int32 {
-        TetherCLI.guarded(name, onTetherError: { _ in 125 }) {
+        TetherCLI.guarded(name, .program) {
             guard let parsed = try TetherCLI.parse(arguments, command: self, options: options) else { return 0 }
             guard parsed.positionals.count == 1 else { throw UsageError(message: "give exactly one SESSION", command: name) }
             let session = try parseSession(parsed.positionals[0], command: name)
             let clientOptions = try RelayTarget.clientOptions(parsed, command: name)
             let replay = !parsed.has("no-replay")
             let keys = try DetachKeys(parsing: parsed.value("detach-key") ?? DetachKeys.defaultSpelling, command: name)
-            return withClient(clientOptions, failureStatus: { _ in 125 }) { client async throws(TetherError) -> Int32 in
+            return withClient(clientOptions, .program) { client async throws(TetherError) -> Int32 in
                 let handle = try await client.attach(session: session, replay: replay)
                 if handle.droppedBytes > 0 {
                     writeStandardError("tether: \(handle.droppedBytes) bytes of session \(session)'s output were lost before the replay (the relay's replay buffer was full)\n")
                 }
                 if handle.isTerminal { return try await InteractiveSession.run(handle, detachKeys: keys, endInputOnEOF: false) }
-                guard let status = try await streamSession(handle) else { return 125 }
-                return status.shellStatus
+                guard let status = try await streamSession(handle) else { return CLIExit.tetherFailed }
+                return CLIExit.status(status)
             }
         }
     }

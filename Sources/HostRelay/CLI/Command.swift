@@ -40,7 +40,7 @@ enum TetherCLI {
         let rest = arguments.dropFirst()
         guard let name = rest.first else {
             writeStandardError(usage)
-            return 2
+            return CLIExit.usage
         }
         if name == "-h" || name == "--help" || name == "help" {
             if rest.count > 1, let command = commands.first(where: { $0.name == rest[rest.startIndex + 1] }) {
@@ -52,27 +52,27 @@ enum TetherCLI {
         }
         guard let command = commands.first(where: { $0.name == name }) else {
             writeStandardError(ErrorBlock.render(message: "unknown command '\(name)'", hint: "see `tether --help`"))
-            return 2
+            return CLIExit.usage
         }
         return command.run(rest.dropFirst())
     }
 
-    /// Runs a command body, printing any error as a block; `onTetherError` picks the exit
-    /// status for library errors (exec maps spawn failures to 126/127).
-    static func guarded(_ command: String, onTetherError: (TetherError) -> Int32 = { _ in 1 },
+    /// Runs a command body, printing any error as a block; a library error ends the command
+    /// under its `convention` (exec maps spawn failures to 126/127).
+    static func guarded(_ command: String, _ convention: CLIExit.Convention = .command,
                         _ body: () throws -> Int32) -> Int32 {
         do { return try body() } catch let error as UsageError {
             ErrorBlock.print(error)
-            return 2
+            return CLIExit.usage
         } catch let error as CLIError {
             ErrorBlock.print(error)
             return error.exitStatus
         } catch let error as TetherError {
             ErrorBlock.print(error)
-            return onTetherError(error)
+            return CLIExit.status(for: error, convention)
         } catch {
             writeStandardError(ErrorBlock.render(message: "\(command): \(error)", hint: nil))
-            return 1
+            return CLIExit.failure
         }
     }
 
@@ -121,8 +121,8 @@ func streamSession(_ handle: ExecHandle) async throws(TetherError) -> ExitStatus
 }
 
 /// Connects with `options`, runs `body` with the client, closes it. A `TetherError` is
-/// printed as a block and exits with `failureStatus(error)`.
-func withClient(_ options: ClientOptions, failureStatus: @escaping @Sendable (TetherError) -> Int32 = { _ in 1 },
+/// printed as a block and ends the command under its `convention`.
+func withClient(_ options: ClientOptions, _ convention: CLIExit.Convention = .command,
                 _ body: @escaping @Sendable (TetherClient) async throws(TetherError) -> Int32) -> Int32 {
     runAsync {
         do throws(TetherError) {
@@ -131,7 +131,7 @@ func withClient(_ options: ClientOptions, failureStatus: @escaping @Sendable (Te
             return try await body(client)
         } catch {
             ErrorBlock.print(error)
-            return failureStatus(error)
+            return CLIExit.status(for: error, convention)
         }
     }
 }

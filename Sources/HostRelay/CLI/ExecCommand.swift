@@ -54,7 +54,7 @@ enum ExecCommand: Command {
     ] + RelayTarget.options
 
     static func run(_ arguments: ArraySlice<String>) -> Int32 {
-        TetherCLI.guarded(name, onTetherError: exitStatus) {
+        TetherCLI.guarded(name, .program) {
             guard let parsed = try TetherCLI.parse(arguments, command: self, options: options, stopAtFirstPositional: true) else {
                 return 0
             }
@@ -113,18 +113,8 @@ enum ExecCommand: Command {
         return term.isEmpty ? "xterm-256color" : term
     }
 
-    /// 127 notFound, 126 permissionDenied/notExecutable, 1 other spawn failures, 125 tether.
-    static func exitStatus(for error: TetherError) -> Int32 {
-        guard let spawn = error.spawn else { return 125 }
-        switch spawn.kind {
-        case SpawnFailureKind.notFound.rawValue: return 127
-        case SpawnFailureKind.permissionDenied.rawValue, SpawnFailureKind.notExecutable.rawValue: return 126
-        default: return 1
-        }
-    }
-
     static func execute(_ argv: [String], _ exec: ExecOptions, clientOptions: ClientOptions, detachKeys: DetachKeys) -> Int32 {
-        withClient(clientOptions, failureStatus: exitStatus) { client async throws(TetherError) -> Int32 in
+        withClient(clientOptions, .program) { client async throws(TetherError) -> Int32 in
             let handle = try await client.execStream(argv, exec)
             if exec.tty != nil && !exec.detach {
                 return try await InteractiveSession.run(handle, detachKeys: detachKeys)
@@ -144,9 +134,9 @@ enum ExecCommand: Command {
             if exec.stdin, let writer = handle.takeStdin() { StdinPump.start(writer) }
             guard let status = try await streamSession(handle) else {
                 writeStandardError(ErrorBlock.render(message: "exec: the session ended without an exit status", hint: nil))
-                return 125
+                return CLIExit.tetherFailed
             }
-            return status.shellStatus
+            return CLIExit.status(status)
         }
     }
 }

@@ -75,9 +75,9 @@ enum InteractiveSession {
         }
         guard let status else {
             writeStandardError(ErrorBlock.render(message: "\(handle.session.map { "session \($0)" } ?? "exec"): the session ended without an exit status", hint: nil))
-            return 125
+            return CLIExit.tetherFailed
         }
-        return status.shellStatus
+        return CLIExit.status(status)
     }
 }
 

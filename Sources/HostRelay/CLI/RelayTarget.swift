@@ -47,7 +47,7 @@ enum RelayTarget {
             return try address(socket, from: "TETHER_SOCKET", command: command)
         }
         throw CLIError(message: "no relay to talk to", hint: "pass --socket unix:PATH (or --sandbox NAME), or set TETHER_SOCKET",
-                       exitStatus: 2)
+                       exitStatus: CLIExit.usage)
     }
 
     private static func address(_ text: String, from source: String, command: String) throws -> Address {

@@ -6,19 +6,19 @@ import TetherProtocol
 enum SandboxResolution {
     static func socket(ofSandbox name: String) throws -> Address {
         guard SandboxName.isValid(name) else {
-            throw CLIError(message: "--sandbox: '\(name)' is not a sandbox name", hint: "see `tether ls`", exitStatus: 2)
+            throw CLIError(message: "--sandbox: '\(name)' is not a sandbox name", hint: "see `tether ls`", exitStatus: CLIExit.usage)
         }
         let entry = SandboxCommands.sandboxes().entry(name)
         if let problem = entry.problem {
-            throw CLIError(message: "sandbox \(name): \(problem.message)", hint: problem.hint ?? "see `tether ls`", exitStatus: 125)
+            throw CLIError(message: "sandbox \(name): \(problem.message)", hint: problem.hint ?? "see `tether ls`", exitStatus: CLIExit.tetherFailed)
         }
         guard entry.isLive, let state = entry.state, state.status == .running else {
             throw CLIError(message: "sandbox \(name) is not running",
-                           hint: "see `tether ls`; start it with `tether boot --name \(name) --rootfs DIR`", exitStatus: 125)
+                           hint: "see `tether ls`; start it with `tether boot --name \(name) --rootfs DIR`", exitStatus: CLIExit.tetherFailed)
         }
         guard state.relayPid != nil else {
             throw CLIError(message: "sandbox \(name) has no relay (it was booted without one, or its relay ended)",
-                           hint: "see \(entry.paths.supervisorLog.path); its agent listens on unix:\(state.agentSocket)", exitStatus: 125)
+                           hint: "see \(entry.paths.supervisorLog.path); its agent listens on unix:\(state.agentSocket)", exitStatus: CLIExit.tetherFailed)
         }
         // The socket in the checked directory, not whatever path state.json says.
         return .unix(path: entry.paths.relaySocket.path)

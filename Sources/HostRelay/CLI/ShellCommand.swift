@@ -52,7 +52,7 @@ enum ShellCommand: Command {
         """
 
     static func run(_ arguments: ArraySlice<String>) -> Int32 {
-        TetherCLI.guarded(name, onTetherError: ExecCommand.exitStatus) {
+        TetherCLI.guarded(name, .program) {
             guard let parsed = try TetherCLI.parse(arguments, command: self, options: options) else { return 0 }
             guard parsed.positionals.isEmpty else {
                 throw UsageError(message: "unexpected \(parsed.positionals[0]) (to run a command: tether exec)", command: name)

@@ -264,12 +264,11 @@ final class Connection: Sendable {
         case .done: channel.finish(.done)
         case .failed:
             if let m = decoded(Failed.self) {
-                channel.finish(.failed(TetherError(.spawnFailed, "\(Self.spawnSummary(m))", operation: operation,
-                                                   context: channel.context, errno: m.errno, spawn: .init(m))))
+                channel.finish(.failed(TetherError.spawnFailed(m, operation: operation, context: channel.context)))
             }
         case .error:
             if let m = decoded(ErrorMessage.self) {
-                channel.finish(.failed(TetherError(TetherError.Code(m.code), m.message.isEmpty ? "\(m.code)" : m.message,
+                channel.finish(.failed(TetherError(.remote(m.code), m.message.isEmpty ? "\(m.code)" : m.message,
                                                    operation: operation, context: channel.context, errno: m.errno)))
             }
         case .detached:
@@ -282,25 +281,6 @@ final class Connection: Sendable {
             core.channels[frame.id] = nil
             _ = shared.withLock { $0.live.remove(frame.id) }
         }
-    }
-
-    static func spawnSummary(_ failed: Failed) -> String {
-        let what: String
-        switch failed.kind {
-        case .notFound: what = "program not found"
-        case .permissionDenied: what = "permission denied"
-        case .notExecutable: what = "not an executable"
-        case .badCwd: what = "cannot change to the working directory"
-        case .badArgs: what = "invalid arguments"
-        case .resourceLimit: what = "resource limit reached"
-        case .userNotFound: what = "no such user"
-        case .userSetupFailed: what = "cannot switch to the user"
-        case .outOfMemory: what = "out of memory"
-        case .ptySetupFailed: what = "cannot set up the terminal"
-        default: what = "the program did not start (\(failed.kind))"
-        }
-        let detail = failed.message.isEmpty ? "" : ": \(failed.message)"
-        return "\(what)\(detail) (stage \(failed.stage.isEmpty ? "?" : failed.stage), errno \(failed.errno))"
     }
 
     private func handleControl(_ frame: Frame) {
@@ -327,7 +307,7 @@ final class Connection: Sendable {
             if let ping = try? frame.decode(Ping.self), let socket = core.socket { socket.encoder.append(id: 0, Pong(nonce: ping.nonce)) }
         case .error:
             guard let message = try? frame.decode(ErrorMessage.self) else { return }
-            let error = TetherError(TetherError.Code(message.code), message.message, operation: "ping",
+            let error = TetherError(.remote(message.code), message.message, operation: "ping",
                                     context: ["socket": address.description], errno: message.errno)
             // Connection-level news: the waiting pings cannot be answered.
             let pings = shared.withLock { shared -> [CheckedContinuation<Result<Duration, TetherError>, Never>] in
@@ -370,9 +350,4 @@ final class Connection: Sendable {
         core.socket = nil
         core.loop.stopping = true
     }
-}
-
-extension TetherError.Code {
-    /// Connecting failed for a reason waiting will not fix (permissions, not a socket).
-    public static let connectionFailed = TetherError.Code(rawValue: "connectionFailed")
 }

@@ -7,58 +7,64 @@ import TetherProtocol
 ///
 /// Encodes to JSON (`json`) with every field, for tools that log or forward errors.
 public struct TetherError: Error, Sendable, Equatable, Codable, CustomStringConvertible {
-    /// What kind of failure. Wire error codes (`agentGone`, `unknownSession`, ...) keep their
-    /// names; the library adds its own (`relayUnreachable`, `spawnFailed`, ...). An open set.
-    public struct Code: RawRepresentable, Hashable, Sendable, Codable, CustomStringConvertible {
-        public let rawValue: String
-        public init(rawValue: String) { self.rawValue = rawValue }
-        public init(_ wire: ErrorCode) { rawValue = wire.rawValue }
-        public var description: String { rawValue }
-
+    /// What kind of failure: the library's own (`relayUnreachable`, `spawnFailed`, ...) or a
+    /// code the relay or agent sent (`remote(.agentGone)`, ...). In JSON and in text it is one
+    /// name (`"agentGone"`), the wire's own for remote codes.
+    public enum Code: Hashable, Sendable, Codable, CustomStringConvertible {
         /// The relay's socket is not there or nobody listens on it (retried within the budget).
-        public static let relayUnreachable = Code(rawValue: "relayUnreachable")
+        case relayUnreachable
+        /// Connecting failed for a reason waiting will not fix (permissions, not a socket).
+        case connectionFailed
         /// The connection to the relay ended while something was in flight.
-        public static let connectionClosed = Code(rawValue: "connectionClosed")
+        case connectionClosed
         /// The program never started; see `spawn`.
-        public static let spawnFailed = Code(rawValue: "spawnFailed")
+        case spawnFailed
         /// The caller asked for something that cannot be done (bad argument, stdin taken twice).
-        public static let invalidArgument = Code(rawValue: "invalidArgument")
+        case invalidArgument
         /// The task was cancelled while waiting.
-        public static let cancelled = Code(rawValue: "cancelled")
+        case cancelled
         /// The retry budget ran out while the failure was still transient.
-        public static let timedOut = Code(rawValue: "timedOut")
+        case timedOut
         /// The relay sent something this library cannot read.
-        public static let protocolError = Code(rawValue: "protocolError")
+        case protocolError
+        /// The library failed for a reason of its own (a syscall failed); `errno` says which.
+        case `internal`
+        /// An `error` frame's code, from the relay or the agent.
+        case remote(ErrorCode)
 
-        // Wire codes (DESIGN.md, `ErrorCode`).
-        public static let agentNotReady = Code(.agentNotReady)
-        public static let agentGone = Code(.agentGone)
-        public static let agentUnresponsive = Code(.agentUnresponsive)
-        public static let unknownSession = Code(.unknownSession)
-        public static let sessionInUse = Code(.sessionInUse)
-        public static let unsupported = Code(.unsupported)
-        public static let badPayload = Code(.badPayload)
-        public static let unknownKind = Code(.unknownKind)
-        public static let limitReached = Code(.limitReached)
-        public static let shuttingDown = Code(.shuttingDown)
-        public static let protocolViolation = Code(.protocolViolation)
-        public static let `internal` = Code(.internal)
-    }
+        private static let local: [Code] = [
+            .relayUnreachable, .connectionFailed, .connectionClosed, .spawnFailed, .invalidArgument,
+            .cancelled, .timedOut, .protocolError, .internal,
+        ]
 
-    /// Why a program did not start, as the agent reported it.
-    public struct SpawnFailure: Sendable, Equatable, Codable {
-        /// `notFound`, `permissionDenied`, `notExecutable`, `badCwd`, `badArgs`, ...
-        public var kind: String
-        public var errno: Int32
-        /// The step in the child that failed (`exec`, `chdir`, `setuid`, ...).
-        public var stage: String
-        public var message: String
+        public var name: String {
+            switch self {
+            case .relayUnreachable: "relayUnreachable"
+            case .connectionFailed: "connectionFailed"
+            case .connectionClosed: "connectionClosed"
+            case .spawnFailed: "spawnFailed"
+            case .invalidArgument: "invalidArgument"
+            case .cancelled: "cancelled"
+            case .timedOut: "timedOut"
+            case .protocolError: "protocolError"
+            case .internal: "internal"
+            case .remote(let code): code.rawValue
+            }
+        }
 
-        public init(_ failed: Failed) {
-            kind = failed.kind.rawValue
-            errno = failed.errno
-            stage = failed.stage
-            message = failed.message
+        public init(name: String) {
+            self = Self.local.first { $0.name == name } ?? .remote(ErrorCode(rawValue: name))
+        }
+
+        public var description: String { name }
+
+        public init(from decoder: any Decoder) throws {
+            self.init(name: try decoder.singleValueContainer().decode(String.self))
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.singleValueContainer()
+            try container.encode(name)
         }
     }
 
@@ -73,10 +79,12 @@ public struct TetherError: Error, Sendable, Equatable, Codable, CustomStringConv
     public var suggestion: String?
     public var errno: Int32?
     public var timestamp: Date
-    public var spawn: SpawnFailure?
+    /// Why the program did not start (with `code == .spawnFailed`): the agent's `failed` event,
+    /// kind, errno and stage typed.
+    public var spawn: Failed?
 
     public init(_ code: Code, _ message: String, operation: String, context: [String: String] = [:],
-                suggestion: String? = nil, errno: Int32? = nil, spawn: SpawnFailure? = nil, timestamp: Date = Date()) {
+                suggestion: String? = nil, errno: Int32? = nil, spawn: Failed? = nil, timestamp: Date = Date()) {
         self.code = code
         self.message = message
         self.operation = operation
@@ -88,7 +96,7 @@ public struct TetherError: Error, Sendable, Equatable, Codable, CustomStringConv
     }
 
     /// Worth retrying as is: nothing reached the agent, and waiting can fix it.
-    public var isTransient: Bool { code == .relayUnreachable || code == .agentNotReady }
+    public var isTransient: Bool { code == .relayUnreachable || code == .remote(.agentNotReady) }
 
     public var description: String {
         var text = "\(operation): \(message)"
@@ -123,31 +131,45 @@ public struct TetherError: Error, Sendable, Equatable, Codable, CustomStringConv
         return text.isEmpty ? nil : text
     }
 
-    static func defaultSuggestion(_ code: Code, spawn: SpawnFailure?) -> String? {
-        if let spawn {
-            switch spawn.kind {
-            case "notFound": return "check the program name and PATH inside the sandbox"
-            case "permissionDenied": return "check the file's execute permission and the user the command runs as"
-            case "notExecutable": return "the file is not a program this system can run (a directory, or a script without #!)"
-            case "badCwd": return "check that the working directory exists in the sandbox"
-            case "userNotFound": return "check the user name against the sandbox's /etc/passwd"
-            case "badArgs": return "arguments must not contain NUL bytes or exceed the system's size limit"
-            case "resourceLimit": return "the sandbox is out of processes or descriptors; end some sessions or raise the limits"
-            case "outOfMemory": return "the sandbox is out of memory"
-            default: return nil
-            }
+    /// A program that did not start, in a sentence: what kind of failure, the agent's own
+    /// words, the stage and the errno.
+    static func spawnFailed(_ failed: Failed, operation: String, context: [String: String]) -> TetherError {
+        let detail = failed.message.isEmpty ? "" : ": \(failed.message)"
+        let message = "\(describe(failed.kind).summary)\(detail) (stage \(failed.stage.rawValue.isEmpty ? "?" : failed.stage.rawValue), errno \(failed.errno))"
+        return TetherError(.spawnFailed, message, operation: operation, context: context, errno: failed.errno, spawn: failed)
+    }
+
+    /// The one reading of a spawn failure kind for people: a summary and what to try.
+    static func describe(_ kind: SpawnFailureKind) -> (summary: String, suggestion: String?) {
+        switch kind {
+        case .notFound: ("program not found", "check the program name and PATH inside the sandbox")
+        case .permissionDenied: ("permission denied", "check the file's execute permission and the user the command runs as")
+        case .notExecutable: ("not an executable", "the file is not a program this system can run (a directory, or a script without #!)")
+        case .badCwd: ("cannot change to the working directory", "check that the working directory exists in the sandbox")
+        case .badArgs: ("invalid arguments", "arguments must not contain NUL bytes or exceed the system's size limit")
+        case .resourceLimit: ("resource limit reached", "the sandbox is out of processes or descriptors; end some sessions or raise the limits")
+        case .userNotFound: ("no such user", "check the user name against the sandbox's /etc/passwd")
+        case .userSetupFailed: ("cannot switch to the user", nil)
+        case .outOfMemory: ("out of memory", "the sandbox is out of memory")
+        case .ptySetupFailed: ("cannot set up the terminal", nil)
+        case .other, .unrecognized: ("the program did not start (\(kind))", nil)
         }
+    }
+
+    /// The one reading of a failure code for people: what to try next.
+    static func defaultSuggestion(_ code: Code, spawn: Failed?) -> String? {
+        if let spawn { return describe(spawn.kind).suggestion }
         switch code {
         case .relayUnreachable: return "start the relay (tether relay --agent ADDR --listen unix:PATH) or check --socket / TETHER_SOCKET"
         case .connectionClosed: return "the relay stopped or restarted; check its log and try again"
-        case .agentNotReady: return "the sandbox is still starting or restarting; try again shortly"
-        case .agentGone: return "the sandbox's agent went away (the VM stopped or crashed); check the sandbox and the relay's log"
-        case .agentUnresponsive: return "the sandbox is overloaded or frozen; check it, or wait and retry"
-        case .unknownSession: return "list sessions with `tether ps`"
-        case .sessionInUse: return "only detached sessions that nobody watches can be attached"
         case .timedOut: return "the relay or agent did not become ready in time; raise the retry budget or check the sandbox"
-        case .unsupported: return "use a client, relay and agent from the same release"
-        default: return nil
+        case .remote(.agentNotReady): return "the sandbox is still starting or restarting; try again shortly"
+        case .remote(.agentGone): return "the sandbox's agent went away (the VM stopped or crashed); check the sandbox and the relay's log"
+        case .remote(.agentUnresponsive): return "the sandbox is overloaded or frozen; check it, or wait and retry"
+        case .remote(.unknownSession): return "list sessions with `tether ps`"
+        case .remote(.sessionInUse): return "only detached sessions that nobody watches can be attached"
+        case .remote(.unsupported): return "use a client, relay and agent from the same release"
+        case .connectionFailed, .spawnFailed, .invalidArgument, .cancelled, .protocolError, .internal, .remote: return nil
         }
     }
 }

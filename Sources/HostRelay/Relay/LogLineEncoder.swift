@@ -75,7 +75,7 @@ struct LogLineEncoder {
             line.string("event", "failed")
             line.string("kind", failed.kind.rawValue)
             line.integer("errno", Int64(failed.errno))
-            line.string("stage", failed.stage)
+            line.string("stage", failed.stage.rawValue)
             line.string("message", failed.message)
         case .error(let code, let message):
             line.string("event", "error")

@@ -58,39 +58,6 @@ public struct Hello: Message {
     }
 }
 
-/// Machine-readable error codes carried by `error` frames. An open set: a code this build
-/// does not know still decodes.
-public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
-    public let rawValue: String
-    public init(rawValue: String) { self.rawValue = rawValue }
-    public var description: String { rawValue }
-
-    /// The peer speaks no protocol version we can.
-    public static let unsupported = ErrorCode(rawValue: "unsupported")
-    /// A frame length outside 6 ... 1 MiB + 6; the connection is closed after this.
-    public static let framing = ErrorCode(rawValue: "framing")
-    /// A payload that is not the message its kind says.
-    public static let badPayload = ErrorCode(rawValue: "badPayload")
-    /// A kind the receiver does not handle (on that id).
-    public static let unknownKind = ErrorCode(rawValue: "unknownKind")
-    /// A frame for a session id that is not open.
-    public static let unknownSession = ErrorCode(rawValue: "unknownSession")
-    /// A START frame for an id that is still in use.
-    public static let sessionInUse = ErrorCode(rawValue: "sessionInUse")
-    /// A bounded table (sessions, connections) is full.
-    public static let limitReached = ErrorCode(rawValue: "limitReached")
-    /// The agent is shutting down and takes no new sessions.
-    public static let shuttingDown = ErrorCode(rawValue: "shuttingDown")
-    /// The relay has heard nothing from the agent for longer than its liveness timeout.
-    public static let agentUnresponsive = ErrorCode(rawValue: "agentUnresponsive")
-    /// The relay's connection to the agent is gone; the session's fate is unknown.
-    public static let agentGone = ErrorCode(rawValue: "agentGone")
-    /// The peer broke the protocol in a way that is not one of the above.
-    public static let protocolViolation = ErrorCode(rawValue: "protocolViolation")
-    /// The receiver failed for a reason of its own (a syscall failed); `errno` says which.
-    public static let `internal` = ErrorCode(rawValue: "internal")
-}
-
 /// On id 0 it reports a connection-level problem; on a session it also ends it (END).
 public struct ErrorMessage: Message, Error {
     public static let kind = FrameKind.error

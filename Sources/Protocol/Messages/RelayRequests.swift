@@ -37,11 +37,6 @@ extension FrameKind {
     public var isSessionRequest: Bool { (0x20...0x2F).contains(rawValue) }
 }
 
-extension ErrorCode {
-    /// The relay is (re)connecting to its agent; the request did not reach it. Transient.
-    public static let agentNotReady = ErrorCode(rawValue: "agentNotReady")
-}
-
 /// Read the relay's exec.log (see the table above).
 public struct LogsRequest: Message {
     public static let kind = FrameKind.logs

@@ -68,41 +68,15 @@ public struct Done: Message {
     public init(from r: MessageReader) throws(MessageError) {}
 }
 
-/// Why an exec never started. An open set so that newer agents can add kinds.
-public struct SpawnFailureKind: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
-    public let rawValue: String
-    public init(rawValue: String) { self.rawValue = rawValue }
-    public var description: String { rawValue }
-
-    /// ENOENT at exec.
-    public static let notFound = SpawnFailureKind(rawValue: "notFound")
-    /// EACCES or EPERM.
-    public static let permissionDenied = SpawnFailureKind(rawValue: "permissionDenied")
-    /// ENOEXEC or EISDIR.
-    public static let notExecutable = SpawnFailureKind(rawValue: "notExecutable")
-    /// chdir failed.
-    public static let badCwd = SpawnFailureKind(rawValue: "badCwd")
-    /// E2BIG, empty argv, a NUL in a string, an unknown rlimit name.
-    public static let badArgs = SpawnFailureKind(rawValue: "badArgs")
-    /// EMFILE, EAGAIN, setrlimit.
-    public static let resourceLimit = SpawnFailureKind(rawValue: "resourceLimit")
-    public static let userNotFound = SpawnFailureKind(rawValue: "userNotFound")
-    /// setgroups, setgid or setuid failed.
-    public static let userSetupFailed = SpawnFailureKind(rawValue: "userSetupFailed")
-    public static let outOfMemory = SpawnFailureKind(rawValue: "outOfMemory")
-    public static let ptySetupFailed = SpawnFailureKind(rawValue: "ptySetupFailed")
-    public static let other = SpawnFailureKind(rawValue: "other")
-}
-
 /// The program never started (END). `stage` says which step of the spawn failed.
-public struct Failed: Message, Error {
+public struct Failed: Message, Error, Codable {
     public static let kind = FrameKind.failed
     public var kind: SpawnFailureKind
     public var errno: Int32
-    public var stage: String
+    public var stage: SpawnStage
     public var message: String
 
-    public init(kind: SpawnFailureKind, errno: Int32, stage: String, message: String) {
+    public init(kind: SpawnFailureKind, errno: Int32, stage: SpawnStage, message: String) {
         self.kind = kind
         self.errno = errno
         self.stage = stage
@@ -112,13 +86,13 @@ public struct Failed: Message, Error {
     public func encode(to map: inout CBORWriter.MapWriter) {
         map.entry("kind", kind.rawValue)
         map.entry("errno", errno)
-        map.entry("stage", stage)
+        map.entry("stage", stage.rawValue)
         map.entry("message", message)
     }
     public init(from r: MessageReader) throws(MessageError) {
         kind = SpawnFailureKind(rawValue: try r.text("kind"))
         errno = try r.optionalInteger("errno") ?? 0
-        stage = try r.optionalText("stage") ?? ""
+        stage = SpawnStage(rawValue: try r.optionalText("stage") ?? "")
         message = try r.optionalText("message") ?? ""
     }
 }

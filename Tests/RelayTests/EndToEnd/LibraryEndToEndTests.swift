@@ -56,30 +56,30 @@ import TetherProtocol
         }
         let notFound = await failure(["/no/such/program"])
         #expect(notFound?.code == .spawnFailed)
-        #expect(notFound?.spawn?.kind == "notFound")
+        #expect(notFound?.spawn?.kind == .notFound)
         #expect(notFound?.spawn?.errno == ENOENT)
-        #expect(notFound?.spawn?.stage == "exec")
+        #expect(notFound?.spawn?.stage == .exec)
         #expect(notFound?.context["argv"] == "/no/such/program")
         #expect(notFound?.operation == "exec")
         #expect(notFound?.suggestion != nil)
 
         let badCwd = await failure(["true"], ExecOptions(cwd: "/no/such/dir"))
-        #expect(badCwd?.spawn?.kind == "badCwd")
+        #expect(badCwd?.spawn?.kind == .badCwd)
         #expect(badCwd?.spawn?.errno == ENOENT)
 
         let user = await failure(["true"], ExecOptions(user: "no-such-user-xyz"))
-        #expect(user?.spawn?.kind == "userNotFound")
+        #expect(user?.spawn?.kind == .userNotFound)
 
         // One argument longer than the kernel takes (MAX_ARG_STRLEN, 128 KiB).
         let huge = await failure(["echo", String(repeating: "x", count: 200_000)])
-        #expect(huge?.spawn?.kind == "badArgs", "\(String(describing: huge))")
+        #expect(huge?.spawn?.kind == .badArgs, "\(String(describing: huge))")
         #expect(huge?.spawn?.errno == E2BIG)
 
         var limited = ExecOptions()
         // A soft limit above the hard one: setrlimit refuses it in the child (EINVAL).
         limited.rlimits = ["nofile": ResourceLimit(soft: 100, hard: 10)]
         let resource = await failure(["true"], limited)
-        #expect(resource?.spawn?.kind == "resourceLimit", "\(String(describing: resource))")
+        #expect(resource?.spawn?.kind == .resourceLimit, "\(String(describing: resource))")
 
         let json = try #require(notFound?.json)
         #expect(json.contains("\"code\":\"spawnFailed\"") && json.contains("\"timestamp\""), "\(json)")
@@ -274,7 +274,7 @@ import TetherProtocol
             }
         } catch { thrown = error }
         kill(-group, SIGKILL)
-        #expect(thrown?.code == .agentGone, "\(String(describing: thrown))")
+        #expect(thrown?.code == .remote(.agentGone), "\(String(describing: thrown))")
         #expect(thrown?.operation == "exec")
         // New work gets a typed answer within the retry budget instead of hanging: the relay
         // is waiting for its agent to come back (agentNotReady, retried) and then gives up.
@@ -282,7 +282,7 @@ import TetherProtocol
             _ = try await client.exec(["true"])
             Issue.record("an exec without an agent succeeded")
         } catch {
-            #expect([.agentGone, .agentNotReady, .relayUnreachable, .connectionClosed].contains(error.code), "\(error)")
+            #expect([.remote(.agentGone), .remote(.agentNotReady), .relayUnreachable, .connectionClosed].contains(error.code), "\(error)")
         }
     }
 }
