@@ -74,7 +74,7 @@ import Testing
     func aTetherHomeWritableByOthersIsRefusedAndNothingIsCreatedInIt() throws {
         chmod(home.path, 0o777)
         let before = snapshot(home.path)
-        let expected = BootError.unsafeState(UnsafePathError(path: home.path, problem: .writableByOthers(mode: 0o777)))
+        let expected = SandboxError.unsafeState(UnsafePathError(path: home.path, problem: .writableByOthers(mode: 0o777)))
         #expect(throws: expected) {
             try sandboxes.boot(SandboxConfig(name: "open", rootfs: "/nonexistent"))
         }
@@ -110,7 +110,7 @@ import Testing
         for file in [paths.directory.path, paths.state.path, paths.supervisorLog.path, paths.lock.path] { chown(file, 65534, 65534) }
         let before = snapshot(paths.directory.path)
 
-        let expected = BootError.unsafeState(UnsafePathError(path: paths.directory.path,
+        let expected = SandboxError.unsafeState(UnsafePathError(path: paths.directory.path,
                                                              problem: .wrongOwner(owner: 65534, mode: 0o755, expected: 0)))
         #expect(expected.message.contains(paths.directory.path) && expected.message.contains("uid 65534")
                     && expected.message.contains("0755") && expected.message.contains("expected uid 0"), "\(expected.message)")
@@ -143,7 +143,7 @@ import Testing
         try PrivateFiles.makeDirectory(TetherHome(root: home).sandboxesDirectory.path)
         let link = TetherHome(root: home).sandbox("linked").directory.path
         #expect(symlink(elsewhere.path, link) == 0)
-        let expected = BootError.unsafeState(UnsafePathError(path: link, problem: .symbolicLink))
+        let expected = SandboxError.unsafeState(UnsafePathError(path: link, problem: .symbolicLink))
         #expect(throws: expected) { try sandboxes.stop("linked") }
         #expect(throws: expected) { try sandboxes.boot(SandboxConfig(name: "linked", rootfs: "/nonexistent")) }
         #expect(snapshot(elsewhere.path).isEmpty, "nothing may be created through the link")
@@ -233,7 +233,7 @@ import Testing
             exit 3
             """.write(toFile: agent, atomically: false, encoding: .utf8)
         chmod(agent, 0o755)
-        #expect(throws: BootError.failed(BootFailure(stage: BootStage(rawValue: "init"), errno: 5, message: "the agent: from the guest"))) {
+        #expect(throws: SandboxError.failed(BootFailure(stage: BootStage(rawValue: "init"), errno: 5, message: "the agent: from the guest"))) {
             try sandboxes.boot(SandboxConfig(name: "guesterr", rootfs: rootfs))
         }
 
@@ -271,7 +271,7 @@ import Testing
         try writeState(state, to: paths)
 
         // Nobody holds the name: not running, whatever state.json says.
-        #expect(throws: BootError.notRunning(name: "forged")) { try sandboxes.stop("forged", graceMs: 100) }
+        #expect(throws: SandboxError.notRunning(name: "forged")) { try sandboxes.stop("forged", graceMs: 100) }
         let cli = try tether(["stop", "forged", "--grace", "100ms"])
         #expect(cli.status == 1)
         #expect(cli.stderr.contains("no sandbox named 'forged' is running"), "stderr: \(cli.stderr)")
@@ -287,7 +287,7 @@ import Testing
                                    (truth, "it does not hold the sandbox's lock")] as [(UInt64?, String)] {
             state.supervisorStartTime = recorded
             try writeState(state, to: paths)
-            #expect(throws: BootError.untrustedState(name: "forged", pid: sleeper.pid, reason: reason)) {
+            #expect(throws: SandboxError.untrustedState(name: "forged", pid: sleeper.pid, reason: reason)) {
                 try sandboxes.stop("forged", graceMs: 100)
             }
             #expect(sleeper.isRunning, "nothing may be signalled on a forged state.json (\(reason))")
@@ -299,7 +299,7 @@ import Testing
         // A PID that names no process at all.
         state.supervisorPid = Int32.max - 1
         try writeState(state, to: paths)
-        #expect(throws: BootError.untrustedState(name: "forged", pid: Int32.max - 1, reason: "no process has that pid")) {
+        #expect(throws: SandboxError.untrustedState(name: "forged", pid: Int32.max - 1, reason: "no process has that pid")) {
             try sandboxes.stop("forged", graceMs: 100)
         }
         #expect(sleeper.isRunning)
@@ -320,7 +320,7 @@ import Testing
         forged.supervisorPid = sleeper.pid
         forged.supervisorStartTime = try ProcessHandle.startTime(of: sleeper.pid)
         try writeState(forged, to: paths)
-        #expect(throws: BootError.untrustedState(name: "live", pid: sleeper.pid, reason: "it does not hold the sandbox's lock")) {
+        #expect(throws: SandboxError.untrustedState(name: "live", pid: sleeper.pid, reason: "it does not hold the sandbox's lock")) {
             try sandboxes.stop("live", graceMs: 1_000)
         }
         #expect(sleeper.isRunning)

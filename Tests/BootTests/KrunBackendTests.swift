@@ -86,7 +86,7 @@ import Testing
         #expect {
             _ = try sandboxes.boot(config)
         } throws: { error in
-            guard case .failed(let failure) = error as? BootError else { return false }
+            guard case .failed(let failure) = error as? SandboxError else { return false }
             return failure.stage == .krunLoad && failure.errno == ENOSYS && failure.message.contains("1.17.0")
         }
         // Nothing was started: the calls stop before krun_start_enter.
@@ -104,7 +104,7 @@ import Testing
         #expect {
             _ = try sandboxes.boot(config)
         } throws: { error in
-            guard case .failed(let failure) = error as? BootError else { return false }
+            guard case .failed(let failure) = error as? SandboxError else { return false }
             return failure.stage == .krunConfig && failure.errno == ENOENT && failure.message.contains("libkrunfw")
                 && failure.hint?.contains("libkrunfw") == true
         }

@@ -69,10 +69,10 @@ import Testing
     func nameConflictIsATypedErrorAndReplaceStopsTheOldOne() throws {
         try Fixtures.requireRoot()
         let first = try sandboxes.boot(try config("dup"))
-        #expect(throws: BootError.nameInUse(name: "dup", supervisorPid: first.supervisorPid)) {
+        #expect(throws: SandboxError.nameInUse(name: "dup", supervisorPid: first.supervisorPid)) {
             _ = try sandboxes.boot(try config("dup"))
         }
-        #expect(BootError.nameInUse(name: "dup", supervisorPid: nil).hint?.contains("--replace") == true)
+        #expect(SandboxError.nameInUse(name: "dup", supervisorPid: nil).hint?.contains("--replace") == true)
         // The first one is untouched by the refused boot.
         #expect(try AgentLink(socketPath: first.agentSocket).exec(["true"]).exited?.code == 0)
 
@@ -114,7 +114,7 @@ import Testing
         #expect {
             _ = try sandboxes.boot(config)
         } throws: { error in
-            guard case .failed(let failure) = error as? BootError else { return false }
+            guard case .failed(let failure) = error as? SandboxError else { return false }
             return failure.stage == .handshake && failure.errno == ETIMEDOUT
         }
         #expect(!sandboxes.entry("silent").isLive)
@@ -177,7 +177,7 @@ import Testing
         #expect(entries["listed-a"]?.state?.status == .running)
         #expect(entries["listed-b"]?.isLive == false)
         #expect(entries["listed-b"]?.state?.status == .stopped)
-        #expect(throws: BootError.notRunning(name: "listed-b")) { try sandboxes.stop("listed-b") }
+        #expect(throws: SandboxError.notRunning(name: "listed-b")) { try sandboxes.stop("listed-b") }
         try sandboxes.stop("listed-a", graceMs: 1_000)
     }
 }

@@ -99,7 +99,7 @@ public struct SandboxConfig: Codable, Equatable, Sendable {
 }
 
 extension SandboxConfig {
-    static func load(from url: URL) throws(BootError) -> SandboxConfig {
+    static func load(from url: URL) throws(SandboxError) -> SandboxConfig {
         do {
             return try JSONDecoder().decode(SandboxConfig.self, from: Data(contentsOf: url))
         } catch {
@@ -107,7 +107,7 @@ extension SandboxConfig {
         }
     }
 
-    func save(to url: URL) throws(BootError) {
+    func save(to url: URL) throws(SandboxError) {
         do { try JSONFile.write(self, to: url) } catch {
             throw .state(operation: "write", path: url.path, message: "\(error)")
         }

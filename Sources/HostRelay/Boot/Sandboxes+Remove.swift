@@ -8,7 +8,7 @@ import Foundation
 extension Sandboxes {
     /// Removes a stopped sandbox's directory: its state, logs and writable layer. A running
     /// sandbox is `nameInUse` (stop it first, or pass `stopFirst`).
-    public func remove(_ name: String, stopFirst: Bool = false, graceMs: UInt64 = Supervisor.defaultGraceMs) throws(BootError) {
+    public func remove(_ name: String, stopFirst: Bool = false, graceMs: UInt64 = Supervisor.defaultGraceMs) throws(SandboxError) {
         guard SandboxName.isValid(name) else { throw .invalidName(name) }
         let paths = home.sandbox(name)
         var isDirectory: ObjCBool = false

@@ -29,7 +29,7 @@ public struct Sandboxes: Sendable {
         public var paths: SandboxPaths
         /// Why its directory (or $TETHER_HOME) was not read: not ours, open to others, a link.
         /// Such an entry is never live and has no state.
-        public var problem: BootError?
+        public var problem: SandboxError?
     }
 
     /// How `boot` treats a name that is in use.
@@ -43,7 +43,7 @@ public struct Sandboxes: Sendable {
 
     /// Boots a sandbox and returns once its agent said hello (or throws why not). The sandbox
     /// keeps running after this returns, under its supervisor, until `stop`.
-    public func boot(_ config: SandboxConfig, onConflict: Conflict = .fail) throws(BootError) -> SandboxState {
+    public func boot(_ config: SandboxConfig, onConflict: Conflict = .fail) throws(SandboxError) -> SandboxState {
         guard SandboxName.isValid(config.name) else { throw .invalidName(config.name) }
         guard FileManager.default.isExecutableFile(atPath: supervisorExecutable) else {
             throw .missingProgram(path: supervisorExecutable)
@@ -115,7 +115,7 @@ public struct Sandboxes: Sendable {
     }
 
     /// Takes the name's lock, stopping whoever holds it first when asked to.
-    private func takeName(_ name: String, paths: SandboxPaths, onConflict: Conflict) throws(BootError) -> NameLock {
+    private func takeName(_ name: String, paths: SandboxPaths, onConflict: Conflict) throws(SandboxError) -> NameLock {
         do {
             if let lock = try NameLock.tryAcquire(paths.lock.path) { return lock }
         } catch {
@@ -189,7 +189,7 @@ public struct Sandboxes: Sendable {
     /// name's lock is held, and the PID state.json names is signalled through a pidfd, and only
     /// once that process is shown to be the supervisor (`verifiedSupervisor`).
     @discardableResult
-    public func stop(_ name: String, graceMs: UInt64 = Supervisor.defaultGraceMs) throws(BootError) -> StopOutcome {
+    public func stop(_ name: String, graceMs: UInt64 = Supervisor.defaultGraceMs) throws(SandboxError) -> StopOutcome {
         let paths = try home.checkedSandbox(name)
         guard NameLock.isHeld(paths.lock.path), let state = SandboxState.load(from: paths.state) else {
             throw .notRunning(name: name)
@@ -240,9 +240,9 @@ public struct Sandboxes: Sendable {
     /// alive, started when state.json recorded, and holding the sandbox's lock. Throws
     /// `untrustedState` otherwise, or `notRunning` when the named process is gone and the
     /// lock is free (the sandbox ended meanwhile).
-    func verifiedSupervisor(_ state: SandboxState, paths: SandboxPaths) throws(BootError) -> ProcessHandle {
+    func verifiedSupervisor(_ state: SandboxState, paths: SandboxPaths) throws(SandboxError) -> ProcessHandle {
         let pid = state.supervisorPid
-        func untrusted(_ reason: String) -> BootError { .untrustedState(name: state.name, pid: pid, reason: reason) }
+        func untrusted(_ reason: String) -> SandboxError { .untrustedState(name: state.name, pid: pid, reason: reason) }
         let handle: ProcessHandle
         do {
             handle = try ProcessHandle(pid: pid)

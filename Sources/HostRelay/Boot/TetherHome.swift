@@ -21,7 +21,7 @@ import TetherPosix
 /// effective user that group and others cannot write (they are created 0700): whoever can
 /// write one can plant a link that turns the host's next write into a write elsewhere, or a
 /// `state.json` that names someone else's process. Every use checks them with lstat(2)
-/// (`checkedSandbox`, `preparedSandbox`) and refuses with `BootError.unsafeState`.
+/// (`checkedSandbox`, `preparedSandbox`) and refuses with `SandboxError.unsafeState`.
 public struct TetherHome: Sendable {
     public let root: URL
 
@@ -45,7 +45,7 @@ public struct TetherHome: Sendable {
 
     /// Checks `$TETHER_HOME` and `sandboxes/` (see the type's comment); creates what is missing
     /// of them (0700) when `create` is set.
-    public func check(create: Bool = false) throws(BootError) {
+    public func check(create: Bool = false) throws(SandboxError) {
         if create {
             // The directories above $TETHER_HOME are not Tether's; only a missing one is made.
             try? FileManager.default.createDirectory(at: root.deletingLastPathComponent(), withIntermediateDirectories: true)
@@ -61,7 +61,7 @@ public struct TetherHome: Sendable {
 
     /// The paths of an existing sandbox, once `$TETHER_HOME`, `sandboxes/` and its directory
     /// passed the checks. A missing directory is `notRunning`.
-    public func checkedSandbox(_ name: String) throws(BootError) -> SandboxPaths {
+    public func checkedSandbox(_ name: String) throws(SandboxError) -> SandboxPaths {
         guard SandboxName.isValid(name) else { throw .invalidName(name) }
         let paths = sandbox(name)
         for directory in [root.path, sandboxesDirectory.path, paths.directory.path] {
@@ -76,7 +76,7 @@ public struct TetherHome: Sendable {
 
     /// The paths of a sandbox about to boot: `$TETHER_HOME`, `sandboxes/` and its directory are
     /// created (0700) where missing, and checked.
-    public func preparedSandbox(_ name: String) throws(BootError) -> SandboxPaths {
+    public func preparedSandbox(_ name: String) throws(SandboxError) -> SandboxPaths {
         guard SandboxName.isValid(name) else { throw .invalidName(name) }
         try check(create: true)
         let paths = sandbox(name)

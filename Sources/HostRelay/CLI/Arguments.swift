@@ -1,9 +1,20 @@
 import TetherProtocol
 
-/// A usage mistake: printed as an error block with a pointer to `--help`, exit status 2.
-struct UsageError: Error {
+/// A command line the user got wrong: exit status 2, printed with a pointer to the command's
+/// `--help` (or, by the sandbox commands, with their usage).
+struct UsageError: Error, CustomStringConvertible {
     var message: String
-    var command: String
+    /// The subcommand whose `--help` explains it; nil when the caller prints the usage itself.
+    var command: String?
+
+    init(message: String, command: String?) {
+        self.message = message
+        self.command = command
+    }
+
+    init(_ message: String) { self.init(message: message, command: nil) }
+
+    var description: String { message }
 }
 
 /// One option a command takes.

@@ -58,7 +58,7 @@ enum ErrorBlock {
     }
 
     static func print(_ error: UsageError) {
-        writeStandardError(render(message: error.message, hint: "see `tether \(error.command) --help`"))
+        writeStandardError(render(message: error.message, hint: error.command.map { "see `tether \($0) --help`" }))
     }
 
     static func print(_ error: RelayError) {

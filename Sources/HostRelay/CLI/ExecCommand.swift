@@ -72,7 +72,7 @@ enum ExecCommand: Command {
             if exec.stdin && exec.detach { throw UsageError(message: "--interactive and --detach do not go together", command: name) }
             let keys = try DetachKeys(parsing: parsed.value("detach-key") ?? DetachKeys.defaultSpelling, command: name)
             if try wantsTerminal(parsed, command: name, automatic: !exec.detach) {
-                exec.tty = Terminal.currentSize
+                exec.tty = LocalTerminal.currentSize
                 if exec.env["TERM"] == nil { exec.env["TERM"] = localTerm }
             }
             let clientOptions = try RelayTarget.clientOptions(parsed, command: name)
@@ -104,7 +104,7 @@ enum ExecCommand: Command {
         }
         if parsed.has("tty") { return true }
         if parsed.has("no-tty") { return false }
-        return automatic && Terminal.isTerminal(0) && Terminal.isTerminal(1)
+        return automatic && LocalTerminal.isTerminal(0) && LocalTerminal.isTerminal(1)
     }
 
     /// The remote terminal's type: the local one's, so programs draw for what displays them.

@@ -21,8 +21,8 @@ enum InteractiveSession {
     /// `attach` passes false: re-attaching from a script with no input must not end a shell
     /// someone else started.
     static func run(_ handle: ExecHandle, detachKeys: DetachKeys, endInputOnEOF: Bool = true) async throws(TetherError) -> Int32 {
-        let raw = Terminal.isTerminal(0) && Terminal.enterRawMode(0)
-        defer { Terminal.restore() }
+        let raw = LocalTerminal.isTerminal(0) && LocalTerminal.enterRawMode(0)
+        defer { LocalTerminal.restore() }
         if raw {
             // Ctrl-C is a byte for the remote terminal now; a signal from elsewhere ends us.
             SignalWatcher.shared.setHandler(nil)
@@ -30,7 +30,7 @@ enum InteractiveSession {
             SignalWatcher.shared.setHandler { signal in handle.signal(signal) }
         }
         SignalWatcher.shared.setResizeHandler {
-            let size = Terminal.currentSize
+            let size = LocalTerminal.currentSize
             handle.resize(rows: size.rows, cols: size.cols)
         }
         defer {
@@ -38,7 +38,7 @@ enum InteractiveSession {
             SignalWatcher.shared.setResizeHandler(nil)
         }
         // The session may have been started (or last attached) at another size.
-        let size = Terminal.currentSize
+        let size = LocalTerminal.currentSize
         handle.resize(rows: size.rows, cols: size.cols)
 
         let detach = DetachRequest()
@@ -69,7 +69,7 @@ enum InteractiveSession {
             do { number = try await task.value } catch {
                 throw (error as? TetherError) ?? TetherError(.internal, "\(error)", operation: "detach")
             }
-            Terminal.restore()
+            LocalTerminal.restore()
             writeStandardError("\r\ntether: detached from session \(number); `tether attach \(number)` comes back\n")
             return 0
         }

@@ -28,7 +28,7 @@ enum RelayTarget {
         if ["exec", "shell", "attach"].contains(command) { options.onNotice = { error in
             let text = ErrorBlock.render(message: "warning: \(error.message) (\(error.code)); still waiting",
                                                  hint: "the sandbox may be overloaded or stuck; tether ps, tether ping, or interrupt")
-            writeStandardError(Terminal.isRaw ? text.replacingOccurrences(of: "\n", with: "\r\n") : text)
+            writeStandardError(LocalTerminal.isRaw ? text.replacingOccurrences(of: "\n", with: "\r\n") : text)
         } }
         if let text = arguments.value("connect-timeout") {
             options.retryBudget = try parseDuration(text, option: "--connect-timeout", command: command)

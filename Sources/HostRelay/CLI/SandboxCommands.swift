@@ -75,9 +75,9 @@ enum SandboxCommands {
                 print(bootUsage)
                 return 0
             }
-            guard parser.remaining.isEmpty else { throw SandboxUsageError("unexpected argument \(parser.remaining[0])") }
-            guard let rootfs = options.rootfs else { throw SandboxUsageError("--rootfs DIR is required") }
-            guard let name = options.name else { throw SandboxUsageError("--name NAME is required") }
+            guard parser.remaining.isEmpty else { throw UsageError("unexpected argument \(parser.remaining[0])") }
+            guard let rootfs = options.rootfs else { throw UsageError("--rootfs DIR is required") }
+            guard let name = options.name else { throw UsageError("--name NAME is required") }
             config = options.config
             config.rootfs = absolute(rootfs)
             config.name = name
@@ -113,7 +113,7 @@ enum SandboxCommands {
                 case "--replace-grace": replaceGraceMs = try parser.duration(for: option)
                 case "-h", "--help": return false
                 default:
-                    guard try applyCommon(option, &parser, &config) else { throw SandboxUsageError("unknown option \(option)") }
+                    guard try applyCommon(option, &parser, &config) else { throw UsageError("unknown option \(option)") }
                 }
             }
             return true
@@ -125,7 +125,7 @@ enum SandboxCommands {
         switch option {
         case "--backend":
             let text = try parser.value(for: option)
-            guard let backend = BackendKind(rawValue: text) else { throw SandboxUsageError("--backend must be namespace or krun, not '\(text)'") }
+            guard let backend = BackendKind(rawValue: text) else { throw UsageError("--backend must be namespace or krun, not '\(text)'") }
             config.backend = backend
         case "--cpus":
             config.cpus = try parser.integer(for: option, in: 1...255)
@@ -136,11 +136,11 @@ enum SandboxCommands {
             config.pidsLimit = try parser.integer(for: option, in: 1...(1 << 22))
         case "--init":
             let text = try parser.value(for: option)
-            guard text == "auto" || text.hasPrefix("/") else { throw SandboxUsageError("--init takes an absolute path in the guest or 'auto'") }
+            guard text == "auto" || text.hasPrefix("/") else { throw UsageError("--init takes an absolute path in the guest or 'auto'") }
             config.initSystem = text
         case "--network":
             let text = try parser.value(for: option)
-            guard let network = NetworkMode(rawValue: text) else { throw SandboxUsageError("--network must be host or none, not '\(text)'") }
+            guard let network = NetworkMode(rawValue: text) else { throw UsageError("--network must be host or none, not '\(text)'") }
             config.network = network
         case "--ephemeral":
             config.ephemeral = true
@@ -153,7 +153,7 @@ enum SandboxCommands {
         case "--seccomp":
             let text = try parser.value(for: option)
             guard SandboxConfig.seccompProfiles.contains(text) else {
-                throw SandboxUsageError("--seccomp must be default, restricted or none, not '\(text)'")
+                throw UsageError("--seccomp must be default, restricted or none, not '\(text)'")
             }
             if text == "none" {
                 FileHandle.standardError.write(Data("tether: warning: --seccomp none: the sandbox's commands run without a seccomp filter unless they ask for one (capabilities stay bounded, no_new_privs stays set)\n".utf8))
@@ -201,7 +201,7 @@ enum SandboxCommands {
                 print(runUsage)
                 return 0
             }
-            guard !parser.remaining.isEmpty else { throw SandboxUsageError("no command to run") }
+            guard !parser.remaining.isEmpty else { throw UsageError("no command to run") }
             config = options.config
             config.name = options.name ?? SandboxName.random()
         } catch {
@@ -251,7 +251,7 @@ enum SandboxCommands {
             return recorded
         }
         guard let script = rootfsScript() else {
-            throw SandboxUsageError("no default rootfs: rootfs/build.sh was not found above \(sibling("")); pass --rootfs DIR")
+            throw UsageError("no default rootfs: rootfs/build.sh was not found above \(sibling("")); pass --rootfs DIR")
         }
         FileHandle.standardError.write(Data("tether: assembling the default rootfs with \(script) (first use; the agent is built if needed)\n".utf8))
         let process = Process()
@@ -260,12 +260,12 @@ enum SandboxCommands {
         let output = Pipe()
         process.standardOutput = output
         process.standardInput = FileHandle.nullDevice
-        do { try process.run() } catch { throw SandboxUsageError("running \(script): \(error)") }
+        do { try process.run() } catch { throw UsageError("running \(script): \(error)") }
         let data = output.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
         let path = String(decoding: data, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? ""
         guard process.terminationStatus == 0, !path.isEmpty else {
-            throw SandboxUsageError("\(script) failed (exit status \(process.terminationStatus)); its messages are above")
+            throw UsageError("\(script) failed (exit status \(process.terminationStatus)); its messages are above")
         }
         // Only into a $TETHER_HOME of ours (created 0700), never through a link at the name.
         if (try? home.check(create: true)) != nil {
@@ -301,10 +301,10 @@ enum SandboxCommands {
                 case "-h", "--help":
                     print(rmUsage)
                     return 0
-                default: throw SandboxUsageError("unknown option \(option)")
+                default: throw UsageError("unknown option \(option)")
                 }
             }
-            guard parser.remaining.count == 1 else { throw SandboxUsageError("tether rm takes one sandbox name") }
+            guard parser.remaining.count == 1 else { throw UsageError("tether rm takes one sandbox name") }
         } catch {
             return usageError(error, usage: rmUsage)
         }
@@ -324,7 +324,7 @@ enum SandboxCommands {
             print(lsUsage)
             return 0
         }
-        guard arguments.isEmpty else { return usageError(SandboxUsageError("tether ls takes no arguments"), usage: lsUsage) }
+        guard arguments.isEmpty else { return usageError(UsageError("tether ls takes no arguments"), usage: lsUsage) }
         let sandboxes = sandboxes()
         do { try sandboxes.home.check() } catch {
             // No $TETHER_HOME yet: no sandboxes. Anything else about it is worth refusing.
@@ -377,10 +377,10 @@ enum SandboxCommands {
                 case "-h", "--help":
                     print(stopUsage)
                     return 0
-                default: throw SandboxUsageError("unknown option \(option)")
+                default: throw UsageError("unknown option \(option)")
                 }
             }
-            guard parser.remaining.count == 1 else { throw SandboxUsageError("tether stop takes one sandbox name") }
+            guard parser.remaining.count == 1 else { throw UsageError("tether stop takes one sandbox name") }
         } catch {
             return usageError(error, usage: stopUsage)
         }
@@ -405,7 +405,7 @@ enum SandboxCommands {
     }
 
     /// An error block: what went wrong, then what to do (`-> ...`). Exit status 1.
-    static func report(_ error: BootError) -> Int32 {
+    static func report(_ error: SandboxError) -> Int32 {
         var text = "error: \(error.message)\n"
         if case .failed(let failure) = error {
             text = "error: the sandbox did not boot (stage \(failure.stage)"
@@ -424,12 +424,6 @@ enum SandboxCommands {
         FileHandle.standardError.write(Data("error: \(error)\n\(usage)\n".utf8))
         return 2
     }
-}
-
-/// A command line the user got wrong (exit status 2, with the usage).
-struct SandboxUsageError: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
 }
 
 /// Reads `--option value`, `--option=value`, positional arguments between them, and a `--`
@@ -482,14 +476,14 @@ struct SandboxArguments {
             self.inlineValue = nil
             return inlineValue
         }
-        guard let value = arguments.popFirst() else { throw SandboxUsageError("\(option) needs a value") }
+        guard let value = arguments.popFirst() else { throw UsageError("\(option) needs a value") }
         return value
     }
 
     mutating func integer(for option: String, in range: ClosedRange<Int>) throws -> Int {
         let text = try value(for: option)
         guard let number = Int(text), range.contains(number) else {
-            throw SandboxUsageError("\(option) takes a number from \(range.lowerBound) to \(range.upperBound), not '\(text)'")
+            throw UsageError("\(option) takes a number from \(range.lowerBound) to \(range.upperBound), not '\(text)'")
         }
         return number
     }
@@ -502,7 +496,7 @@ struct SandboxArguments {
             if let number = Double(text.dropLast(suffix.count)), number >= 0 { return UInt64(number * scale) }
         }
         if let seconds = Double(text), seconds >= 0 { return UInt64(seconds * 1000) }
-        throw SandboxUsageError("\(option) takes a duration such as 500ms, 10s or 2m, not '\(text)'")
+        throw UsageError("\(option) takes a duration such as 500ms, 10s or 2m, not '\(text)'")
     }
 }
 

@@ -66,7 +66,7 @@ enum ShellCommand: Command {
             }
             let keys = try DetachKeys(parsing: parsed.value("detach-key") ?? DetachKeys.defaultSpelling, command: name)
             if try ExecCommand.wantsTerminal(parsed, command: name) {
-                exec.tty = Terminal.currentSize
+                exec.tty = LocalTerminal.currentSize
                 if exec.env["TERM"] == nil { exec.env["TERM"] = ExecCommand.localTerm }
             } else {
                 exec.stdin = true

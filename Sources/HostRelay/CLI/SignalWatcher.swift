@@ -60,7 +60,7 @@ final class SignalWatcher: Sendable {
         }
         // Die of the signal: default action, unblocked in this thread, sent to the process.
         // A terminal left in raw mode would be unusable for the shell that gets it back.
-        Terminal.restore()
+        LocalTerminal.restore()
         Glibc.signal(signal, SIG_DFL)
         var set = sigset_t()
         sigemptyset(&set)

@@ -26,7 +26,7 @@ enum ChannelEnd: Sendable {
 /// connection drops it when the session's END arrives or the connection ends.
 final class SessionChannel: Sendable {
     let id: UInt32
-    let connection: Connection
+    let connection: RelayConnection
     /// For errors: what was being done (`exec`), and about what.
     let operation: String
     let context: [String: String]
@@ -49,7 +49,7 @@ final class SessionChannel: Sendable {
     }
     let state = Mutex(State())
 
-    init(id: UInt32, connection: Connection, operation: String, context: [String: String]) {
+    init(id: UInt32, connection: RelayConnection, operation: String, context: [String: String]) {
         self.id = id
         self.connection = connection
         self.operation = operation

@@ -14,9 +14,9 @@ import TetherProtocol
 /// within `ClientOptions.retryBudget`; nothing else is retried.
 public final class TetherClient: Sendable {
     public let options: ClientOptions
-    private let current: Mutex<Connection?>
+    private let current: Mutex<RelayConnection?>
 
-    private init(options: ClientOptions, connection: Connection) {
+    private init(options: ClientOptions, connection: RelayConnection) {
         self.options = options
         self.current = Mutex(connection)
     }
@@ -36,8 +36,8 @@ public final class TetherClient: Sendable {
     }
 
     public static func connect(_ options: ClientOptions) async throws(TetherError) -> TetherClient {
-        let connection = try await Retry(options, operation: "connect").run { () async throws(TetherError) -> Connection in
-            try await Connection.open(options.socket, name: options.name, helloTimeout: options.helloTimeout, onNotice: options.onNotice)
+        let connection = try await Retry(options, operation: "connect").run { () async throws(TetherError) -> RelayConnection in
+            try await RelayConnection.open(options.socket, name: options.name, helloTimeout: options.helloTimeout, onNotice: options.onNotice)
         }
         return TetherClient(options: options, connection: connection)
     }
@@ -49,10 +49,10 @@ public final class TetherClient: Sendable {
     /// Closes the connection; running non-detached sessions are killed by the relay.
     public func close() { current.withLock { $0?.close() } }
 
-    private func connection() async throws(TetherError) -> Connection {
+    private func connection() async throws(TetherError) -> RelayConnection {
         if let live = current.withLock({ $0.flatMap { $0.isClosed ? nil : $0 } }) { return live }
-        let fresh = try await Retry(options, operation: "connect").run { () async throws(TetherError) -> Connection in
-            try await Connection.open(options.socket, name: options.name, helloTimeout: options.helloTimeout, onNotice: options.onNotice)
+        let fresh = try await Retry(options, operation: "connect").run { () async throws(TetherError) -> RelayConnection in
+            try await RelayConnection.open(options.socket, name: options.name, helloTimeout: options.helloTimeout, onNotice: options.onNotice)
         }
         current.withLock { $0 = fresh }
         return fresh

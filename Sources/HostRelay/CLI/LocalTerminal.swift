@@ -13,7 +13,7 @@ import TetherProtocol
 ///
 /// The saved settings live in one process-wide slot so the signal thread can restore them
 /// before the CLI dies of SIGTERM or SIGHUP (`SignalWatcher`), and `exit` paths can too.
-enum Terminal {
+enum LocalTerminal {
     private static let saved = Mutex<(fd: Int32, settings: termios)?>(nil)
 
     static func isTerminal(_ fd: Int32) -> Bool { isatty(fd) == 1 }

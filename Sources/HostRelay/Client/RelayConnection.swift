@@ -16,7 +16,7 @@ import TetherProtocol
 /// Owns: the thread, its `EventLoop` and the socket (closed when the thread ends). Ends when
 /// the peer closes, on a socket error, or on `close()`; every open session then ends with
 /// `connectionClosed`.
-final class Connection: Sendable {
+final class RelayConnection: Sendable {
     let address: Address
     let name: String
     let helloTimeout: Duration
@@ -66,8 +66,8 @@ final class Connection: Sendable {
 
     /// Connects and waits for the server's hello. One attempt; `TetherClient` retries.
     static func open(_ address: Address, name: String, helloTimeout: Duration = .seconds(10),
-                     onNotice: (@Sendable (TetherError) -> Void)? = nil) async throws(TetherError) -> Connection {
-        let connection = try Connection(address: address, name: name, helloTimeout: helloTimeout, onNotice: onNotice)
+                     onNotice: (@Sendable (TetherError) -> Void)? = nil) async throws(TetherError) -> RelayConnection {
+        let connection = try RelayConnection(address: address, name: name, helloTimeout: helloTimeout, onNotice: onNotice)
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Hello, TetherError>, Never>) in
             connection.shared.withLock { $0.opened = continuation }
             let thread = Thread { connection.threadMain() }
@@ -309,7 +309,7 @@ final class Connection: Sendable {
             guard let message = try? frame.decode(ErrorMessage.self) else { return }
             let error = TetherError(.remote(message.code), message.message, operation: "ping",
                                     context: ["socket": address.description], errno: message.errno)
-            // Connection-level news: the waiting pings cannot be answered.
+            // RelayConnection-level news: the waiting pings cannot be answered.
             let pings = shared.withLock { shared -> [CheckedContinuation<Result<Duration, TetherError>, Never>] in
                 defer { shared.pings.removeAll() }
                 return shared.pings.values.map(\.continuation)

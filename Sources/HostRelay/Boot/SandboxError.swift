@@ -7,7 +7,7 @@ import TetherPosix
 
 /// Why a sandbox operation (boot, stop, list) failed. `message` says what went wrong and
 /// `hint` what to do; the CLI prints them as an error block.
-public enum BootError: Error, Equatable, Sendable, CustomStringConvertible {
+public enum SandboxError: Error, Equatable, Sendable, CustomStringConvertible {
     /// Not a usable sandbox name.
     case invalidName(String)
     /// A live sandbox already has this name (its supervisor holds the lock).
