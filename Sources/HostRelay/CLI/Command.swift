@@ -96,26 +96,13 @@ func streamSession(_ handle: ExecHandle) async throws(TetherError) -> ExitStatus
     SignalWatcher.shared.setHandler { signal in handle.signal(signal) }
     defer { SignalWatcher.shared.setHandler(nil) }
     let pump = OutputPump()
-    var status: ExitStatus?
     var killed = false
-    do {
-        for try await event in handle.events {
-            switch event {
-            case .stdout(let bytes): await pump.write(bytes, to: 1)
-            case .stderr(let bytes): await pump.write(bytes, to: 2)
-            case .exited(let exit): status = exit
-            case .started, .stdinError: break
-            }
-            if pump.brokenPipe && !killed {
-                killed = true
-                handle.kill()
-            }
+    let status = try await pump.copyOutput(of: handle) {
+        if pump.brokenPipe && !killed {
+            killed = true
+            handle.kill()
         }
-    } catch {
-        await pump.drain()
-        throw error
     }
-    await pump.drain()
     if killed && status?.signal == SIGKILL { return ExitStatus(signal: SIGPIPE) }
     return status
 }

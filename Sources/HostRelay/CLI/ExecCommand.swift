@@ -122,12 +122,7 @@ enum ExecCommand: Command {
             if exec.detach {
                 let number = try await handle.detach()
                 // What arrived before the relay took the detach is printed, not replayed.
-                let pump = OutputPump()
-                for try await event in handle.events {
-                    if case .stdout(let bytes) = event { await pump.write(bytes, to: 1) }
-                    if case .stderr(let bytes) = event { await pump.write(bytes, to: 2) }
-                }
-                await pump.drain()
+                _ = try await OutputPump().copyOutput(of: handle)
                 writeStandardOutput("\(number)\n")
                 return 0
             }

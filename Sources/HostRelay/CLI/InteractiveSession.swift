@@ -48,22 +48,7 @@ enum InteractiveSession {
             TerminalInput.start(writer, keys: detachKeys, endInputOnEOF: endInputOnEOF,
                                 finished: { finished.load(ordering: .relaxed) }) { detach.request(handle) }
         }
-        let pump = OutputPump()
-        var status: ExitStatus?
-        do {
-            for try await event in handle.events {
-                switch event {
-                case .stdout(let bytes): await pump.write(bytes, to: 1)
-                case .stderr(let bytes): await pump.write(bytes, to: 2)
-                case .exited(let exit): status = exit
-                case .started, .stdinError: break
-                }
-            }
-        } catch {
-            await pump.drain()
-            throw error
-        }
-        await pump.drain()
+        let status = try await OutputPump().copyOutput(of: handle)
         if let task = detach.task {
             let number: UInt32
             do { number = try await task.value } catch {

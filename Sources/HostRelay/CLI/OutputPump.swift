@@ -5,6 +5,7 @@ import Musl
 #endif
 import Foundation
 import Synchronization
+import TetherClient
 
 /// Writes the session's output to local stdout and stderr on one dedicated thread (a full
 /// pipe or a slow terminal blocks that thread, never a Task). `write` waits while more than
@@ -100,5 +101,30 @@ final class OutputPump: Sendable {
             }
             for waiter in waiters { waiter.resume() }
         }
+    }
+}
+
+extension OutputPump {
+    /// Copies a session's stdout and stderr to fds 1 and 2 until the session ends, then waits
+    /// until all of it is written; returns how the program ended (nil: no `exited`). `afterEach`
+    /// runs after every event. The one loop from session events to local output.
+    func copyOutput(of handle: ExecHandle, afterEach: () -> Void = {}) async throws(TetherError) -> ExitStatus? {
+        var status: ExitStatus?
+        do {
+            for try await event in handle.events {
+                switch event {
+                case .stdout(let bytes): await write(bytes, to: 1)
+                case .stderr(let bytes): await write(bytes, to: 2)
+                case .exited(let exit): status = exit
+                case .started, .stdinError: break
+                }
+                afterEach()
+            }
+        } catch {
+            await drain()
+            throw error
+        }
+        await drain()
+        return status
     }
 }

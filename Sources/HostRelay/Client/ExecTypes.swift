@@ -1,4 +1,5 @@
 import TetherProtocol
+import TetherPosix
 
 /// How a program ended: an exit code, or the signal that killed it.
 public struct ExitStatus: Sendable, Hashable, Codable, CustomStringConvertible {
@@ -90,16 +91,11 @@ public struct ExecOptions: Sendable {
         var env: [OSString: OSString] = [:]
         for (name, value) in self.env { env[OSString(name)] = OSString(value) }
         return ExecRequest(argv: argv.map { OSString($0) }, env: env, cwd: cwd.map { OSString($0) }, user: user, tty: tty,
-                           stdin: stdin ? .pipe : .none, timeoutMs: timeout.map(milliseconds),
-                           killGraceMs: killGrace.map(milliseconds) ?? ExecRequest.defaultKillGraceMs,
-                           drainMs: drain.map(milliseconds) ?? ExecRequest.defaultDrainMs,
+                           stdin: stdin ? .pipe : .none, timeoutMs: timeout.map(\.milliseconds),
+                           killGraceMs: killGrace.map(\.milliseconds) ?? ExecRequest.defaultKillGraceMs,
+                           drainMs: drain.map(\.milliseconds) ?? ExecRequest.defaultDrainMs,
                            rlimits: rlimits, detach: detach, seccomp: seccomp)
     }
-}
-
-func milliseconds(_ duration: Duration) -> UInt64 {
-    let (seconds, attoseconds) = duration.components
-    return UInt64(max(0, seconds)) * 1000 + UInt64(max(0, attoseconds) / 1_000_000_000_000_000)
 }
 
 /// Where to connect and how hard to try.

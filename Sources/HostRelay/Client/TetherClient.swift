@@ -183,9 +183,9 @@ struct Retry {
     let operation: String
 
     init(_ options: ClientOptions, operation: String) {
-        budgetNs = nanosecondsOf(options.retryBudget)
-        initialNs = max(1_000_000, nanosecondsOf(options.retryInitialDelay))
-        maxNs = max(initialNs, nanosecondsOf(options.retryMaxDelay))
+        budgetNs = options.retryBudget.nanoseconds
+        initialNs = max(1_000_000, options.retryInitialDelay.nanoseconds)
+        maxNs = max(initialNs, options.retryMaxDelay.nanoseconds)
         self.operation = operation
     }
 
@@ -229,9 +229,4 @@ struct Retry {
             }
         }
     }
-}
-
-func nanosecondsOf(_ duration: Duration) -> UInt64 {
-    let (seconds, attoseconds) = duration.components
-    return UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds) / 1_000_000_000)
 }
