@@ -68,7 +68,7 @@ EDGE = [
     ("undefined", cbor2.undefined),
 ]
 
-# One payload of every message kind in DESIGN.md's table (data kinds carry raw bytes, not CBOR).
+# One payload of every message kind (Sources/Protocol/Frame.swift) (data kinds carry raw bytes, not CBOR).
 MESSAGES = [
     ("msg-hello", {"version": 1, "role": "agent", "name": "sandbox-1", "pid": 1,
                    "capabilities": ["pty", "exec"], "agentVersion": "0.1.0",

@@ -26,7 +26,7 @@ public enum SocketError: Error, Equatable, Sendable, CustomStringConvertible {
     }
 }
 
-/// Opening stream sockets for DESIGN.md's addresses. Every socket is CLOEXEC; listeners are
+/// Opening stream sockets for `Address`es. Every socket is CLOEXEC; listeners are
 /// nonblocking (accept in an event loop), connected sockets are blocking unless asked.
 public enum Socket {
     /// The host's CID when connecting with `vsock:PORT` (no CID given).

@@ -1,4 +1,4 @@
-/// Where a program listens or connects (DESIGN.md "Addresses"):
+/// Where a program listens or connects:
 /// `vsock:PORT` (any CID), `vsock:CID:PORT`, `unix:PATH`, `fd:N`, and on the host
 /// `hvsock:PATH:PORT` (Firecracker / Cloud Hypervisor: a unix socket that takes
 /// `CONNECT <port>\n` and answers `OK <n>\n` before frames start).

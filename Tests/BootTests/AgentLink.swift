@@ -7,8 +7,9 @@ import TetherPosix
 import TetherProtocol
 
 /// A small blocking protocol client for the boot tests: connects to a sandbox's agent socket,
-/// exchanges hellos, runs one command at a time and collects its output. Written from DESIGN.md
-/// so the boot tests depend on the wire protocol, not on the client library's internals.
+/// exchanges hellos, runs one command at a time and collects its output. Written from the
+/// wire protocol (README, "Wire protocol") so the boot tests depend on it, not on the client
+/// library's internals.
 ///
 /// Owns one connected socket (closed on deinit). Used from one test thread.
 final class AgentLink {

@@ -18,7 +18,7 @@ import TestSupport
         }
     }
 
-    /// What each `msg-*` vector must decode to, written from DESIGN.md's table.
+    /// What each `msg-*` vector must decode to, written from the kinds in Frame.swift.
     static let expectedMessages: [String: any Message] = [
         "msg-hello": Hello(role: .agent, name: "sandbox-1", pid: 1, capabilities: ["pty", "exec"], agentVersion: "0.1.0",
                            bootNs: 123_456_789, readyNs: 234_567_890),

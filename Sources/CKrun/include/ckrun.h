@@ -43,5 +43,5 @@ typedef int32_t (*ckrun_add_vsock_port2_fn)(uint32_t ctx_id, uint32_t port, cons
 typedef int32_t (*ckrun_disable_implicit_vsock_fn)(uint32_t ctx_id);
 typedef int32_t (*ckrun_add_vsock_fn)(uint32_t ctx_id, uint32_t tsi_features);
 
-/* The guest's vsock port the agent listens on by default (DESIGN.md: vsock:2695). */
+/* The guest's vsock port the agent listens on by default (vsock:2695). */
 #define CKRUN_AGENT_VSOCK_PORT 2695u

@@ -8,7 +8,7 @@ import TetherProtocol
 
 /// Waits for a freshly started agent to say hello on its socket.
 ///
-/// The probe connects, sends its own hello (each side sends at once, DESIGN.md), reads frames
+/// The probe connects, sends its own hello (each side sends at once), reads frames
 /// until the agent's hello, and closes; the agent then takes the next connection (the relay's).
 /// Connection refusals, resets and EOF before the hello are retried with a capped backoff: a
 /// namespace agent is still starting, and libkrun accepts the host's connection before the guest

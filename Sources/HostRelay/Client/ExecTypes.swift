@@ -56,7 +56,7 @@ public enum ExecEvent: Sendable, Hashable {
     case exited(ExitStatus)
 }
 
-/// Options of `exec`, `execStream`, `shell` (the `exec` request's keys, DESIGN.md "Exec").
+/// Options of `exec`, `execStream`, `shell` (the `exec` request's keys, `ExecRequest`).
 public struct ExecOptions: Sendable {
     public var env: [String: String] = [:]
     public var cwd: String?

@@ -2,7 +2,7 @@ import Synchronization
 import TetherPosix
 import TetherProtocol
 
-/// The async Swift client of a Tether relay (DESIGN.md "Client library").
+/// The async Swift client of a Tether relay (ARCHITECTURE.md, "The path of one exec").
 ///
 ///     let client = try await TetherClient.connect(to: "unix:/run/sandbox/relay.sock")
 ///     let output = try await client.exec(["uname", "-a"])

@@ -1,4 +1,4 @@
-// Requests only a relay answers (kinds 0x26-0x2F of the relay's range, DESIGN.md "Kinds").
+// Requests only a relay answers (kinds 0x26-0x2F of the relay's range; every kind is listed in Frame.swift).
 // An agent that gets one answers `error{unknownKind}` with END, like any kind it does not know.
 //
 // | kind | name          | direction        | payload                                            |

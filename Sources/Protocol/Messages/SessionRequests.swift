@@ -1,4 +1,4 @@
-// Requests about sessions rather than inside one (kinds 0x20-0x2F, DESIGN.md "Kinds").
+// Requests about sessions rather than inside one (kinds 0x20-0x2F; every kind is listed in Frame.swift).
 //
 // Both the agent and the relay answer them: a client asks the relay, and a relay that
 // restarted asks the agent, to list the running sessions and to attach to a detached one.
