@@ -95,7 +95,7 @@ enum TetherCLI {
 func streamSession(_ handle: ExecHandle) async throws(TetherError) -> ExitStatus? {
     SignalWatcher.shared.setHandler { signal in handle.signal(signal) }
     defer { SignalWatcher.shared.setHandler(nil) }
-    let pump = OutputPump()
+    let pump = try OutputPump()
     var killed = false
     let status = try await pump.copyOutput(of: handle) {
         if pump.brokenPipe && !killed {

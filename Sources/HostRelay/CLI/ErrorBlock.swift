@@ -5,6 +5,7 @@ import Musl
 #endif
 import Foundation
 import TetherClient
+import TetherPosix
 import TetherRelay
 
 /// A failure of the CLI itself, not of the program it ran: what went wrong and a hint.
@@ -67,24 +68,9 @@ enum ErrorBlock {
 }
 
 func writeStandardError(_ text: String) {
-    let bytes = Array(text.utf8)
-    _ = try? bytes.withUnsafeBytes { raw in try writeFully(2, raw) }
+    _ = try? FileIO.writeAll(2, Array(text.utf8))
 }
 
 func writeStandardOutput(_ text: String) {
-    let bytes = Array(text.utf8)
-    _ = try? bytes.withUnsafeBytes { raw in try writeFully(1, raw) }
-}
-
-/// Blocking write of everything (a dedicated thread or the main thread only, never a Task).
-func writeFully(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) throws {
-    var offset = 0
-    while offset < bytes.count {
-        let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-        if n < 0 {
-            if errno == EINTR { continue }
-            throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
-        }
-        offset += n
-    }
+    _ = try? FileIO.writeAll(1, Array(text.utf8))
 }

@@ -5,6 +5,7 @@ import Musl
 #endif
 import Foundation
 import TetherClient
+import TetherPosix
 import TetherProtocol
 
 /// `tether exec [OPTIONS] -- CMD ARGS...`
@@ -126,7 +127,11 @@ enum ExecCommand: Command {
                 writeStandardOutput("\(number)\n")
                 return 0
             }
-            if exec.stdin, let writer = handle.takeStdin() { StdinPump.start(writer) }
+            if exec.stdin, let writer = handle.takeStdin() {
+                do throws(Errno) { _ = try StdinForwarder(writer) } catch {
+                    throw TetherError(.internal, "cannot forward stdin: \(error)", operation: "exec", errno: error.rawValue)
+                }
+            }
             guard let status = try await streamSession(handle) else {
                 writeStandardError(ErrorBlock.render(message: "exec: the session ended without an exit status", hint: nil))
                 return CLIExit.tetherFailed
@@ -134,25 +139,4 @@ enum ExecCommand: Command {
             return CLIExit.status(status)
         }
     }
-}
-
-/// Copies local stdin to a session's stdin on a dedicated thread (read(2) blocks), then
-/// sends EOF. Owns: its thread, until EOF or until the session stops taking stdin.
-enum StdinPump {
-    static func start(_ writer: StdinWriter) {
-        let thread = Thread {
-            var buffer = [UInt8](repeating: 0, count: 64 << 10)
-            while true {
-                let n = readStandardInput(into: &buffer)
-                if n <= 0 { break }
-                let chunk = Array(buffer[0..<n])
-                let delivered = blockingWait { (try? await writer.write(chunk)) != nil }
-                if !delivered { return }
-            }
-            try? writer.close()
-        }
-        thread.name = "tether-stdin"
-        thread.start()
-    }
-
 }

@@ -6,6 +6,7 @@ import Musl
 import Foundation
 import Synchronization
 import TetherClient
+import TetherPosix
 import TetherProtocol
 
 /// A pty session in the foreground (`tether shell`, `exec -t`, `attach` of a tty session):
@@ -42,12 +43,16 @@ enum InteractiveSession {
         handle.resize(rows: size.rows, cols: size.cols)
 
         let detach = DetachRequest()
-        let finished = Atomic<Bool>(false)
-        defer { finished.store(true, ordering: .relaxed) }
+        var input: StdinForwarder?
         if let writer = handle.takeStdin() {
-            TerminalInput.start(writer, keys: detachKeys, endInputOnEOF: endInputOnEOF,
-                                finished: { finished.load(ordering: .relaxed) }) { detach.request(handle) }
+            do throws(Errno) {
+                input = try StdinForwarder(writer, keys: detachKeys, closeOnEOF: endInputOnEOF) { detach.request(handle) }
+            } catch {
+                throw TetherError(.internal, "cannot forward stdin: \(error)", operation: "exec", errno: error.rawValue)
+            }
         }
+        // When the session is over, what is typed next stays in the terminal for the local shell.
+        defer { input?.stop() }
         let status = try await OutputPump().copyOutput(of: handle)
         if let task = detach.task {
             let number: UInt32
@@ -77,40 +82,5 @@ final class DetachRequest: Sendable {
             guard slot == nil else { return }
             slot = Task { () async throws -> UInt32 in try await handle.detach() }
         }
-    }
-}
-
-/// Copies local stdin to the session on a dedicated thread (read(2) blocks), watching for the
-/// detach keys; EOF on stdin is EOF for the session (the agent types the pty's EOF character).
-enum TerminalInput {
-    /// `finished`: the session is over; stop reading, so what is typed next stays in the
-    /// terminal for the local shell instead of going to a session that has ended.
-    static func start(_ writer: StdinWriter, keys: DetachKeys, endInputOnEOF: Bool, finished: @escaping @Sendable () -> Bool,
-                      onDetach: @escaping @Sendable () -> Void) {
-        let thread = Thread {
-            var matcher = DetachMatcher(keys)
-            var buffer = [UInt8](repeating: 0, count: 16 << 10)
-            while true {
-                // Read only what is there already (poll first), checking for the end between.
-                var ready = pollfd(fd: 0, events: Int16(POLLIN), revents: 0)
-                let polled = poll(&ready, 1, 100)
-                if finished() { return }
-                if polled == 0 || (polled < 0 && errno == EINTR) { continue }
-                let n = readStandardInput(into: &buffer)
-                if n <= 0 { break }
-                let (forward, detach) = matcher.feed(buffer[0..<n])
-                if !forward.isEmpty {
-                    let delivered = blockingWait { (try? await writer.write(forward)) != nil }
-                    if !delivered { return }
-                }
-                if detach {
-                    onDetach()
-                    return
-                }
-            }
-            if endInputOnEOF { try? writer.close() }
-        }
-        thread.name = "tether-stdin"
-        thread.start()
     }
 }

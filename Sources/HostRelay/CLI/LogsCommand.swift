@@ -38,12 +38,8 @@ enum LogsCommand: Command {
                 // Interrupting a follow ends it cleanly: the relay stops and says done.
                 SignalWatcher.shared.setHandler { _ in handle.kill() }
                 defer { SignalWatcher.shared.setHandler(nil) }
-                let pump = OutputPump()
-                for try await event in handle.events {
-                    if case .stdout(let bytes) = event { await pump.write(bytes, to: 1) }
-                    if pump.brokenPipe { handle.kill() }
-                }
-                await pump.drain()
+                let pump = try OutputPump()
+                _ = try await pump.copyOutput(of: handle) { if pump.brokenPipe { handle.kill() } }
                 return 0
             }
         }

@@ -3,9 +3,9 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import Foundation
 import Synchronization
 import TetherClient
+import TetherPosix
 
 /// Writes the session's output to local stdout and stderr on one dedicated thread (a full
 /// pipe or a slow terminal blocks that thread, never a Task). `write` waits while more than
@@ -23,15 +23,16 @@ final class OutputPump: Sendable {
         var drainedWaiters: [CheckedContinuation<Void, Never>] = []
     }
     private let state = Mutex(State())
-    /// Signalled once per queued write; the thread drains everything per wake.
-    private let wakeup = DispatchSemaphore(value: 0)
+    /// Woken once per queued write; the thread drains everything per wake.
+    private let wakeup: WakeGate
     private let limit: Int
 
-    init(limit: Int = 1 << 20) {
+    init(limit: Int = 1 << 20) throws(TetherError) {
         self.limit = limit
-        let thread = Thread { [self] in run() }
-        thread.name = "tether-output"
-        thread.start()
+        do { wakeup = try WakeGate() } catch {
+            throw TetherError(.internal, "cannot set up the output thread: \(error)", operation: "output", errno: error.rawValue)
+        }
+        DedicatedThread.start(named: "tether-output") { [self] in run() }
     }
 
     /// Local stdout or stderr is a closed pipe (`tether exec ... | head`).
@@ -44,7 +45,7 @@ final class OutputPump: Sendable {
             state.queuedBytes += bytes.count
             return state.queuedBytes > limit
         }
-        wakeup.signal()
+        wakeup.wake()
         if full {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let room = state.withLock { state -> Bool in
@@ -71,7 +72,7 @@ final class OutputPump: Sendable {
 
     private func run() {
         while true {
-            wakeup.wait()
+            wakeup.sleep()
             if state.withLock({ $0.queue.isEmpty }) { continue }
             let batch = state.withLock { state -> [(fd: Int32, bytes: [UInt8])] in
                 defer { state.queue.removeAll() }
@@ -80,7 +81,7 @@ final class OutputPump: Sendable {
             var written = 0
             for item in batch {
                 if !state.withLock({ $0.brokenPipe }) {
-                    do { try item.bytes.withUnsafeBytes { raw in try writeFully(item.fd, raw) } } catch {
+                    do { try FileIO.writeAll(item.fd, item.bytes) } catch {
                         state.withLock { $0.brokenPipe = true }
                     }
                 }

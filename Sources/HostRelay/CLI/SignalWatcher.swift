@@ -3,8 +3,8 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import Foundation
 import Synchronization
+import TetherPosix
 
 /// SIGINT, SIGTERM, SIGHUP and SIGWINCH for the whole CLI: blocked in every thread (so
 /// `install()` runs first in main, before any thread exists) and taken by one thread with
@@ -30,7 +30,7 @@ final class SignalWatcher: Sendable {
         for signal in watched { sigaddset(&set, signal) }
         pthread_sigmask(SIG_BLOCK, &set, nil)
         let watcher = shared
-        let thread = Thread {
+        DedicatedThread.start(named: "tether-signals") {
             var set = sigset_t()
             sigemptyset(&set)
             for signal in watched { sigaddset(&set, signal) }
@@ -40,8 +40,6 @@ final class SignalWatcher: Sendable {
                 watcher.deliver(received)
             }
         }
-        thread.name = "tether-signals"
-        thread.start()
     }
 
     func setHandler(_ body: (@Sendable (Int32) -> Void)?) { handler.withLock { $0 = body } }
@@ -71,16 +69,21 @@ final class SignalWatcher: Sendable {
     }
 }
 
-/// Runs async work from synchronous code on the main thread, which waits for it (the main
-/// thread is not a Task, so blocking it is allowed).
+/// The CLI's one bridge from synchronous to async code: `main` (through `withClient`) runs
+/// the async part of a command and waits for it. The main thread is not a Task, so blocking it
+/// is allowed; nothing else in the CLI waits for async work.
 func runAsync(_ body: @escaping @Sendable () async -> Int32) -> Int32 {
-    let semaphore = DispatchSemaphore(value: 0)
-    let result = Mutex<Int32>(0)
+    let done: WakeGate
+    do { done = try WakeGate() } catch {
+        writeStandardError(ErrorBlock.render(message: "cannot start: \(error)", hint: nil))
+        return CLIExit.failure
+    }
+    let result = Mutex<Int32>(CLIExit.failure)
     Task.detached {
         let status = await body()
         result.withLock { $0 = status }
-        semaphore.signal()
+        done.wake()
     }
-    semaphore.wait()
+    done.sleep()
     return result.withLock { $0 }
 }

@@ -70,9 +70,7 @@ final class RelayConnection: Sendable {
         let connection = try RelayConnection(address: address, name: name, helloTimeout: helloTimeout, onNotice: onNotice)
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Hello, TetherError>, Never>) in
             connection.shared.withLock { $0.opened = continuation }
-            let thread = Thread { connection.threadMain() }
-            thread.name = "tether-client"
-            thread.start()
+            DedicatedThread.start(named: "tether-client") { connection.threadMain() }
         }
         _ = try result.get()
         return connection
