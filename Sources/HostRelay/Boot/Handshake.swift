@@ -12,8 +12,9 @@ import TetherProtocol
 /// until the agent's hello, and closes; the agent then takes the next connection (the relay's).
 /// Connection refusals, resets and EOF before the hello are retried with a capped backoff: a
 /// namespace agent is still starting, and libkrun accepts the host's connection before the guest
-/// listens (notes §1.4). Waiting is poll(2) on the socket, the sandbox's pidfd (it may exit
-/// first) and an abort descriptor (the supervisor's signalfd), never a busy loop.
+/// listens. Waiting is on an epoll `EventLoop` (`wait(fds:timeoutMs:)`), watching the socket,
+/// the sandbox's pidfd (it may exit first) and an abort descriptor (the supervisor's
+/// signalfd), never a busy loop.
 public enum Handshake {
     public enum Outcome {
         case hello(Hello)
@@ -115,20 +116,32 @@ public enum Handshake {
         return nil
     }
 
-    /// poll(2) for readability. Returns the index of the first ready descriptor, or -1 on timeout.
-    /// A negative `timeoutMs` waits without a deadline. Negative descriptors are skipped (poll
-    /// ignores them).
+    /// Waits until one of `fds` is readable (or hung up), on an epoll `EventLoop` like every
+    /// other wait on the host. Returns the index of the first ready descriptor (the lowest when
+    /// several are ready at once), or -1 on timeout or when no loop can be set up (the callers
+    /// treat both as "nothing happened in time"). A negative `timeoutMs` waits without a
+    /// deadline; negative descriptors are skipped.
     static func wait(fds: [CInt], timeoutMs: Int32) -> Int {
-        var pollfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-        let forever = timeoutMs < 0
-        let deadline = Clock.monotonicNs() + UInt64(max(0, timeoutMs)) * 1_000_000
-        while true {
-            // Rounded up: a wait of 0.4 ms left must not become poll(0) and spin.
-            let left: Int32 = forever ? -1 : Int32(clamping: (deadline - min(deadline, Clock.monotonicNs()) + 999_999) / 1_000_000)
-            let n = poll(&pollfds, nfds_t(pollfds.count), left)
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return -1 }
-            return pollfds.firstIndex { $0.revents != 0 } ?? -1
+        guard let loop = try? EventLoop() else { return -1 }
+        var ready = -1
+        var watched: [CInt] = []
+        // Handlers hold the loop unowned: the loop owns them, and goes when this returns.
+        defer { for fd in watched { loop.unwatch(fd) } }
+        for (index, fd) in fds.enumerated() where fd >= 0 {
+            do {
+                try loop.watch(fd, events: EventLoop.readable) { [unowned loop] _ in
+                    ready = ready < 0 ? index : min(ready, index)
+                    loop.stopping = true
+                }
+            } catch {
+                return -1
+            }
+            watched.append(fd)
         }
+        if timeoutMs >= 0 {
+            loop.schedule(after: .milliseconds(Int(timeoutMs))) { [unowned loop] in loop.stopping = true }
+        }
+        do { try loop.run() } catch { return -1 }
+        return ready
     }
 }

@@ -12,7 +12,8 @@ import TetherProtocol
 ///
 /// Owns: the name's lock (inherited, held until it exits), the sandbox's first process (its
 /// child: namespace PID 1 or the krun runner, reaped here), the sandbox's cgroup and sockets,
-/// and `state.json`. Single-threaded: it blocks in poll(2) on a signalfd and the sandbox's pidfd.
+/// and `state.json`. Single-threaded: every wait (the handshake, the relay, a stop request, the
+/// sandbox's end) is an epoll `EventLoop` on a signalfd, pidfds and sockets (`Handshake.wait`).
 /// Ends when the sandbox ends: after a stop request (SIGTERM, whose sigqueue(3) value is the
 /// grace in milliseconds), or when the sandbox exits by itself; either way it records how the
 /// sandbox ended, removes sockets, cgroup and overlay, and exits (releasing the name).
@@ -179,70 +180,6 @@ public final class Supervisor {
         return serve()
     }
 
-    // MARK: relay
-
-    /// Starts `tether relay` between `agent.sock` and `relay.sock` and waits until it accepts
-    /// clients, so `--sandbox NAME` works as soon as `boot` returns. A relay that cannot start
-    /// is a warning, not a boot failure: the agent is up and reachable on `agent.sock`.
-    func startRelay() {
-        guard let relay = config.relayExecutable else { return }
-        unlink(paths.relaySocket.path)
-        var launcher = NamespaceLauncher(
-            path: relay,
-            arguments: [relay, "relay", "--agent", "unix:" + paths.agentSocket.path, "--listen", "unix:" + paths.relaySocket.path,
-                        "--name", "tether-relay-" + config.name],
-            environment: ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" })
-        launcher.namespaces = []
-        launcher.newSession = false
-        // A relay outliving its supervisor would hold the agent's one connection for nobody.
-        launcher.parentDeathSignal = SIGTERM
-        let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
-        defer { if devNull >= 0 { close(devNull) } }
-        // Our stderr is supervisor.log: the relay's messages go there too.
-        launcher.descriptors = [(devNull, 0), (2, 1), (2, 2)]
-        do {
-            relayPid = try launcher.launch()
-        } catch {
-            state.warnings.append("the relay \(relay) did not start (\(error.errno)): connect to \(paths.agentSocket.path) instead")
-            state.save(to: paths.state)
-            return
-        }
-        relayFD = csys_pidfd_open(relayPid, 0)
-        // The relay binds its socket once the agent answered it: connect until that works.
-        let deadline = Clock.monotonicNs() + 10_000_000_000
-        var listening = false
-        while Clock.monotonicNs() < deadline {
-            if (try? Socket.connect(.unix(path: paths.relaySocket.path))) != nil {
-                listening = true
-                break
-            }
-            if relayFD >= 0 && Handshake.wait(fds: [relayFD], timeoutMs: 20) == 0 { break }
-        }
-        if listening {
-            state.relayPid = relayPid
-        } else {
-            stopRelay()
-            state.warnings.append("the relay did not start serving \(paths.relaySocket.path) (see \(paths.supervisorLog.path)); connect to \(paths.agentSocket.path) instead")
-        }
-        state.save(to: paths.state)
-    }
-
-    /// Ends the relay (SIGTERM, then SIGKILL after a second) and reaps it: the agent serves one
-    /// connection at a time, and the supervisor's shutdown request needs it.
-    func stopRelay() {
-        guard relayPid > 0 else { return }
-        kill(relayPid, SIGTERM)
-        if relayFD < 0 || Handshake.wait(fds: [relayFD], timeoutMs: 1_000) != 0 {
-            kill(relayPid, SIGKILL)
-        }
-        var status: CInt = 0
-        while waitpid(relayPid, &status, 0) < 0 && errno == EINTR {}
-        if relayFD >= 0 { close(relayFD) }
-        relayFD = -1
-        relayPid = 0
-        state.relayPid = nil
-    }
-
     /// Waits for the sandbox to end or for a stop request.
     func serve() -> Int32 {
         while true {
@@ -384,64 +321,6 @@ public final class Supervisor {
         return "was killed by signal \(signal)"
     }
 
-    /// Why the sandbox did not come up, if anyone wrote it down: the launcher or krun runner
-    /// (the sandbox's `boot-error.json`), else the agent itself, which writes
-    /// `/.tether/boot-error.json` inside the guest's root (the overlay's upper layer when
-    /// ephemeral). The agent's stages are its own words (`mount /proc`, `init`, ...).
-    func bootError() -> BootFailure? {
-        if let failure = BootFailure.read(from: paths.bootError) { return failure }
-        // The guest wrote this file (and owns it, in a user namespace): read it as any owner's,
-        // still never through a link or from a FIFO, and at most JSONFile.readLimit bytes. A
-        // layer that is not a directory on the host (tmpfs, image) leaves only the console.
-        var written: BootFailure?
-        if let directory = agentBootErrorDirectory(),
-           let bytes = try? PrivateFiles.read(agentBootErrorFile, in: directory, limit: JSONFile.readLimit, anyOwner: true) {
-            written = try? JSONFile.decode(BootFailure.self, from: bytes)
-        }
-        guard var failure = written ?? agentBootErrorFromConsole() else { return nil }
-        failure.message = "the agent: " + failure.message
-        return failure
-    }
-
-    /// `/.tether/boot-error.json` as the host sees it for this sandbox: krun shares the rootfs
-    /// over virtio-fs; the namespace backend's guest writes into its layer, which the host can
-    /// read only where it is a directory (a tmpfs or image layer is gone or unmounted by now:
-    /// `agentBootErrorFromConsole` covers those).
-    var agentBootErrorPath: String {
-        let root = config.backend == .namespace ? paths.overlay.appendingPathComponent("layer/upper").path : config.rootfs
-        return root + "/.tether/boot-error.json"
-    }
-
-    /// The agent also prints its boot error on the console: `tether-agent: boot failed: {json}`.
-    func agentBootErrorFromConsole() -> BootFailure? {
-        guard let bytes = try? PrivateFiles.readTail(paths.console.path, limit: 16 << 10) else { return nil }
-        let size = ((try? FileManager.default.attributesOfItem(atPath: paths.console.path))?[.size] as? UInt64) ?? 0
-        // Only what this boot printed: an earlier boot's report is not about this one.
-        let fresh = size > consoleStart ? min(Int(size - consoleStart), bytes.count) : 0
-        let text = String(decoding: bytes.suffix(fresh), as: UTF8.self)
-        let marker = "boot failed: "
-        guard let line = text.split(separator: "\n").last(where: { $0.contains(marker) }),
-              let range = line.range(of: marker) else { return nil }
-        return try? JSONDecoder().decode(BootFailure.self, from: Data(line[range.upperBound...].utf8))
-    }
-
-    /// The guest's `/.tether`, opened without following a link there: the guest may have
-    /// made it one (to a host path, as the host resolves it), and the host reads and removes
-    /// `boot-error.json` in it as root. Nil when it is missing or not a real directory.
-    func agentBootErrorDirectory() -> OwnedFD? {
-        try? PrivateFiles.openDirectory(URL(fileURLWithPath: agentBootErrorPath).deletingLastPathComponent().path)
-    }
-
-    var agentBootErrorFile: String { URL(fileURLWithPath: agentBootErrorPath).lastPathComponent }
-
-    /// The last lines the agent printed, for messages about an agent that died early.
-    func consoleTail(lines: Int = 5) -> String {
-        guard let bytes = try? PrivateFiles.readTail(paths.console.path, limit: 16 << 10) else { return "" }
-        let text = String(decoding: bytes, as: UTF8.self)
-        let tail = text.split(separator: "\n").suffix(lines)
-        return tail.isEmpty ? "" : "; its console ended with:\n  " + tail.joined(separator: "\n  ")
-    }
-
     func failed(_ failure: BootFailure) -> Int32 {
         failure.write(to: paths.bootError)
         state.status = .failed
@@ -475,19 +354,13 @@ public final class Supervisor {
     /// Tells the CLI that booted us that the sandbox is up (one line, then EOF).
     func signalReady() {
         guard readyFD >= 0 else { return }
-        _ = Handshake.sendAllFile(readyFD, Array("ready\n".utf8))
+        // EPIPE: the CLI went away; nothing to do about it.
+        _ = try? FileIO.writeAll(readyFD, Array("ready\n".utf8))
         closeReady()
     }
 
     func closeReady() {
         if readyFD >= 0 { close(readyFD) }
         readyFD = -1
-    }
-}
-
-extension Handshake {
-    /// write(2) everything to a pipe (EPIPE: the reader went away; nothing to do about it).
-    static func sendAllFile(_ fd: CInt, _ bytes: [UInt8]) -> Bool {
-        (try? FileIO.writeAll(fd, bytes)) != nil
     }
 }
