@@ -110,7 +110,7 @@ func parseArguments(_ arguments: ArraySlice<String>, command: String, options: [
 }
 
 /// `500ms`, `10s`, `2m`, `1h`, `1.5s`; a bare number is seconds.
-func parseDuration(_ text: String, option: String, command: String) throws(UsageError) -> Duration {
+func parseDuration(_ text: String, option: String, command: String?) throws(UsageError) -> Duration {
     let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
     var number = Substring(text)
     var scale = 1.0
