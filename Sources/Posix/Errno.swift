@@ -62,6 +62,7 @@ public struct Errno: Error, Hashable, Sendable, CustomStringConvertible {
         EINPROGRESS: "EINPROGRESS",
         ESPIPE: "ESPIPE",
         ENXIO: "ENXIO",
+        EMLINK: "EMLINK",
     ]
 }
 
@@ -152,6 +153,8 @@ extension Errno {
     public static let illegalSeek = Errno(rawValue: ESPIPE)
     /// ENXIO
     public static let noDeviceOrAddress = Errno(rawValue: ENXIO)
+    /// EMLINK
+    public static let tooManyLinks = Errno(rawValue: EMLINK)
 }
 
 /// Runs a syscall wrapper, retrying on EINTR; -1 becomes a thrown `Errno` read before

@@ -59,8 +59,8 @@ public enum PrivateFiles {
         do {
             return OwnedFD(adopting: try retrying { Glibc.open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) })
         } catch {
-            if error.rawValue == ELOOP { throw UnsafePathError(path: path, problem: .symbolicLink) }
-            if error.rawValue == ENOTDIR { throw UnsafePathError(path: path, problem: .notADirectory(found: "not a directory")) }
+            if error == .loop { throw UnsafePathError(path: path, problem: .symbolicLink) }
+            if error == .notDirectory { throw UnsafePathError(path: path, problem: .notADirectory(found: "not a directory")) }
             throw UnsafePathError(path: path, problem: .failed(operation: "open", error))
         }
     }
@@ -113,7 +113,7 @@ public enum PrivateFiles {
                 fd = try createNew(temporary, mode: mode)
             } catch {
                 attempt += 1
-                if case .failed(_, let cause) = error.problem, cause.rawValue == EEXIST, attempt < 8 { continue }
+                if case .failed(_, let cause) = error.problem, cause == .exists, attempt < 8 { continue }
                 throw error
             }
             do {
@@ -141,7 +141,7 @@ public enum PrivateFiles {
             raw = try retrying { openat(directory, path, flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, mode) }
         } catch {
             // ELOOP from O_NOFOLLOW: the last component is a symbolic link.
-            if error.rawValue == ELOOP { throw UnsafePathError(path: path, problem: .symbolicLink) }
+            if error == .loop { throw UnsafePathError(path: path, problem: .symbolicLink) }
             throw UnsafePathError(path: path, problem: .failed(operation: "open", error))
         }
         let fd = OwnedFD(adopting: raw)
@@ -241,11 +241,11 @@ public struct UnsafePathError: Error, Equatable, Sendable, CustomStringConvertib
     /// The errno that stands for the problem (ELOOP for a link, EPERM for an owner or mode).
     public var errno: Errno {
         switch problem {
-        case .symbolicLink: Errno(rawValue: ELOOP)
-        case .notADirectory: Errno(rawValue: ENOTDIR)
-        case .notARegularFile: Errno(rawValue: EINVAL)
-        case .wrongOwner, .writableByOthers: Errno(rawValue: EPERM)
-        case .hardLinked: Errno(rawValue: EMLINK)
+        case .symbolicLink: .loop
+        case .notADirectory: .notDirectory
+        case .notARegularFile: .invalid
+        case .wrongOwner, .writableByOthers: .notPermitted
+        case .hardLinked: .tooManyLinks
         case .failed(_, let cause): cause
         }
     }

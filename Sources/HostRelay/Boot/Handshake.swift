@@ -87,7 +87,7 @@ public enum Handshake {
                 if errno == EINTR || errno == EAGAIN { continue }
                 return .retry(.current)
             }
-            if n == 0 { return .retry(Errno(rawValue: ECONNRESET)) }   // accepted, then closed
+            if n == 0 { return .retry(.connectionReset) }   // accepted, then closed
             decoder.append(buffer[0..<n])
             do {
                 guard let frame = try decoder.next() else { continue }

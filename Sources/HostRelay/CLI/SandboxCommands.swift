@@ -219,7 +219,7 @@ enum SandboxCommands {
         let sandboxes = sandboxes()
         do { try sandboxes.home.check() } catch {
             // No $TETHER_HOME yet: no sandboxes. Anything else about it is worth refusing.
-            guard case .unsafeState(let unsafe) = error, case .failed(_, let cause) = unsafe.problem, cause.rawValue == ENOENT else {
+            guard case .unsafeState(let unsafe) = error, case .failed(_, let cause) = unsafe.problem, cause == .noEntry else {
                 return report(error)
             }
         }

@@ -137,11 +137,11 @@ final class RelayConnection: Sendable {
             let fd = try Socket.connect(address)
             core.socket = try FrameSocket(adopting: fd)
         } catch let error as SocketError {
-            let errno = error.errno?.rawValue
-            let transient = errno == ENOENT || errno == ECONNREFUSED || errno == EAGAIN
+            // Nobody listens yet (no socket, refused, backlog full): waiting can fix it.
+            let transient = [.noEntry, .connectionRefused, .again].contains(error.errno)
             end(TetherError(transient ? .relayUnreachable : .connectionFailed,
                             error.errno == nil ? "cannot connect to \(address): \(error)" : "cannot connect to \(address)",
-                            operation: "connect", context: ["socket": address.description], errno: errno))
+                            operation: "connect", context: ["socket": address.description], errno: error.errno?.rawValue))
             return
         } catch {
             end(TetherError(.connectionFailed, "cannot connect to \(address): \(error)", operation: "connect",
