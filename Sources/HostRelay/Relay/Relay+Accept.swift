@@ -31,7 +31,7 @@ extension Relay {
             admission.acceptWorked()
             if clients.count >= configuration.maxClients {
                 refuse(fd, .overCap, ErrorMessage(code: .tooManyClients, message:
-                    "the relay serves at most \(configuration.maxClients) clients at a time (tether relay --max-clients)"))
+                    "the relay serves at most \(configuration.maxClients) client\(configuration.maxClients == 1 ? "" : "s") at a time (tether relay --max-clients)"))
             } else {
                 admit(fd)
             }
