@@ -169,6 +169,8 @@ public struct TetherError: Error, Sendable, Equatable, Codable, CustomStringConv
         case .remote(.unknownSession): return "list sessions with `tether ps`"
         case .remote(.sessionInUse): return "only detached sessions that nobody watches can be attached"
         case .remote(.unsupported): return "use a client, relay and agent from the same release"
+        case .remote(.tooManyClients):
+            return "the relay has as many clients as it takes (tether relay --max-clients, ulimit -n); close some or try again later"
         case .connectionFailed, .spawnFailed, .invalidArgument, .cancelled, .protocolError, .internal, .remote: return nil
         }
     }

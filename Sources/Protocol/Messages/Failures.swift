@@ -34,12 +34,18 @@ public enum ErrorCode: RawRepresentable, Hashable, Sendable, CaseIterableWire, C
     case protocolViolation
     /// The receiver failed for a reason of its own (a syscall failed); `errno` says which.
     case `internal`
+    /// A request from a client that has not sent its `hello` yet; the request did not run.
+    case helloRequired
+    /// The relay takes no more clients (its `--max-clients` cap, or its descriptor limit when
+    /// `errno` is EMFILE or ENFILE); sent on id 0, then the connection is closed.
+    case tooManyClients
     /// A code this build does not know.
     case unrecognized(String)
 
     public static let known: [ErrorCode] = [
         .unsupported, .framing, .badPayload, .unknownKind, .unknownSession, .sessionInUse, .limitReached,
         .shuttingDown, .agentUnresponsive, .agentGone, .agentNotReady, .protocolViolation, .internal,
+        .helloRequired, .tooManyClients,
     ]
 
     public init(from decoder: any Decoder) throws { try self.init(wireNameFrom: decoder) }
@@ -60,6 +66,8 @@ public enum ErrorCode: RawRepresentable, Hashable, Sendable, CaseIterableWire, C
         case .agentNotReady: "agentNotReady"
         case .protocolViolation: "protocolViolation"
         case .internal: "internal"
+        case .helloRequired: "helloRequired"
+        case .tooManyClients: "tooManyClients"
         case .unrecognized(let name): name
         }
     }
