@@ -7,7 +7,7 @@
 /// decodes as `.unrecognized(name)` and goes back out unchanged.
 
 /// Machine-readable error codes carried by `error` frames.
-public enum ErrorCode: RawRepresentable, Hashable, Sendable, CaseIterableWire, CustomStringConvertible {
+public enum ErrorCode: Hashable, Sendable, CaseIterableWire, CustomStringConvertible {
     /// The peer speaks no protocol version we can.
     case unsupported
     /// A frame length outside 6 ... 1 MiB + 6; the connection is closed after this.
@@ -74,7 +74,7 @@ public enum ErrorCode: RawRepresentable, Hashable, Sendable, CaseIterableWire, C
 }
 
 /// Why an exec never started (the `kind` of a `failed` event).
-public enum SpawnFailureKind: RawRepresentable, Hashable, Sendable, CaseIterableWire, CustomStringConvertible {
+public enum SpawnFailureKind: Hashable, Sendable, CaseIterableWire, CustomStringConvertible {
     /// ENOENT or ENOTDIR at exec.
     case notFound
     /// EACCES or EPERM.
@@ -125,7 +125,7 @@ public enum SpawnFailureKind: RawRepresentable, Hashable, Sendable, CaseIterable
 /// The step of a spawn that failed (the `stage` of a `failed` event), in the order the agent
 /// takes them: checks of the request, set-up in the agent, the fork, then the child's steps up
 /// to execve.
-public enum SpawnStage: RawRepresentable, Hashable, Sendable, CaseIterableWire, CustomStringConvertible {
+public enum SpawnStage: Hashable, Sendable, CaseIterableWire, CustomStringConvertible {
     // Checks and set-up in the agent, before fork.
     case argv, env, cwd, user, rlimits, stdin, pipes
     // The pseudo-terminal (posix_openpt, unlockpt, the slave, TIOCSWINSZ, O_NONBLOCK).
