@@ -214,3 +214,45 @@ def test_asyncio_client(live: LiveRelay) -> None:
             assert kinds[0] == "started" and kinds[-1] == "done"
 
     asyncio.run(run())
+
+
+def test_the_compatibility_rules_hold_on_a_raw_connection(live: LiveRelay) -> None:
+    """docs/PROTOCOL.md section 5: unknown kinds are answered with unknownKind (on id 0 for the
+    control channel, with END on the id for a START), unknown keys are ignored, and a bad
+    request is badPayload or a failed badArgs, each ending only its own id."""
+    import asyncio
+    from tether import protocol as p
+
+    async def exchange() -> list[p.Frame]:
+        reader, writer = await asyncio.open_unix_connection(live.socket_path)
+        writer.write(p.frame_bytes(0, p.HELLO, p.hello("client", "raw", os.getpid())))
+        writer.write(p.frame_bytes(0, 0x0F, p.empty()))
+        writer.write(p.frame_bytes(7, 0x30, p.empty(), p.FLAG_START))
+        writer.write(p.frame_bytes(8, 0x2E, p.empty(), p.FLAG_START))
+        writer.write(p.frame_bytes(9, p.EXEC, p.encode_message({"cwd": "/"}), p.FLAG_START))
+        writer.write(p.frame_bytes(10, p.EXEC, p.exec_request([]), p.FLAG_START))
+        writer.write(p.frame_bytes(11, p.EXEC, p.encode_message({"argv": ["true"], "aKeyFromTheFuture": [1, 2]}),
+                                   p.FLAG_START))
+        await writer.drain()
+        frames: list[p.Frame] = []
+        buffered = b""
+        while not any(f.id == 11 and f.end for f in frames):
+            data = await asyncio.wait_for(reader.read(65536), 30)
+            assert data, "the relay closed the connection"
+            found, buffered = p.decode_frames(buffered + data)
+            frames += found
+        writer.close()
+        return frames
+
+    frames = asyncio.run(exchange())
+    by_id: dict[int, list[p.Frame]] = {}
+    for frame in frames:
+        by_id.setdefault(frame.id, []).append(frame)
+    control = [f.message()["code"] for f in by_id[0] if f.kind == p.ERROR]
+    assert control == ["unknownKind"]
+    for id, code in ((7, "unknownKind"), (8, "unknownKind"), (9, "badPayload")):
+        assert [(f.kind_name, f.end, f.message()["code"]) for f in by_id[id]] == [("error", True, code)]
+    failed = by_id[10]
+    assert len(failed) == 1 and failed[0].kind == p.FAILED and failed[0].end
+    assert failed[0].message()["kind"] == "badArgs"
+    assert [f.kind_name for f in by_id[11]] == ["started", "exited", "done"]
