@@ -4,8 +4,8 @@
     python3 clients/python/bench.py [--count N] [--build-dir DIR] [--swift]
 
 Starts an agent and a `tether relay` (no exec.log) from the build directory (default
-.build/release if it has tether-bench, else .build/debug; the agent is $TETHER_AGENT_STATIC when
-set, as tether-bench does), then times `exec(["/bin/true"])` N times after a warm-up, with the
+.build/release if it has tether-bench, else .build/debug; the agent is the one tether-bench
+takes: $TETHER_AGENT_STATIC, else .build-static/tether-agent), then times `exec(["/bin/true"])` N times after a warm-up, with the
 synchronous client and with the asyncio client. With --swift it then runs `tether-bench --quick`
 from the same directory and prints its "exec /bin/true via relay median" beside these, and the
 ratio (target: within 1.3x). Needs the tether package importable (pip install ./clients/python).
@@ -93,7 +93,9 @@ def main() -> None:
     if build_dir is None:
         release = REPOSITORY / ".build" / "release"
         build_dir = release if (release / "tether-bench").exists() else REPOSITORY / ".build" / "debug"
-    agent_binary = os.environ.get("TETHER_AGENT_STATIC") or str(build_dir / "tether-agent")
+    # The agent tether-bench uses: $TETHER_AGENT_STATIC, else scripts/build-agent.sh's, else the build's.
+    static = REPOSITORY / ".build-static" / "tether-agent"
+    agent_binary = os.environ.get("TETHER_AGENT_STATIC") or (str(static) if static.exists() else str(build_dir / "tether-agent"))
     print("binaries: %s (agent %s)" % (build_dir, agent_binary))
 
     with tempfile.TemporaryDirectory(prefix="tether-pybench-") as directory:
