@@ -14,13 +14,14 @@ import asyncio
 import collections
 import os
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Optional, Sequence, TypeVar, Union
 
 from . import protocol as p
 from .errors import (AgentNotReadyError, ConnectionClosedError, InvalidArgumentError, ProtocolError,
                      RelayUnreachableError, RemoteError, TetherError, TimedOutError, remote_error, spawn_error)
 
 StrOrBytes = Union[str, bytes]
+T = TypeVar("T")
 
 
 # MARK: events and results
@@ -185,7 +186,8 @@ class _Session:
 
     def failure(self) -> Optional[TetherError]:
         if self.end is not None and self.end[0] == "failed":
-            return self.end[1]
+            error: TetherError = self.end[1]
+            return error
         return None
 
     async def next(self) -> Any:
@@ -383,8 +385,9 @@ class AsyncExecHandle:
         await session.client._drain()
         await session.wait_for_end()
         if session.end is not None and session.end[0] == "detached":
-            self.session = session.end[1]
-            return session.end[1]
+            number: int = session.end[1]
+            self.session = number
+            return number
         failure = session.failure()
         if failure is not None:
             raise failure
@@ -453,11 +456,11 @@ class AsyncClient:
         try:
             self.server_hello = await asyncio.wait_for(asyncio.shield(self._hello_waiter), hello_timeout)
         except asyncio.TimeoutError:
-            error = TimedOutError("unix:%s accepted the connection but sent no hello within %gs" % (self.path, hello_timeout),
+            timed_out = TimedOutError("unix:%s accepted the connection but sent no hello within %gs" % (self.path, hello_timeout),
                                   operation="connect", context=self.context,
                                   suggestion="an agent serves one connection at a time: is a relay or another client connected to it?")
-            self._end(error)
-            raise error from None
+            self._end(timed_out)
+            raise timed_out from None
 
     async def close(self) -> None:
         """Closes the connection; the relay kills this client's sessions that are not detached."""
@@ -575,20 +578,20 @@ class AsyncClient:
         elif frame.kind == p.ERROR:
             try:
                 m = frame.message()
-                error = remote_error(str(m["code"]), m.get("message") or "", operation="connection",
-                                     context=self.context, errno=m.get("errno"))
+                news = remote_error(str(m["code"]), m.get("message") or "", operation="connection",
+                                    context=self.context, errno=m.get("errno"))
             except (p.PayloadError, KeyError):
                 return
             for future, _ in self._pings.values():
                 if not future.done():
-                    future.set_exception(error)
+                    future.set_exception(news)
             self._pings.clear()
             # Before the hello, any error means the connection is refused (tooManyClients, ...);
             # framing and unsupported end a connection whenever they come.
-            if self.server_hello is None or error.code in ("framing", "unsupported", "tooManyClients"):
-                self._end(error)
+            if self.server_hello is None or news.code in ("framing", "unsupported", "tooManyClients"):
+                self._end(news)
             elif self.on_notice is not None:
-                self.on_notice(error)
+                self.on_notice(news)
 
     # writing
 
@@ -643,7 +646,7 @@ class AsyncClient:
         self._send(id, kind, payload, flags=p.FLAG_START)
         return session
 
-    async def _retrying(self, attempt: Callable[[], Any]) -> Any:
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """Runs ``attempt`` again while it fails with agentNotReady, within the retry budget."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_budget

@@ -19,6 +19,7 @@ class TetherError(Exception):
     ``unknownSession``, ...) or one the client adds (``relayUnreachable``, ``spawnFailed``, ...)."""
 
     code: str = "internal"
+    errno: Optional[int]
 
     def __init__(self, message: str, *, code: Optional[str] = None, operation: str = "",
                  context: Optional[dict[str, str]] = None, suggestion: Optional[str] = None,
