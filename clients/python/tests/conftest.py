@@ -56,16 +56,27 @@ class LiveRelay:
         agent_socket = "unix:" + str(directory / "agent.sock")
         self.agent = subprocess.Popen([str(agent_binary), "--listen", agent_socket],
                                       stdout=subprocess.DEVNULL, stderr=open(directory / "agent.log", "wb"))
+        self.relay_command = [str(tether_binary), "relay", "--agent", agent_socket, "--listen", self.address,
+                              "--log-dir", str(directory), "--agent-timeout", "5s"]
         self.relay_log = directory / "relay.log"
-        self.relay = subprocess.Popen([str(tether_binary), "relay", "--agent", agent_socket, "--listen", self.address,
-                                       "--log-dir", str(directory), "--agent-timeout", "5s"],
-                                      stdout=subprocess.DEVNULL, stderr=open(self.relay_log, "wb"))
+        self.start_relay()
+
+    def start_relay(self) -> None:
+        """Starts the relay and waits until it serves clients."""
+        self.relay_log.write_bytes(b"")
+        self.relay = subprocess.Popen(self.relay_command, stdout=subprocess.DEVNULL, stderr=open(self.relay_log, "ab"))
         deadline = time.monotonic() + 60
         while b"serving clients" not in self.relay_log.read_bytes():
             if self.relay.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("the relay did not start serving:\n" + self.relay_log.read_text(errors="replace"))
             time.sleep(0.02)
+
+    def restart_relay(self) -> None:
+        """Kills the relay (SIGKILL) and starts a new one on the same sockets."""
+        self.relay.kill()
+        self.relay.wait()
+        self.start_relay()
 
     def client(self, **options: object) -> tether.Client:
         return tether.connect(self.address, name="pytest", **options)  # type: ignore[arg-type]

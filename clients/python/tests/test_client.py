@@ -256,3 +256,17 @@ def test_the_compatibility_rules_hold_on_a_raw_connection(live: LiveRelay) -> No
     assert len(failed) == 1 and failed[0].kind == p.FAILED and failed[0].end
     assert failed[0].message()["kind"] == "badArgs"
     assert [f.kind_name for f in by_id[11]] == ["started", "exited", "done"]
+
+
+def test_a_client_reconnects_after_the_relay_restarted(live: LiveRelay) -> None:
+    client = live.client()
+    try:
+        running = client.exec_stream(["sleep", "30"])
+        live.restart_relay()
+        with pytest.raises(tether.ConnectionClosedError):
+            running.wait()
+        assert client.exec(["echo", "again"]).stdout == b"again\n"
+    finally:
+        client.close()
+    with pytest.raises(tether.ConnectionClosedError):
+        client.exec(["true"])

@@ -417,6 +417,8 @@ class AsyncClient:
         self._pings: dict[int, tuple[asyncio.Future[float], float]] = {}
         self._next_nonce = 1
         self._read_task: Optional[asyncio.Task[None]] = None
+        self._hello_timeout = 10.0
+        self._user_closed = False
 
     @property
     def context(self) -> dict[str, str]:
@@ -439,6 +441,7 @@ class AsyncClient:
     # connecting
 
     async def _open(self, hello_timeout: float) -> None:
+        self._hello_timeout = hello_timeout
         try:
             # A large limit lets the reader buffer several whole frames between wake-ups.
             self._reader, self._writer = await asyncio.open_unix_connection(self.path, limit=4 << 20)
@@ -464,6 +467,7 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Closes the connection; the relay kills this client's sessions that are not detached."""
+        self._user_closed = True
         self._end(ConnectionClosedError("the client closed the connection", operation="close"))
         if self._read_task is not None and self._read_task is not asyncio.current_task():
             try:
@@ -629,6 +633,29 @@ class AsyncClient:
         if self._read_task is not None and self._read_task is not asyncio.current_task() and not self._read_task.done():
             self._read_task.cancel()
 
+    async def _connection(self) -> None:
+        """Opens a new connection when the last one dropped (the relay restarted, say), as the
+        Swift client does; not after ``close()``. Retries while the socket is not there yet."""
+        if self._closed is None or self._user_closed:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_budget
+        delay = 0.02
+        while True:
+            self._closed = None
+            self._hello_waiter = None
+            self.server_hello = None
+            try:
+                await self._open(self._hello_timeout)
+                return
+            except TetherError as error:
+                if self._closed is None:
+                    self._closed = error  # still closed: the next call tries again
+                if not isinstance(error, RelayUnreachableError) or loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
     def _start(self, kind: int, payload: bytes, operation: str, context: dict[str, str]) -> _Session:
         if self._closed is not None:
             closed = self._closed
@@ -685,6 +712,7 @@ class AsyncClient:
         context = {"argv": " ".join(a if isinstance(a, str) else a.decode("utf-8", "replace") for a in argv)}
 
         async def attempt() -> AsyncExecHandle:
+            await self._connection()
             session = self._start(p.EXEC, payload, "exec", context)
             first = await session.peek()
             if isinstance(first, Started):
@@ -739,6 +767,7 @@ class AsyncClient:
         context = {"session": str(session)}
 
         async def attempt() -> AsyncExecHandle:
+            await self._connection()
             inbox = self._start(p.ATTACH, p.attach(session, replay), "attach", context)
             first = await inbox.next()
             if first is None:
@@ -756,6 +785,7 @@ class AsyncClient:
 
     async def _request(self, kind: int, payload: bytes, operation: str, context: dict[str, str]) -> Optional[p.Frame]:
         async def attempt() -> Optional[p.Frame]:
+            await self._connection()
             inbox = self._start(kind, payload, operation, context)
             reply: Optional[p.Frame] = None
             while True:
@@ -794,11 +824,13 @@ class AsyncClient:
         """The relay's exec.log as ``Stdout`` events (JSON Lines text, a line possibly split
         between events). With ``follow``, new lines keep coming until ``kill()``."""
         context = {} if session is None else {"session": str(session)}
+        await self._connection()
         inbox = self._start(p.LOGS, p.logs(session, follow), "logs", context)
         return AsyncExecHandle(inbox, 0, False)
 
     async def ping(self) -> float:
         """The round trip to the agent through the relay, in seconds."""
+        await self._connection()
         if self._closed is not None:
             raise type(self._closed)(self._closed.message, code=self._closed.code, operation="ping",
                                      context=self._closed.context)

@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable, Iterator, Mapping, Optional, Sequen
 
 from . import aio
 from .aio import Event, ExecOutput, Exited, SessionInfo, StrOrBytes
-from .errors import TetherError
+from .errors import ConnectionClosedError, TetherError
 from .protocol import Hello
 
 T = TypeVar("T")
@@ -35,6 +35,10 @@ class _LoopThread:
     def run(self, coroutine: Awaitable[T]) -> T:
         if threading.current_thread() is self._thread:
             raise RuntimeError("a synchronous tether call from inside its own event loop; use tether.aio")
+        if self.loop.is_closed():
+            if asyncio.iscoroutine(coroutine):
+                coroutine.close()
+            raise ConnectionClosedError("the client was closed", operation="call")
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()  # type: ignore[arg-type]
 
     def stop(self) -> None:
