@@ -82,7 +82,7 @@ public struct FrameEncoder: Sendable {
     }
 }
 
-/// Per-session flow control (README, "Guaranteed": no loss on a live path).
+/// Per-session flow control (docs/PROTOCOL.md, section 8).
 public enum FlowControl {
     /// Bytes of data-frame payload a sender may have unacknowledged, per session and direction.
     public static let initialWindowBytes = 256 << 10

@@ -8,7 +8,7 @@ import TetherProtocol
 
 /// A small blocking protocol client for the boot tests: connects to a sandbox's agent socket,
 /// exchanges hellos, runs one command at a time and collects its output. Written from the
-/// wire protocol (README, "Wire protocol") so the boot tests depend on it, not on the client
+/// wire protocol (docs/PROTOCOL.md) so the boot tests depend on it, not on the client
 /// library's internals.
 ///
 /// Owns one connected socket (closed on deinit). Used from one test thread.

@@ -251,7 +251,7 @@ public final class Relay: @unchecked Sendable {
     }
 
     func relayHello() -> Hello {
-        Hello(role: .relay, name: configuration.name, pid: getpid(), capabilities: agentHello?.capabilities ?? [],
+        Hello(role: .relay, name: configuration.name, pid: getpid(), capabilities: (agentHello?.capabilities ?? []) + ["relay/1"],
               agentVersion: agentHello?.agentVersion, bootNs: agentHello?.bootNs, readyNs: agentHello?.readyNs)
     }
 
