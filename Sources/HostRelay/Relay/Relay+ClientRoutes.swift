@@ -29,41 +29,17 @@ extension Relay: ClientLinksDelegate {
             }
             }
         }
-        guard header.flags.contains(.start) else { return sessionFrame }
+        guard header.flags.contains(.start) else { return exec.sessionFrame }
         guard client.sessions[header.id] == nil else { return refuseStartOnIDInUse }
         switch header.kind {
-        case .listSessions: return listSessions
-        case .attach: return attach
-        case .logs: return startLogs
-        case .signalSession: return signalSession
+        case .listSessions: return exec.listSessions
+        case .attach: return exec.attach
+        case .logs: return exec.startLogs
+        case .signalSession: return exec.signalSession
         case let kind where kind.isSessionRequest: return { view, _ throws(RelayRefusal) in
             throw RelayRefusal(.unknownKind, "\(view.header.kind) cannot start a session")
         }
-        default: return startForwarded
-        }
-    }
-
-    /// A frame on a session id the client has open (or had: a frame for an id the client
-    /// does not have open is late, having crossed the session's END, or wrong; either way
-    /// there is nothing to do with it).
-    private func sessionFrame(_ view: FrameView, from client: ClientLink) throws(RelayRefusal) {
-        let header = view.header
-        guard let session = client.sessions[header.id] else { return }
-        switch header.kind {
-        case .ack:
-            guard let ack = try? Ack(cbor: view.payload) else {
-                throw RelayRefusal(.badPayload, "ack on session \(header.id) is not {bytes}").onControl
-            }
-            clientAcked(session, bytes: ack.bytes)
-        case .stdin:
-            try clientStdin(view, session: session, client: client)
-        case .detach:
-            try detach(session, client: client)
-        case .kill where session.isLogs:
-            session.follower?.cancel()
-        default:
-            guard !session.isLogs, let agentID = session.agentID else { return }
-            agent.forward(view.encoded, id: agentID)
+        default: return exec.startForwarded
         }
     }
 
@@ -118,6 +94,6 @@ extension Relay: ClientLinksDelegate {
     // MARK: clients going away
 
     func clientClosed(_ client: ClientLink, reason: String) {
-        for session in client.sessions.values { clientLeft(session, reason: reason) }
+        for session in client.sessions.values { exec.clientLeft(session, reason: reason) }
     }
 }

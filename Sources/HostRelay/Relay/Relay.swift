@@ -52,9 +52,9 @@ public final class Relay: @unchecked Sendable {
 
     // Loop-thread state.
     let clients: ClientLinks
-    // Set once in `init`, after `self` exists (it posts the connector's outcome to `inbox`).
-    private(set) var agent: AgentChannel!
-    var sessions = SessionTable()
+    let agent: AgentChannel
+    /// The exec sessions, the one subsystem today.
+    let exec: ExecSessions
     /// The spare descriptor, the listener's rests and the refusals to report (Relay+Accept).
     let admission = ClientAdmission()
     /// The listening socket, -1 until the agent first answered.
@@ -75,14 +75,22 @@ public final class Relay: @unchecked Sendable {
         } else {
             log = nil
         }
+        // The connector's thread and the `logs` readers post to the inbox; they hold the
+        // relay weakly, so a relay that is gone gets nothing (and a connection made for it
+        // is closed).
+        let relay = WeakRelay()
         clients = ClientLinks(loop: loop)
-        agent = AgentChannel(configuration: configuration, loop: loop, log: log) { [weak self] outcome in
-            guard let self else {
+        agent = AgentChannel(configuration: configuration, loop: loop, log: log) { outcome in
+            guard let relay = relay.value else {
                 if case .connected(let fd) = outcome { _ = Glibc.close(fd) }
                 return
             }
-            post(.agent(outcome))
+            relay.post(.agent(outcome))
         }
+        exec = ExecSessions(configuration: configuration, log: log, clients: clients, agent: agent) { key, output in
+            relay.value?.post(.logOutput(key: key, output))
+        }
+        relay.value = self
         clients.delegate = self
         agent.delegate = self
     }
@@ -119,7 +127,7 @@ public final class Relay: @unchecked Sendable {
         for item in items {
             switch item {
             case .agent(let outcome): agent.connectorReported(outcome)
-            case .logOutput(let key, let output): logOutput(key: key, output)
+            case .logOutput(let key, let output): exec.logOutput(key: key, output)
             case .stop: beginStop()
             }
         }
@@ -135,7 +143,7 @@ public final class Relay: @unchecked Sendable {
     /// Closes everything; runs once after the loop ends.
     private func shutDown() {
         beginStop()
-        for session in sessions.logs.values { session.follower?.cancel() }
+        exec.cancelLogReaders()
         // What is queued for a client (the agentGone errors that led here, say) goes out
         // first, as far as its socket takes it without waiting.
         clients.flushAll()
@@ -154,11 +162,7 @@ public final class Relay: @unchecked Sendable {
 
     func diagnose(_ line: String) { configuration.diagnostics(line) }
 
-    /// An exec-log entry; built only when there is a log (`.data` entries copy their payload).
-    func record(_ session: UInt32, _ event: @autoclosure () -> LogEvent) {
-        guard let log else { return }
-        log.record(session: session, event())
-    }
+    func record(_ session: UInt32, _ event: @autoclosure () -> LogEvent) { exec.record(session, event()) }
 
     func fail(_ error: RelayError) {
         failure = failure ?? error
@@ -207,4 +211,10 @@ public final class Relay: @unchecked Sendable {
         return Hello(role: .relay, name: configuration.name, pid: getpid(), capabilities: (hello?.capabilities ?? []) + ["relay/1"],
                      agentVersion: hello?.agentVersion, bootNs: hello?.bootNs, readyNs: hello?.readyNs)
     }
+}
+
+/// The relay as the threads that post to its inbox see it: weakly, set once `init` is done.
+private final class WeakRelay: @unchecked Sendable {
+    // Written once on the creating thread before any other thread can read it.
+    weak var value: Relay?
 }

@@ -1,11 +1,71 @@
 import TetherPosix
 import TetherProtocol
 
-// The exec sessions' handlers on the client side: sessions forwarded to the agent, flow
-// control towards the client, detach/attach, the requests the relay answers itself
-// (0x20-0x2F), and clients going away. Every state change of a `RelaySession` is here or in
-// `Relay+AgentRoutes.swift`.
-extension Relay {
+/// The exec sessions: the relay's one subsystem today (files, ports and processes come as
+/// others beside it). It owns every `RelaySession` (in its `SessionTable`) and moves each from
+/// state to state: sessions forwarded to the agent, flow control towards the client,
+/// detach/attach, the requests the relay answers itself (0x20-0x2F), clients going away here;
+/// what the agent sends in `ExecSessions+Agent.swift`.
+///
+/// The router (`Relay`) hands it frames; it writes through `ClientLinks` and `AgentChannel`
+/// and never calls back into the router. Touched only by the relay's loop thread.
+final class ExecSessions {
+    let configuration: RelayConfiguration
+    let log: ExecLog?
+    let clients: ClientLinks
+    let agent: AgentChannel
+    /// Hands a `logs` reader's output to the loop thread (the relay's inbox).
+    private let postLogOutput: @Sendable (UInt64, LogFollower.Output) -> Void
+    var table = SessionTable()
+
+    init(configuration: RelayConfiguration, log: ExecLog?, clients: ClientLinks, agent: AgentChannel,
+         postLogOutput: @escaping @Sendable (UInt64, LogFollower.Output) -> Void) {
+        self.configuration = configuration
+        self.log = log
+        self.clients = clients
+        self.agent = agent
+        self.postLogOutput = postLogOutput
+    }
+
+    /// An exec-log entry; built only when there is a log (`.data` entries copy their payload).
+    func record(_ session: UInt32, _ event: @autoclosure () -> LogEvent) {
+        guard let log else { return }
+        log.record(session: session, event())
+    }
+
+    func diagnose(_ line: String) { configuration.diagnostics(line) }
+
+    /// Stops every `logs` reader (the relay is stopping).
+    func cancelLogReaders() {
+        for session in table.logs.values { session.follower?.cancel() }
+    }
+
+    // MARK: frames on a session
+
+    /// A frame on a session id the client has open (or had: a frame for an id the client
+    /// does not have open is late, having crossed the session's END, or wrong; either way
+    /// there is nothing to do with it).
+    func sessionFrame(_ view: FrameView, from client: ClientLink) throws(RelayRefusal) {
+        let header = view.header
+        guard let session = client.sessions[header.id] else { return }
+        switch header.kind {
+        case .ack:
+            guard let ack = try? Ack(cbor: view.payload) else {
+                throw RelayRefusal(.badPayload, "ack on session \(header.id) is not {bytes}").onControl
+            }
+            clientAcked(session, bytes: ack.bytes)
+        case .stdin:
+            try clientStdin(view, session: session, client: client)
+        case .detach:
+            try detach(session, client: client)
+        case .kill where session.isLogs:
+            session.follower?.cancel()
+        default:
+            guard !session.isLogs, let agentID = session.agentID else { return }
+            agent.forward(view.encoded, id: agentID)
+        }
+    }
+
     // MARK: sessions forwarded to the agent
 
     func startForwarded(_ view: FrameView, from client: ClientLink) throws(RelayRefusal) {
@@ -17,7 +77,7 @@ extension Relay {
                 throw RelayRefusal(.badPayload, "exec: \(error.description)")
             }
         }
-        let id = sessions.allocateID()
+        let id = table.allocateID()
         var role = RelaySession.Role.passthrough
         if let request {
             let listing = RelaySession.Listing(argv: request.argv.map(\.description), tty: request.tty != nil,
@@ -29,7 +89,7 @@ extension Relay {
         let reader = RelaySession.Reader.client(.init(client: client, clientID: header.id, survivesClient: request?.detach ?? false))
         let session = RelaySession(number: id, role: role, state: .live(agentID: id, reader: reader))
         client.sessions[header.id] = session
-        sessions.insert(session)
+        table.insert(session)
         agent.forward(view.encoded, id: id)
     }
 
@@ -101,14 +161,14 @@ extension Relay {
     func endedToClient(_ session: RelaySession) {
         if let owner = session.owner, owner.sessions[session.clientID] === session { owner.sessions[session.clientID] = nil }
         session.setReader(.relay)
-        if session.agentID == nil { sessions.remove(session) }
+        if session.agentID == nil { table.remove(session) }
     }
 
     /// Kills a session nobody will read and throws its output away until the agent ends it.
     private func abandon(_ session: RelaySession, reason: String) {
         guard let agentID = session.agentID else {
             session.setReader(.relay)
-            return sessions.remove(session)
+            return table.remove(session)
         }
         session.state = .abandoned(agentID: agentID)
         session.flow.resetClient()
@@ -145,7 +205,7 @@ extension Relay {
         session.setReader(.relay)
         session.flow.resetClient()
         guard session.agentID != nil else {
-            if session.flow.pending.isEmpty { sessions.remove(session) } else { sessions.keepFinished(session.number) }
+            if session.flow.pending.isEmpty { table.remove(session) } else { table.keepFinished(session.number) }
             return
         }
         let dropped = session.flow.pending.trimData(toAtMost: configuration.replayBytes)
@@ -156,7 +216,7 @@ extension Relay {
     // MARK: requests the relay answers
 
     func listSessions(_ view: FrameView, from client: ClientLink) throws(RelayRefusal) {
-        clients.send(client, id: view.header.id, flags: .end, SessionList(sessions: sessions.listed))
+        clients.send(client, id: view.header.id, flags: .end, SessionList(sessions: table.listed))
     }
 
     func attach(_ view: FrameView, from client: ClientLink) throws(RelayRefusal) {
@@ -165,7 +225,7 @@ extension Relay {
         do { request = try Attach(cbor: view.payload) } catch {
             throw RelayRefusal(.badPayload, "attach: \(error.description)")
         }
-        guard let session = sessions.byNumber[request.session], let listing = session.listing else {
+        guard let session = table.byNumber[request.session], let listing = session.listing else {
             throw RelayRefusal(.unknownSession, "no session \(request.session) (tether ps lists them)")
         }
         guard session.owner == nil else {
@@ -174,7 +234,7 @@ extension Relay {
         guard session.survivesClient else {
             throw RelayRefusal(.sessionInUse, "session \(request.session) belongs to the client that started it; only detached sessions can be attached")
         }
-        sessions.forgetFinished(session.number)
+        table.forgetFinished(session.number)
         session.setReader(.client(.init(client: client, clientID: id, survivesClient: true)))
         session.flow.resetClient()
         if !request.replay { _ = session.flow.pending.removeAllData() }
@@ -210,7 +270,7 @@ extension Relay {
         do { request = try SignalSession(cbor: view.payload) } catch {
             throw RelayRefusal(.badPayload, "signalSession: \(error.description)")
         }
-        guard let session = sessions.byNumber[request.session], session.isListed, let agentID = session.agentID else {
+        guard let session = table.byNumber[request.session], session.isListed, let agentID = session.agentID else {
             throw RelayRefusal(.unknownSession, "no running session \(request.session)")
         }
         agent.send(id: agentID, SignalRequest(number: request.number))
@@ -224,28 +284,28 @@ extension Relay {
             throw RelayRefusal(.badPayload, "logs: \(error.description)")
         }
         guard let log else { throw RelayRefusal(.unknownKind, "this relay writes no exec.log (started with --no-log)") }
-        let key = sessions.allocateLogKey()
+        let key = table.allocateLogKey()
         let follower = LogFollower(log: log, session: request.session, follow: request.follow,
-                                   initialCredit: FlowControl.initialWindowBytes) { [weak self] output in
-            self?.post(.logOutput(key: key, output))
+                                   initialCredit: FlowControl.initialWindowBytes) { [postLogOutput] output in
+            postLogOutput(key, output)
         }
         // Nothing comes from the agent for it: it is `ended` on that side from the start.
         let reader = RelaySession.Reader.client(.init(client: client, clientID: id, survivesClient: false))
         let session = RelaySession(number: 0, role: .logs(follower), state: .ended(reader: reader))
         client.sessions[id] = session
-        sessions.insertLogs(session, key: key)
+        table.insertLogs(session, key: key)
         follower.start()
     }
 
     func logOutput(key: UInt64, _ output: LogFollower.Output) {
-        guard let session = sessions.logs[key] else { return }
+        guard let session = table.logs[key] else { return }
         switch output {
         case .bytes(let bytes):
             guard let owner = session.owner else { return }
             owner.socket.encoder.append(id: session.clientID, kind: .stdout, payload: bytes)
             clients.markDirty(owner)
         case .end:
-            sessions.removeLogs(key: key)
+            table.removeLogs(key: key)
             guard let owner = session.owner else { return }
             let clientID = session.clientID
             owner.sessions[clientID] = nil
