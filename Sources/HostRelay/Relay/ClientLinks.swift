@@ -17,6 +17,7 @@ protocol ClientLinksDelegate: AnyObject {
 /// thread.
 final class ClientLinks {
     private let loop: EventLoop
+    private let diagnose: @Sendable (String) -> Void
     weak var delegate: ClientLinksDelegate?
     private(set) var all: [CInt: ClientLink] = [:]
     private var serial: UInt64 = 0
@@ -43,7 +44,10 @@ final class ClientLinks {
     /// Below this many bytes read in a turn a client counts as quiet (see `turn`).
     static let quietReadBytes = 16 << 10
 
-    init(loop: EventLoop) { self.loop = loop }
+    init(loop: EventLoop, diagnostics: @escaping @Sendable (String) -> Void) {
+        self.loop = loop
+        self.diagnose = diagnostics
+    }
 
     var count: Int { all.count }
 
@@ -254,7 +258,7 @@ final class ClientLinks {
         guard !client.closed else { return }
         client.closed = true
         all[client.fd] = nil
-        client.close(on: loop)
+        if let failure = client.close(on: loop) { diagnose("unwatching \(client.label): \(failure)") }
         delegate?.clientClosed(client, reason: reason)
         client.sessions.removeAll()
     }

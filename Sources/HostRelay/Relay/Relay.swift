@@ -79,7 +79,7 @@ public final class Relay: @unchecked Sendable {
         // relay weakly, so a relay that is gone gets nothing (and a connection made for it
         // is closed).
         let relay = WeakRelay()
-        clients = ClientLinks(loop: loop)
+        clients = ClientLinks(loop: loop, diagnostics: configuration.diagnostics)
         agent = AgentChannel(configuration: configuration, loop: loop, log: log) { outcome in
             guard let relay = relay.value else {
                 if case .connected(let fd) = outcome { _ = Glibc.close(fd) }
