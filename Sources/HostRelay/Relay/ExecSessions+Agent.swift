@@ -20,8 +20,8 @@ extension ExecSessions {
 
     // MARK: frames on session ids
 
-    /// The dispatch table of the agent side for session ids. Frames for ids the relay does not know are late
-    /// (the session ended) and dropped.
+    /// The dispatch table of the agent side for session ids. Frames for ids the relay does not
+    /// know are late (the session ended) and dropped.
     func agentFrame(_ view: FrameView) {
         let header = view.header
         guard let session = table.byAgentID[header.id] else { return }

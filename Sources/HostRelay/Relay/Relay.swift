@@ -8,14 +8,17 @@ import TetherPosix
 import TetherProtocol
 
 /// The relay: owns the one connection to an agent and serves any number of clients on a unix
-/// socket with the same frames. It is a router between four parts, each in its own files:
+/// socket with the same frames. It is a router between parts that each live in their own
+/// files and never call one another's owner:
 ///
 /// - `ClientLinks`: every client connection (fair turns, writing, pausing input).
 /// - `AgentChannel`: the agent connection (connecting, liveness, the control channel).
-/// - `SessionTable` of `RelaySession`s, each with its state as one enum.
-/// - Routing (`Relay+ClientRoutes`, `Relay+AgentRoutes`): one dispatch table per side, from
-///   a frame's kind to what handles it; the session handlers in `Relay+Sessions`; refusals
-///   become frames in one place (`ClientLinks.refuse`). Taking clients in is `Relay+Accept`.
+/// - `ExecSessions`: the exec sessions, the one subsystem today, holding its `SessionTable`
+///   of `RelaySession`s (each with its state as one enum).
+/// - Routing, here: one dispatch table per side (`Relay+ClientRoutes`, `Relay+AgentRoutes`)
+///   from a frame's channel and kind to what handles it; a handler that refuses throws a
+///   `RelayRefusal`, which becomes an `error` frame in one place (`ClientLinks.refuse`).
+///   Taking clients in is `Relay+Accept` (with `ClientAdmission`).
 ///
 /// What it does:
 /// - Routing: a client picks its own session ids; the relay gives each session an id on the

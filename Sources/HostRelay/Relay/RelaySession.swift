@@ -6,7 +6,7 @@ import TetherProtocol
 /// Touched only by the relay's loop thread. Lives from the request that created it until
 /// both sides are done with it: the agent sent END (or the connection to it dropped), and
 /// the END reached the client (or nobody is attached and it was not detached). The
-/// `SessionTable` holds it; `Relay+Sessions.swift` moves it from state to state.
+/// `SessionTable` holds it; `ExecSessions` moves it from state to state.
 final class RelaySession {
     /// What the session is; fixed when it is created.
     enum Role {
@@ -49,7 +49,7 @@ final class RelaySession {
     }
 
     /// The attached client. Weak: a client that is closed lets go of its sessions first
-    /// (`Relay.clientClosed`); this only keeps a mistake from keeping a socket alive.
+    /// (`ExecSessions.clientLeft`); this only keeps a mistake from keeping a socket alive.
     struct Attachment {
         weak var client: ClientLink?
         var clientID: UInt32
