@@ -40,6 +40,13 @@ final class ExecSessions {
         for session in table.logs.values { session.follower?.cancel() }
     }
 
+    /// A request's payload, or the `badPayload` refusal that names its kind.
+    private func decode<M: Message>(_ type: M.Type, _ view: FrameView) throws(RelayRefusal) -> M {
+        do { return try M(cbor: view.payload) } catch {
+            throw RelayRefusal(.badPayload, "\(M.kind.name ?? "\(M.kind)"): \(error.description)")
+        }
+    }
+
     // MARK: frames on a session
 
     /// A frame on a session id the client has open (or had: a frame for an id the client
@@ -71,12 +78,7 @@ final class ExecSessions {
     func startForwarded(_ view: FrameView, from client: ClientLink) throws(RelayRefusal) {
         let header = view.header
         if let refusal = agent.refusalForNewSession() { throw refusal }
-        var request: ExecRequest?
-        if header.kind == .exec {
-            do { request = try ExecRequest(cbor: view.payload) } catch {
-                throw RelayRefusal(.badPayload, "exec: \(error.description)")
-            }
-        }
+        let request = header.kind == .exec ? try decode(ExecRequest.self, view) : nil
         let id = table.allocateID()
         var role = RelaySession.Role.passthrough
         if let request {
@@ -221,10 +223,7 @@ final class ExecSessions {
 
     func attach(_ view: FrameView, from client: ClientLink) throws(RelayRefusal) {
         let id = view.header.id
-        let request: Attach
-        do { request = try Attach(cbor: view.payload) } catch {
-            throw RelayRefusal(.badPayload, "attach: \(error.description)")
-        }
+        let request = try decode(Attach.self, view)
         guard let session = table.byNumber[request.session], let listing = session.listing else {
             throw RelayRefusal(.unknownSession, "no session \(request.session) (tether ps lists them)")
         }
@@ -266,10 +265,7 @@ final class ExecSessions {
 
     func signalSession(_ view: FrameView, from client: ClientLink) throws(RelayRefusal) {
         let id = view.header.id
-        let request: SignalSession
-        do { request = try SignalSession(cbor: view.payload) } catch {
-            throw RelayRefusal(.badPayload, "signalSession: \(error.description)")
-        }
+        let request = try decode(SignalSession.self, view)
         guard let session = table.byNumber[request.session], session.isListed, let agentID = session.agentID else {
             throw RelayRefusal(.unknownSession, "no running session \(request.session)")
         }
@@ -279,10 +275,7 @@ final class ExecSessions {
 
     func startLogs(_ view: FrameView, from client: ClientLink) throws(RelayRefusal) {
         let id = view.header.id
-        let request: LogsRequest
-        do { request = try LogsRequest(cbor: view.payload) } catch {
-            throw RelayRefusal(.badPayload, "logs: \(error.description)")
-        }
+        let request = try decode(LogsRequest.self, view)
         guard let log else { throw RelayRefusal(.unknownKind, "this relay writes no exec.log (started with --no-log)") }
         let key = table.allocateLogKey()
         let follower = LogFollower(log: log, session: request.session, follow: request.follow,
