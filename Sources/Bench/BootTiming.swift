@@ -49,23 +49,12 @@ enum BootTiming {
         return timings
     }
 
-    /// The bundled rootfs (rootfs/build.sh, cached after the first build) with `agent` in it.
+    /// The bundled rootfs (rootfs/build.sh of the source tree, cached after the first build)
+    /// with `agent` in it.
     static func bundledRootfs(agent: String) throws -> String {
-        let script = FileManager.default.currentDirectoryPath + "/rootfs/build.sh"
-        guard FileManager.default.isExecutableFile(atPath: script) else {
-            throw BenchError.missing("\(script): run tether-bench from the repository's root")
+        guard let script = SourceTree.file("rootfs/build.sh") else {
+            throw BenchError.missing("rootfs/build.sh: no source tree above \(CommandLine.arguments[0])")
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: script)
-        process.arguments = ["--agent", agent]
-        let output = Foundation.Pipe()
-        process.standardOutput = output
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        guard process.terminationStatus == 0, let path = text.split(separator: "\n").last.map(String.init) else {
-            throw BenchError.failed("rootfs/build.sh failed (status \(process.terminationStatus))")
-        }
-        return path
+        return try SourceTree.run(script, ["--agent", agent])
     }
 }
