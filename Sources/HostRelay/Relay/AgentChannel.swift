@@ -48,10 +48,7 @@ final class AgentChannel {
     private(set) var state = State.connecting(nil)
     /// The last agent hello (kept while reconnecting, for the hello to clients).
     private(set) var lastHello: Hello?
-    private var connectDeadlineNs: UInt64 = 0
-    private var lastConnectError = "not tried"
-    /// `--agent fd:N`: the inherited descriptor was taken; it cannot be connected again.
-    private var adoptedInheritedAgent = false
+    private var attempts = ConnectAttempts()
     private(set) var unresponsive = false
     private var backpressure = false
     private var pings = PingTable()
@@ -89,20 +86,20 @@ final class AgentChannel {
     // MARK: connecting
 
     func startConnecting() {
-        connectDeadlineNs = Clock.monotonicNs() + configuration.agentTimeout.nanoseconds
+        attempts.deadlineNs = Clock.monotonicNs() + configuration.agentTimeout.nanoseconds
         launchConnector()
     }
 
     private func launchConnector() {
-        if case .fd(let number) = configuration.agent, adoptedInheritedAgent {
+        if case .fd(let number) = configuration.agent, attempts.inheritedDescriptorTaken {
             // The inherited descriptor was the agent connection and was closed with it; its
             // number may belong to something else by now (a client's socket), which adopting
             // it again would close.
-            lastConnectError = "fd:\(number) was the agent connection and is closed; an inherited descriptor cannot be connected again"
+            attempts.lastError = "fd:\(number) was the agent connection and is closed; an inherited descriptor cannot be connected again"
             giveUpConnecting()
             return
         }
-        let connector = AgentConnector(address: configuration.agent, deadlineNs: connectDeadlineNs, report: postOutcome)
+        let connector = AgentConnector(address: configuration.agent, deadlineNs: attempts.deadlineNs, report: postOutcome)
         state = .connecting(connector)
         connector.start()
     }
@@ -117,24 +114,24 @@ final class AgentChannel {
             }
             adoptSocket(raw)
         case .failed(let why):
-            lastConnectError = why
+            attempts.lastError = why
             giveUpConnecting()
         }
     }
 
     private func giveUpConnecting() {
         let seconds = Double(configuration.agentTimeout.nanoseconds) / 1e9
-        let error = RelayError.agentUnreachable(address: configuration.agent.description, seconds: seconds, lastError: lastConnectError)
+        let error = RelayError.agentUnreachable(address: configuration.agent.description, seconds: seconds, lastError: attempts.lastError)
         diagnose("\(error); stopping")
         log?.record(session: 0, .relay("agentUnreachable", detail: error.description))
         delegate?.agentFailed(error)
     }
 
     private func adoptSocket(_ raw: CInt) {
-        if case .fd = configuration.agent { adoptedInheritedAgent = true }
+        if case .fd = configuration.agent { attempts.inheritedDescriptorTaken = true }
         let link: AgentLink
         do { link = AgentLink(socket: try FrameSocket(adopting: OwnedFD(adopting: raw))) } catch {
-            lastConnectError = "fcntl: \(error)"
+            attempts.lastError = "fcntl: \(error)"
             return retryConnecting()
         }
         do {
@@ -143,7 +140,7 @@ final class AgentChannel {
                 linkEvent(link, events: events)
             }
         } catch {
-            lastConnectError = "\(error)"
+            attempts.lastError = "\(error)"
             return retryConnecting()
         }
         state = .greeting(link)
@@ -152,7 +149,7 @@ final class AgentChannel {
         link.helloTimer = loop.schedule(after: configuration.helloTimeout) { [unowned self, weak link] in
             guard let link, link === self.link, link.hello == nil else { return }
             closeLink()
-            lastConnectError = "connected, but no hello within \(configuration.helloTimeout)"
+            attempts.lastError = "connected, but no hello within \(configuration.helloTimeout)"
             retryConnecting()
         }
     }
@@ -160,7 +157,7 @@ final class AgentChannel {
     /// Another attempt if the deadline allows, else give up.
     private func retryConnecting() {
         guard !stopping else { return }
-        if Clock.monotonicNs() < connectDeadlineNs {
+        if Clock.monotonicNs() < attempts.deadlineNs {
             // A short pause, so a peer that closes at once does not make this a busy loop.
             loop.schedule(after: .milliseconds(50)) { [unowned self] in
                 if !stopping, case .connecting(nil) = state { launchConnector() }
@@ -365,7 +362,7 @@ final class AgentChannel {
         closeLink()
         unresponsive = false
         if !wasReady {
-            lastConnectError = reason
+            attempts.lastError = reason
             return retryConnecting()
         }
         diagnose("lost the agent: \(reason)")
@@ -373,8 +370,18 @@ final class AgentChannel {
         let message = "the connection to the agent dropped (\(reason)); the session's fate is unknown"
         delegate?.agentLost(message: message, waiting: pings.removeAll())
         if stopping { return }
-        connectDeadlineNs = Clock.monotonicNs() + configuration.agentTimeout.nanoseconds
+        attempts.deadlineNs = Clock.monotonicNs() + configuration.agentTimeout.nanoseconds
         diagnose("reconnecting to \(configuration.agent) for up to \(configuration.agentTimeout)")
         launchConnector()
     }
+}
+
+/// Where connecting to the agent stands, across attempts.
+struct ConnectAttempts {
+    /// Until when (monotonic ns) the current round of attempts may go on.
+    var deadlineNs: UInt64 = 0
+    /// What the last attempt saw, for the error when the deadline passes.
+    var lastError = "not tried"
+    /// `--agent fd:N`: the inherited descriptor was taken; it cannot be connected again.
+    var inheritedDescriptorTaken = false
 }
