@@ -124,7 +124,9 @@ enum UserNamespace {
         var mapping = IDMapping(uids: [.init(inside: 0, outside: uid, count: 1)],
                                 gids: [.init(inside: 0, outside: gid, count: 1)], denySetgroups: true)
         if helper("newuidmap") != nil, helper("newgidmap") != nil,
-           let subuid = subordinate("/etc/subuid", id: uid), let subgid = subordinate("/etc/subgid", id: gid) {
+           // Both files are keyed by the user (name or uid): newgidmap checks /etc/subgid for the
+           // user, not for its group.
+           let subuid = subordinate("/etc/subuid", user: uid), let subgid = subordinate("/etc/subgid", user: uid) {
             mapping.uids.append(.init(inside: 1, outside: subuid.start, count: min(subuid.count, 65_535)))
             mapping.gids.append(.init(inside: 1, outside: subgid.start, count: min(subgid.count, 65_535)))
             mapping.denySetgroups = false
@@ -154,12 +156,11 @@ enum UserNamespace {
         }
     }
 
-    /// The first range of `id` (a number or the user's name) in a subuid/subgid file.
-    static func subordinate(_ file: String, id: UInt32) -> (start: UInt32, count: UInt32)? {
+    /// The first range of `user` (its uid or its name) in /etc/subuid or /etc/subgid.
+    static func subordinate(_ file: String, user: uid_t) -> (start: UInt32, count: UInt32)? {
         guard let bytes = try? FileIO.readFile(file, limit: 1 << 20) else { return nil }
-        var names: Set<String> = ["\(id)"]
-        if file.hasSuffix("subuid"), let entry = getpwuid(id) { names.insert(String(cString: entry.pointee.pw_name)) }
-        if file.hasSuffix("subgid"), let entry = getgrgid(id) { names.insert(String(cString: entry.pointee.gr_name)) }
+        var names: Set<String> = ["\(user)"]
+        if let entry = getpwuid(user) { names.insert(String(cString: entry.pointee.pw_name)) }
         for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
             let fields = line.split(separator: ":")
             guard fields.count == 3, names.contains(String(fields[0])),
