@@ -10,4 +10,7 @@ extension Duration {
         let (total, overflowAgain) = whole.addingReportingOverflow(UInt64(max(0, attoseconds) / 1_000_000_000))
         return overflowAgain ? .max : total
     }
+
+    /// The whole duration in milliseconds (for the wire's `...Ms` fields), rounded down.
+    public var milliseconds: UInt64 { nanoseconds / 1_000_000 }
 }
