@@ -212,7 +212,9 @@ import TetherProtocol
         let helloHex = hello.withPendingBytes { $0.map { String(format: "%02x", $0) }.joined() }
         let holder = try ChildProcess([python, "-c", Self.holdConnections, relay.socketPath, "20000", "100", helloHex], stdin: true)
         defer { holder.closeStdin() }
-        #expect(holder.waitForOutput("holding", timeout: 240), "\(holder.stdout)\(holder.stderr)")
+        // The whole line: print(...) may reach the pipe in more than one write.
+        #expect(holder.waitForOutput("holding", timeout: 240) && eventually(within: 30) { holder.stdout.hasSuffix("\n") },
+                "\(holder.stdout)\(holder.stderr)")
         let held = try #require(holder.stdout.split(separator: "\n").last { $0.hasPrefix("holding ") }
             .flatMap { Int($0.split(separator: " ")[1]) })
         // The holder inherits this process's hard limit, and so does the relay.

@@ -3,7 +3,9 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import Synchronization
 import TetherClient
+import TetherPosix
 
 /// One `tether` subcommand: its name, one-line summary, `--help` text, and what it does.
 protocol Command {
@@ -121,4 +123,23 @@ func withClient(_ options: ClientOptions, _ convention: CLIExit.Convention = .co
             return CLIExit.status(for: error, convention)
         }
     }
+}
+
+/// The CLI's one bridge from synchronous to async code: `main` (through `withClient`) runs
+/// the async part of a command and waits for it. The main thread is not a Task, so blocking it
+/// is allowed; nothing else in the CLI waits for async work.
+func runAsync(_ body: @escaping @Sendable () async -> Int32) -> Int32 {
+    let done: WakeGate
+    do { done = try WakeGate() } catch {
+        writeStandardError(ErrorBlock.render(message: "cannot start: \(error)", hint: nil))
+        return CLIExit.failure
+    }
+    let result = Mutex<Int32>(CLIExit.failure)
+    Task.detached {
+        let status = await body()
+        result.withLock { $0 = status }
+        done.wake()
+    }
+    done.sleep()
+    return result.withLock { $0 }
 }
