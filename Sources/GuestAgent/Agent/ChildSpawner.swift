@@ -9,17 +9,17 @@ import TetherProtocol
 
 /// The agent's ends of a child that was forked: its pid, the report pipe that says whether
 /// the exec happened, and the descriptors the session reads and writes (all nonblocking,
-/// CLOEXEC). The child's ends were closed in the agent before this is returned; the caller
-/// owns every descriptor here.
+/// CLOEXEC). The child's ends were closed in the agent before this is returned; whoever holds
+/// this owns every descriptor in it.
 struct StartedChild {
     var pid: pid_t
-    var report: CInt
+    var report: SharedFD
     /// The write end of the child's stdin pipe, or the pty master; nil for stdin "none".
-    var stdin: CInt?
-    /// The read end of stdout, or the pty master (the same descriptor as `stdin`).
-    var stdout: CInt
+    var stdin: SharedFD?
+    /// The read end of stdout, or the pty master (the same object as `stdin`).
+    var stdout: SharedFD
     /// The read end of stderr; nil on a pty (the terminal carries both).
-    var stderr: CInt?
+    var stderr: SharedFD?
     var isTerminal: Bool
 }
 
@@ -60,7 +60,9 @@ enum ChildSpawner {
 
         var stdio: (CInt, CInt, CInt)
         var controllingTty: CInt = -1
-        var started = StartedChild(pid: 0, report: -1, stdin: nil, stdout: -1, stderr: nil, isTerminal: request.tty != nil)
+        var stdinEnd: CInt?
+        var stdoutEnd: CInt = -1
+        var stderrEnd: CInt?
         if let size = request.tty {
             let pty = try PtyPair.open(rows: size.rows, columns: size.cols)
             agentEnds.append(pty.master)
@@ -69,8 +71,8 @@ enum ChildSpawner {
             if let user = plan.user { _ = fchown(pty.slave, user.uid, user.gid) }
             stdio = (pty.slave, pty.slave, pty.slave)
             controllingTty = pty.slave
-            started.stdin = pty.master
-            started.stdout = pty.master
+            stdinEnd = pty.master
+            stdoutEnd = pty.master
         } else {
             var childStdin: CInt
             switch request.stdin {
@@ -87,7 +89,7 @@ enum ChildSpawner {
                 agentEnds.append(p.write)
                 try nonBlocking(p.write)
                 childStdin = p.read
-                started.stdin = p.write
+                stdinEnd = p.write
             }
             let out = try pipe("stdout")
             childEnds.append(out.write)
@@ -100,8 +102,8 @@ enum ChildSpawner {
             _ = csys_set_pipe_size(out.read, outputPipeBytes)
             _ = csys_set_pipe_size(err.read, outputPipeBytes)
             stdio = (childStdin, out.write, err.write)
-            started.stdout = out.read
-            started.stderr = err.read
+            stdoutEnd = out.read
+            stderrEnd = err.read
         }
 
         let paths = CStringArray(plan.candidates)
@@ -145,9 +147,10 @@ enum ChildSpawner {
             throw SpawnFailure(stage: stage, errno: -pid, program: plan.program)
         }
         succeeded = true
-        started.pid = pid
-        started.report = reportFD
-        return started
+        let stdout = SharedFD(OwnedFD(adopting: stdoutEnd))
+        let stdin = stdinEnd.map { $0 == stdoutEnd ? stdout : SharedFD(OwnedFD(adopting: $0)) }
+        return StartedChild(pid: pid, report: SharedFD(OwnedFD(adopting: reportFD)), stdin: stdin, stdout: stdout,
+                            stderr: stderrEnd.map { SharedFD(OwnedFD(adopting: $0)) }, isTerminal: request.tty != nil)
     }
 
     private static func withOptionalCString<R>(_ bytes: [CChar]?, _ body: (UnsafePointer<CChar>?) -> R) -> R {

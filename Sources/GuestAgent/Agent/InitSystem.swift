@@ -105,8 +105,8 @@ public struct InitSystem: Equatable, Sendable {
         sigemptyset(&empty)
         _ = sigprocmask(SIG_SETMASK, &empty, nil)
         _ = signal(SIGPIPE, SIG_DFL)
-        let argv: [UnsafeMutablePointer<CChar>?] = [strdup(argv0), nil]
-        execv(path, argv)
+        let argv = CStringArray([argv0])
+        execv(path, argv.pointers)
         let error = Errno.current
         Boot.report(BootError(stage: "init", errno: error.rawValue, message: "cannot execute the init \(path): \(error)"))
         exit(1)
