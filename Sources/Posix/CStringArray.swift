@@ -38,6 +38,12 @@ public final class CStringArray {
 
     deinit { storage.deallocate() }
 
+    /// `strings` as a NULL-terminated `const char *const[]`, valid inside `body` only.
+    public static func with<R>(_ strings: [String], _ body: (UnsafePointer<UnsafePointer<CChar>?>) -> R) -> R {
+        let array = CStringArray(strings)
+        return withExtendedLifetime(array) { body(array.constPointers) }
+    }
+
     /// The same pointers typed as `const char *const *`.
     public var constPointers: UnsafePointer<UnsafePointer<CChar>?> {
         UnsafeRawPointer(pointers).assumingMemoryBound(to: UnsafePointer<CChar>?.self)

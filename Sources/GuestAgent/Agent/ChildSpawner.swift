@@ -114,7 +114,8 @@ enum ChildSpawner {
 
         var reportFD: CInt = -1
         var failedStage: CInt = 0
-        let pid: pid_t = groups.withUnsafeBufferPointer { groupBuffer in
+        // The arrays must outlive the call: ARC may free an object right after its last use.
+        let pid: pid_t = withExtendedLifetime((paths, argv, envp)) { groups.withUnsafeBufferPointer { groupBuffer in
             plan.rlimits.withUnsafeBufferPointer { limitBuffer in
                 withOptionalCString(cwd) { cwdPointer in
                     var options = csys_spawn_options()
@@ -141,7 +142,7 @@ enum ChildSpawner {
                     return csys_spawn(&options, &reportFD, &failedStage)
                 }
             }
-        }
+        } }
         guard pid > 0 else {
             let stage = String(cString: csys_spawn_stage_name(failedStage))
             throw SpawnFailure(stage: stage, errno: -pid, program: plan.program)
