@@ -49,10 +49,12 @@ public final class Agent {
     public static let handledSignals: [CInt] = [SIGCHLD, SIGTERM, SIGINT, SIGHUP]
 
     let loop: EventLoop
-    let options: AgentOptions
     public let role: Role
     let endpoint: HostEndpoint
     let exec: ExecSessions
+    /// Every subsystem, once: the router asks them who holds an id, and tells them when the
+    /// link drains or closes.
+    let subsystems: [AgentSubsystem]
     /// The router's table: which subsystem serves the kinds that open a request.
     let routes: [FrameKind: AgentSubsystem]
     private let signalFD: CInt
@@ -69,14 +71,17 @@ public final class Agent {
 
     public init(options: AgentOptions, role: Role, signalFD: CInt, bootNs: UInt64, baseLimits: [csys_rlimit]) throws(Errno) {
         self.loop = try EventLoop()
-        self.options = options
         self.role = role
         self.signalFD = signalFD
         self.endpoint = HostEndpoint(loop: loop, address: options.endpoint)
         self.exec = ExecSessions(loop: loop, spawner: ExecSpawner(baseLimits: baseLimits, defaultProfile: options.seccomp))
+        self.subsystems = [exec]
         var routes: [FrameKind: AgentSubsystem] = [:]
-        for subsystem in [exec] as [AgentSubsystem] {
-            for kind in subsystem.startKinds { routes[kind] = subsystem }
+        for subsystem in subsystems {
+            for kind in subsystem.startKinds {
+                assert(routes[kind] == nil, "two subsystems claim kind \(kind)")
+                routes[kind] = subsystem
+            }
         }
         self.routes = routes
         // Boot is done (an init, if any, was exec'd before the fork that made this process).
@@ -88,9 +93,6 @@ public final class Agent {
         exec.onProgress = { [unowned self] in checkShutdownProgress() }
         endpoint.onConnected = { [unowned self] fd in connected(fd) }
     }
-
-    /// The subsystems, each once (the router asks them who holds an id).
-    var subsystems: [AgentSubsystem] { [exec] }
 
     private static func hostname() -> String {
         var name = [UInt8](repeating: 0, count: 256)
