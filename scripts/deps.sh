@@ -5,6 +5,7 @@ set -euo pipefail
 packages=(
   libseccomp-dev      # CSeccomp: relay self-confinement and the restricted guest profile
   python3-cbor2       # CBOR interop tests against an independent implementation
+  python3-venv        # scripts/python-tests.sh: the Python client's tests in a virtual environment
   busybox-static      # the bundled guest rootfs and the agent's PID 1 tests
   debootstrap         # Debian guest trees with systemd / OpenRC for the init hand-off tests
   tmux                # drives the CLI in a real terminal in the PTY tests

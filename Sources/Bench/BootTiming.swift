@@ -6,11 +6,13 @@ import Foundation
 import TetherBoot
 import TetherPosix
 
-/// Boot to hello with the namespace backend: from the clone(2) of the sandbox's PID 1 (new
-/// PID, mount, UTS, IPC namespaces, pivot_root into the bundled rootfs, the static agent as
-/// PID 1 doing its mounts and /dev) to the agent's hello read on the host side.
+/// Boot to hello with the namespace backend, confinement included: from the host's first step
+/// (the id slot, the layer: a tmpfs when `ephemeral`, else a new ext4 image made with mkfs) through
+/// the clone(2) of the sandbox's PID 1 (user, PID, mount, UTS, IPC, cgroup and network namespaces,
+/// the idmapped overlay root, /proc, /sys and /dev with their masks, pivot_root) and the static
+/// agent as PID 1, to the agent's hello read on the host side.
 enum BootTiming {
-    static func namespaceBootToHello(rootfs: String, count: Int) throws -> Timings {
+    static func namespaceBootToHello(rootfs: String, count: Int, ephemeral: Bool) throws -> Timings {
         guard geteuid() == 0 else { throw BenchError.missing("root (the namespace backend needs namespaces and mounts)") }
         var template = Array("/tmp/tether-bench-home-XXXXXX".utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
@@ -24,7 +26,7 @@ enum BootTiming {
             let paths = home.sandbox(name)
             try FileManager.default.createDirectory(at: paths.directory, withIntermediateDirectories: true)
             var warnings: [String] = []
-            let config = SandboxConfig(name: name, rootfs: rootfs)
+            let config = SandboxConfig(name: name, rootfs: rootfs, ephemeral: ephemeral)
             let start = Clock.monotonicNs()
             let (pid, cgroup) = try NamespaceBackend.start(config, paths: paths, warnings: &warnings)
             let pidfd = csys_pidfd_open(pid, 0)
@@ -47,23 +49,12 @@ enum BootTiming {
         return timings
     }
 
-    /// The bundled rootfs (rootfs/build.sh, cached after the first build) with `agent` in it.
+    /// The bundled rootfs (rootfs/build.sh of the source tree, cached after the first build)
+    /// with `agent` in it.
     static func bundledRootfs(agent: String) throws -> String {
-        let script = FileManager.default.currentDirectoryPath + "/rootfs/build.sh"
-        guard FileManager.default.isExecutableFile(atPath: script) else {
-            throw BenchError.missing("\(script): run tether-bench from the repository's root")
+        guard let script = SourceTree.file("rootfs/build.sh") else {
+            throw BenchError.missing("rootfs/build.sh: no source tree above \(CommandLine.arguments[0])")
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: script)
-        process.arguments = ["--agent", agent]
-        let output = Foundation.Pipe()
-        process.standardOutput = output
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        guard process.terminationStatus == 0, let path = text.split(separator: "\n").last.map(String.init) else {
-            throw BenchError.failed("rootfs/build.sh failed (status \(process.terminationStatus))")
-        }
-        return path
+        return try SourceTree.run(script, ["--agent", agent])
     }
 }

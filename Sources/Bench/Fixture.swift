@@ -69,8 +69,10 @@ final class Fixture {
 
 /// Where the programs under test are.
 struct Binaries {
-    /// The agent: $TETHER_AGENT_STATIC, else ./.build-static/tether-agent (scripts/build-agent.sh),
-    /// else the tether-agent next to this benchmark (not stripped, not static: said so).
+    /// The static agent: $TETHER_AGENT_STATIC, else what scripts/build-agent.sh of the source
+    /// tree this benchmark was built from prints (it builds the agent when it is missing or
+    /// stale); only without that tree, the tether-agent next to this benchmark (not stripped,
+    /// not static: the report says so).
     let agent: String
     let agentIsStatic: Bool
     /// The `tether` CLI next to this benchmark (for `tether relay`).
@@ -83,14 +85,48 @@ struct Binaries {
         guard fm.isExecutableFile(atPath: tether) else {
             throw BenchError.missing("\(tether): build every product first (swift build -c release)")
         }
-        let candidates = [ProcessInfo.processInfo.environment["TETHER_AGENT_STATIC"], fm.currentDirectoryPath + "/.build-static/tether-agent"]
-        if let agent = candidates.compactMap({ $0 }).first(where: { fm.isExecutableFile(atPath: $0) }) {
+        if let agent = ProcessInfo.processInfo.environment["TETHER_AGENT_STATIC"], fm.isExecutableFile(atPath: agent) {
             return Binaries(agent: agent, agentIsStatic: true, tether: tether)
         }
+        if let script = SourceTree.file("scripts/build-agent.sh") {
+            FileHandle.standardError.write(Data("tether-bench: \(script) (builds the static agent if needed)\n".utf8))
+            return Binaries(agent: try SourceTree.run(script, []), agentIsStatic: true, tether: tether)
+        }
         guard fm.isExecutableFile(atPath: here + "/tether-agent") else {
-            throw BenchError.missing("no agent: run scripts/build-agent.sh (or swift build -c release)")
+            throw BenchError.missing("no agent: set TETHER_AGENT_STATIC or run from a build of the source tree")
         }
         return Binaries(agent: here + "/tether-agent", agentIsStatic: false, tether: tether)
+    }
+}
+
+/// The source tree this benchmark was built from: the first directory above the executable
+/// (.build/release/tether-bench) that has the file asked for, so the benchmark runs from any
+/// working directory.
+enum SourceTree {
+    static func file(_ relative: String) -> String? {
+        var directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        while directory.path != "/" {
+            let candidate = directory.appendingPathComponent(relative).path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            directory.deleteLastPathComponent()
+        }
+        return nil
+    }
+
+    /// Runs a script of the tree (stderr passes through) and returns the last line it printed.
+    static func run(_ script: String, _ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: script)
+        process.arguments = arguments
+        let output = Foundation.Pipe()
+        process.standardOutput = output
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        guard process.terminationStatus == 0, let last = text.split(separator: "\n").last.map(String.init) else {
+            throw BenchError.failed("\(script) failed (status \(process.terminationStatus))")
+        }
+        return last
     }
 }
 

@@ -33,7 +33,7 @@ func sh(_ script: String, _ configure: (inout ExecRequest) -> Void = { _ in }) -
         let hello = try agent.handshake()
         #expect(hello.role == .agent)
         #expect(hello.version == 1)
-        #expect(hello.capabilities.contains("pty"))
+        #expect(hello.capabilities.contains("pty/1") && hello.capabilities.allSatisfy { $0.split(separator: "/").count == 2 })
         #expect(hello.agentVersion != nil)
         let boot = try #require(hello.bootNs)
         let ready = try #require(hello.readyNs)

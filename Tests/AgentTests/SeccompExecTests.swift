@@ -94,7 +94,7 @@ import TetherProtocol
     @Test(.timeLimit(.minutes(1)))
     func helloAdvertisesSeccomp() throws {
         let agent = try AgentProcess()
-        #expect(try agent.handshake().capabilities.contains("seccomp"))
+        #expect(try agent.handshake().capabilities.contains("seccomp/1"))
     }
 
     @Test(.timeLimit(.minutes(1)))

@@ -46,7 +46,7 @@ final class RelayHarness: @unchecked Sendable {
         let hello = try agent.expect(.hello)
         let role = try hello.decode(Hello.self).role
         precondition(role == .relay)
-        try agent.send(id: 0, Hello(role: .agent, name: "scripted", pid: 1, capabilities: ["exec", "pty"], agentVersion: "test-1"))
+        try agent.send(id: 0, Hello(role: .agent, name: "scripted", pid: 1, capabilities: ["exec/1", "pty/1"], agentVersion: "test-1"))
         let list = try agent.expect(.listSessions)
         try agent.send(id: list.id, flags: .end, SessionList(sessions: sessions))
     }

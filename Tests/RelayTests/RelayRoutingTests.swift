@@ -18,7 +18,7 @@ import TetherProtocol
         let client = try FramePeer.connect(harness.socketPath)
         let hello = try client.expect(.hello).decode(Hello.self)
         #expect(hello.role == .relay)
-        #expect(hello.capabilities == ["exec", "pty"])
+        #expect(hello.capabilities == ["exec/1", "pty/1", "relay/1"])
         #expect(hello.agentVersion == "test-1")
         #expect(hello.version == protocolVersion)
     }

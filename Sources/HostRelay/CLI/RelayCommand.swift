@@ -31,6 +31,11 @@ enum RelayCommand: Command {
               --log-files N         files kept, the live one included (default 3)
               --no-log              write no exec.log
               --name NAME           the relay's name in its hello (default tether-relay)
+              --max-clients N       clients connected at once at most (default 4096); the next
+                                    one gets a tooManyClients error and is closed. The relay
+                                    raises its descriptor soft limit to the hard limit at start;
+                                    a hard limit below N plus ~64 turns clients away first (with
+                                    the same error), so raise ulimit -Hn for a higher cap
               --no-seccomp          do not confine the relay with its seccomp allow-list
                                     (SECCOMP.md); for debugging only
           -h, --help                this text
@@ -42,7 +47,7 @@ enum RelayCommand: Command {
         OptionSpec("--ping-interval", value: true), OptionSpec("--unresponsive-after", value: true),
         OptionSpec("--replay-bytes", value: true), OptionSpec("--log-dir", value: true),
         OptionSpec("--log-max-bytes", value: true), OptionSpec("--log-files", value: true), OptionSpec("--no-log"),
-        OptionSpec("--name", value: true), OptionSpec("--no-seccomp"),
+        OptionSpec("--name", value: true), OptionSpec("--max-clients", value: true), OptionSpec("--no-seccomp"),
     ]
 
     static func run(_ arguments: ArraySlice<String>) -> Int32 {
@@ -83,6 +88,10 @@ enum RelayCommand: Command {
         }
         if let text = parsed.value("replay-bytes") { configuration.replayBytes = try parseByteCount(text, option: "--replay-bytes", command: name) }
         if let text = parsed.value("name") { configuration.name = text }
+        if let text = parsed.value("max-clients") {
+            guard let n = Int(text), n >= 1 else { throw UsageError(message: "--max-clients: '\(text)' is not a count of at least 1", command: name) }
+            configuration.maxClients = n
+        }
         if parsed.has("no-seccomp") {
             writeStandardError("tether relay: warning: --no-seccomp: the relay parses bytes from the guest without its seccomp confinement\n")
         } else {

@@ -202,6 +202,10 @@ final class Connection: Sendable {
         guard let socket = core.socket else { return }
         let drained: Bool
         do { drained = try socket.flush() } catch {
+            // A relay that turns a client away says why and closes; a write after that close
+            // fails (EPIPE), but the reason is still there to read.
+            readWhatIsLeft(socket)
+            guard core.socket != nil else { return }
             end(TetherError(.connectionClosed, "the relay closed the connection (write: \(error))", operation: "send",
                             context: ["socket": address.description], errno: error.rawValue))
             return
@@ -210,6 +214,12 @@ final class Connection: Sendable {
             core.wantsWrite = !drained
             try? core.loop.modify(socket.fd, events: EventLoop.readable | EventLoop.peerClosed | (drained ? 0 : EventLoop.writable))
         }
+    }
+
+    /// Handles the frames still readable on a connection that is about to end.
+    private func readWhatIsLeft(_ socket: FrameSocket) {
+        _ = socket.read(chunk: 64 << 10, limit: 1 << 20)
+        while core.socket != nil, let frame = try? socket.decoder.next() { handle(frame) }
     }
 
     private func socketEvent(_ events: UInt32) {
@@ -335,7 +345,8 @@ final class Connection: Sendable {
                 return shared.pings.values.map(\.continuation)
             }
             for ping in pings { ping.resume(returning: .failure(error)) }
-            if message.code == .framing || message.code == .unsupported {
+            // tooManyClients: the relay did not take this connection and closes it.
+            if message.code == .framing || message.code == .unsupported || message.code == .tooManyClients {
                 end(error.operation("connection"))
             } else {
                 onNotice?(error.operation("connection"))

@@ -43,6 +43,8 @@ public struct TetherError: Error, Sendable, Equatable, Codable, CustomStringConv
         public static let shuttingDown = Code(.shuttingDown)
         public static let protocolViolation = Code(.protocolViolation)
         public static let `internal` = Code(.internal)
+        public static let helloRequired = Code(.helloRequired)
+        public static let tooManyClients = Code(.tooManyClients)
     }
 
     /// Why a program did not start, as the agent reported it.
@@ -147,6 +149,7 @@ public struct TetherError: Error, Sendable, Equatable, Codable, CustomStringConv
         case .sessionInUse: return "only detached sessions that nobody watches can be attached"
         case .timedOut: return "the relay or agent did not become ready in time; raise the retry budget or check the sandbox"
         case .unsupported: return "use a client, relay and agent from the same release"
+        case .tooManyClients: return "the relay has as many clients as it takes (tether relay --max-clients, ulimit -n); close some or try again later"
         default: return nil
         }
     }

@@ -11,6 +11,10 @@ import TetherProtocol
 extension Relay {
     func handleClientFrame(_ view: FrameView, from client: ClientLink) {
         let header = view.header
+        guard client.hello != nil || header.kind == .hello else {
+            refuseBeforeHello(view, from: client)
+            return
+        }
         if header.id == 0 {
             handleClientControl(view, from: client)
             return
@@ -51,6 +55,21 @@ extension Relay {
             guard session.purpose != .logs else { return }
             if let agentID = session.agentID, !session.agentEnded { forwardToAgent(view.encoded, id: agentID) }
         }
+    }
+
+    /// A frame from a client that has not said hello: nothing runs before the client said who
+    /// it is and which protocol version it speaks. A request gets `helloRequired` (with END on
+    /// its own id); the connection stays open, so a hello sent next still works.
+    private func refuseBeforeHello(_ view: FrameView, from client: ClientLink) {
+        let header = view.header
+        if header.id == 0 {
+            // A pong or an error answers something and asks for nothing.
+            guard header.kind != .pong && header.kind != .error else { return }
+            sendError(client, id: 0, .helloRequired, "\(header.kind) before hello: send hello first")
+        } else if header.flags.contains(.start) {
+            sendError(client, id: header.id, .helloRequired, "\(header.kind) before hello: send hello first; nothing was started")
+        }
+        // A frame for a session is for no session: none can be open before hello.
     }
 
     private func handleClientControl(_ view: FrameView, from client: ClientLink) {

@@ -60,6 +60,10 @@ public final class Relay: @unchecked Sendable {
 
     /// The listening socket, -1 until the agent first answered.
     var listener: CInt = -1
+    /// The spare descriptor, the listener's rests and the refusals to report (Relay+Accept).
+    let admission = ClientAdmission()
+    /// RLIMIT_NOFILE's soft limit once `run()` raised it; nil when unlimited or unknown.
+    var descriptorLimit: UInt64?
     var clients: [CInt: ClientLink] = [:]
     var clientSerial: UInt64 = 0
     var dirtyClients: [ClientLink] = []
@@ -103,6 +107,8 @@ public final class Relay: @unchecked Sendable {
     /// Frames handled for all busy clients together per pass of the loop, so that a hundred
     /// flooding connections cost the others no more than one does.
     static let busyFramesPerPass = 256
+    /// Below this many bytes read in a turn a client counts as quiet (see `clientTurn`).
+    static let quietReadBytes = 16 << 10
 
     public init(_ configuration: RelayConfiguration) throws(RelayError) {
         self.configuration = configuration
@@ -184,6 +190,8 @@ public final class Relay: @unchecked Sendable {
             listener = -1
             if case .unix(let path) = configuration.listen { unlink(path) }
         }
+        admission.closeSpare()
+        reportRefusals()
         record(0, .relay("relayStopped", detail: failure.map { "\($0)" } ?? ""))
     }
 
@@ -195,11 +203,18 @@ public final class Relay: @unchecked Sendable {
         log.record(session: session, event())
     }
 
+    /// Every client costs a descriptor: the soft limit goes up to the hard one, so that
+    /// `maxClients`, not a soft limit of 1,024 inherited from a login shell, is what bounds
+    /// clients. Past the limit `Relay+Accept` refuses clients without spinning.
     private func raiseDescriptorLimit() {
         var limit = rlimit()
-        guard getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
-        limit.rlim_cur = limit.rlim_max
-        _ = setrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
+        guard getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+        if limit.rlim_cur < limit.rlim_max {
+            var raised = limit
+            raised.rlim_cur = limit.rlim_max
+            if setrlimit(CInt(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+        }
+        descriptorLimit = limit.rlim_cur == rlim_t.max ? nil : UInt64(limit.rlim_cur)
     }
 
     // MARK: listening
@@ -211,7 +226,8 @@ public final class Relay: @unchecked Sendable {
             if case .fd = configuration.listen { try? FileIO.setNonBlocking(fd.raw) }
             let raw = fd.release()
             listener = raw
-            try loop.watch(raw, events: EventLoop.readable) { [unowned self] _ in acceptClients() }
+            admission.openSpare()
+            try watchListener()
         } catch let error as SocketError {
             fail(.listen(error))
             return
@@ -225,6 +241,7 @@ public final class Relay: @unchecked Sendable {
                 return
             }
         }
+        warnIfDescriptorLimitBelowCap()
         diagnose("serving clients on \(configuration.listen)")
     }
 
@@ -233,38 +250,8 @@ public final class Relay: @unchecked Sendable {
         beginStop()
     }
 
-    private func acceptClients() {
-        guard listener >= 0 else { return }
-        while true {
-            let accepted: OwnedFD?
-            do { accepted = try Socket.accept(listener) } catch {
-                // EMFILE and friends: the client stays in the backlog; say so, try again later.
-                if error.rawValue != ECONNABORTED { diagnose("accept: \(error)") }
-                return
-            }
-            guard let fd = accepted else { return }
-            let socket: FrameSocket
-            do { socket = try FrameSocket(adopting: fd) } catch { continue }
-            clientSerial += 1
-            let client = ClientLink(socket: socket, serial: clientSerial)
-            clients[client.fd] = client
-            do {
-                try loop.watch(client.fd, events: EventLoop.readable | EventLoop.peerClosed) { [unowned self, weak client] events in
-                    guard let client else { return }
-                    clientEvent(client, events: events)
-                }
-            } catch {
-                clients[client.fd] = nil
-                continue
-            }
-            client.socket.encoder.append(id: 0, relayHello())
-            if agentBackpressure { pauseInput(client, forAgent: true) }
-            markDirty(client)
-        }
-    }
-
-    private func relayHello() -> Hello {
-        Hello(role: .relay, name: configuration.name, pid: getpid(), capabilities: agentHello?.capabilities ?? [],
+    func relayHello() -> Hello {
+        Hello(role: .relay, name: configuration.name, pid: getpid(), capabilities: (agentHello?.capabilities ?? []) + ["relay/1"],
               agentVersion: agentHello?.agentVersion, bootNs: agentHello?.bootNs, readyNs: agentHello?.readyNs)
     }
 
@@ -332,7 +319,7 @@ public final class Relay: @unchecked Sendable {
         }
     }
 
-    private func pauseInput(_ client: ClientLink, forAgent: Bool) {
+    func pauseInput(_ client: ClientLink, forAgent: Bool) {
         let wasPaused = client.inputPaused
         if forAgent { client.pausedForAgent = true } else { client.pausedForBacklog = true }
         if !wasPaused { updateEvents(client) }
@@ -412,7 +399,14 @@ public final class Relay: @unchecked Sendable {
             close(client: client, reason: outcome.failure.map { "read failed: \($0)" } ?? "disconnected")
             return (false, frames)
         }
-        client.socket.decoder.releaseStorageIfIdle()
+        if client.socket.decoder.bufferedBytes == 0 && outcome.bytes < Self.quietReadBytes {
+            // A quiet client (requests, acks, typed keys) holds no read buffer between turns:
+            // each read reserves a 64 KiB chunk, and thousands of idle clients that once sent
+            // a hello would otherwise pin 64 KiB each. Streaming clients keep theirs.
+            client.socket.decoder = FrameDecoder()
+        } else {
+            client.socket.decoder.releaseStorageIfIdle()
+        }
         if client.socket.encoder.pendingBytes > Self.clientHighWater {
             pauseInput(client, forAgent: false)
             return (false, frames)

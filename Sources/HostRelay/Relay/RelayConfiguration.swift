@@ -21,6 +21,12 @@ public struct RelayConfiguration: Sendable {
     public var replayBytes: Int = 1 << 20
     /// Finished detached sessions kept for a later `attach`; beyond it the oldest is forgotten.
     public var maxFinishedDetached: Int = 256
+    /// Clients connected at once at most; the next one gets `tooManyClients` on id 0 and is
+    /// closed. Each costs a descriptor and a little memory (its link and queues); the relay
+    /// raises its own descriptor limit to the hard limit at start so that this cap, not the
+    /// limit, is what normally turns clients away.
+    public var maxClients: Int = RelayConfiguration.defaultMaxClients
+    public static let defaultMaxClients = 4096
     /// exec.log settings; nil writes no log.
     public var log: ExecLog.Configuration?
     /// The name in the relay's hello.

@@ -89,6 +89,11 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     public static let protocolViolation = ErrorCode(rawValue: "protocolViolation")
     /// The receiver failed for a reason of its own (a syscall failed); `errno` says which.
     public static let `internal` = ErrorCode(rawValue: "internal")
+    /// A request from a client that has not sent its `hello` yet; the request did not run.
+    public static let helloRequired = ErrorCode(rawValue: "helloRequired")
+    /// The relay takes no more clients (its `--max-clients` cap, or its descriptor limit when
+    /// `errno` is EMFILE or ENFILE); sent on id 0, then the connection is closed.
+    public static let tooManyClients = ErrorCode(rawValue: "tooManyClients")
 }
 
 /// On id 0 it reports a connection-level problem; on a session it also ends it (END).

@@ -15,7 +15,7 @@ import TetherProtocol
         let client = try await live.client()
         defer { client.close() }
         #expect(client.serverHello?.role == .relay)
-        #expect(client.serverHello?.capabilities.contains("pty") == true)
+        #expect(client.serverHello?.capabilities.contains("pty/1") == true && client.serverHello?.capabilities.last == "relay/1")
 
         let output = try await client.exec(["sh", "-c", "printf out; printf err >&2; exit 3"])
         #expect(output.stdoutText == "out")

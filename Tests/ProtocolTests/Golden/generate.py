@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Writes the golden vectors: one file per frame kind, KIND.json, each vector a frame's bytes
+(hex) beside its meaning. Run from anywhere: python3 generate.py (needs cbor2).
+
+Each meaning below lists payload keys in the order the reference implementation writes them
+and leaves out what it leaves out, so the hex is the exact encoding. The bytes are produced here
+from the meaning by a plain CBOR encoder (cbor2) and a 10-byte header; the Swift and Python tests
+then check that their own message types encode each meaning to these bytes and decode these
+bytes to this meaning. Edit a meaning here, run this, and both test suites say who disagrees.
+"""
+import json
+import os
+import struct
+
+import cbor2
+
+KINDS = {
+    "hello": 0x01, "error": 0x02, "ping": 0x03, "pong": 0x04, "shutdown": 0x05,
+    "exec": 0x10, "started": 0x11, "stdout": 0x12, "stderr": 0x13, "stdin": 0x14,
+    "stdinError": 0x15, "exited": 0x16, "done": 0x17, "failed": 0x18, "resize": 0x19,
+    "signal": 0x1A, "kill": 0x1B, "ack": 0x1C,
+    "listSessions": 0x20, "sessionList": 0x21, "attach": 0x22, "attached": 0x23,
+    "detach": 0x24, "detached": 0x25, "logs": 0x26, "signalSession": 0x27,
+}
+FLAGS = {"end": 0x01, "start": 0x02}
+DATA = {"stdout", "stderr", "stdin"}
+
+AGENT_CAPS = ["exec/1", "pty/1", "stdin/1", "signal/1", "rlimit/1", "detach/1", "session/1", "shutdown/1", "seccomp/1"]
+
+
+def b(hex_text):
+    """A CBOR byte string in a meaning (JSON has none): {"$bytes": "hex"}; as a map key, "$bytes:hex"."""
+    return {"$bytes": hex_text}
+
+
+def v(name, kind, id, flags, payload=None, data=None, note=None):
+    frame = {"id": id, "flags": flags, "kind": kind}
+    if kind in DATA:
+        frame["data"] = data
+    else:
+        frame["payload"] = payload
+    vector = {"name": name}
+    if note:
+        vector["note"] = note
+    vector["frame"] = frame
+    return vector
+
+
+VECTORS = [
+    # control channel (id 0)
+    v("hello-agent", "hello", 0, [], {"version": 1, "role": "agent", "name": "sandbox-1", "pid": 1,
+                                      "capabilities": AGENT_CAPS, "agentVersion": "0.1.0",
+                                      "bootNs": 123456789, "readyNs": 234567890}),
+    v("hello-relay", "hello", 0, [], {"version": 1, "role": "relay", "name": "dev", "pid": 4711,
+                                      "capabilities": AGENT_CAPS + ["relay/1"], "agentVersion": "0.1.0"}),
+    v("hello-client", "hello", 0, [], {"version": 1, "role": "client", "name": "tether-python", "pid": 31337,
+                                       "capabilities": []}),
+    v("error-badPayload", "error", 0, [], {"code": "badPayload", "message": "exec: required key 'argv' is missing",
+                                           "errno": 22}),
+    v("error-helloRequired", "error", 3, ["end"], {"code": "helloRequired",
+                                                   "message": "send hello before any request"},
+      note="a request before the client's hello, answered on the request's id"),
+    v("error-tooManyClients", "error", 0, [], {"code": "tooManyClients",
+                                               "message": "the relay serves at most 64 clients"}),
+    v("error-unknownKind-session", "error", 9, ["end"], {"code": "unknownKind",
+                                                         "message": "kind unknown(0xee) cannot start a session"}),
+    v("ping", "ping", 0, [], {"nonce": 18446744073709551615}),
+    v("pong", "pong", 0, [], {"nonce": 7}),
+    v("shutdown", "shutdown", 0, [], {"graceMs": 5000}),
+    v("shutdown-default-grace", "shutdown", 0, [], {}),
+    # exec sessions
+    v("exec-full", "exec", 1, ["start"], {
+        "argv": ["/bin/sh", "-c", "echo hi"], "env": {"A": "1", "LANG": "C.UTF-8"}, "cwd": "/tmp",
+        "user": "sandbox:sandbox", "tty": {"rows": 24, "cols": 80}, "stdin": "pipe", "timeoutMs": 10000,
+        "killGraceMs": 500, "drainMs": 100, "rlimits": {"core": [0, None], "nofile": [1024, 4096]},
+        "detach": True, "seccomp": "restricted"}),
+    v("exec-minimal", "exec", 2, ["start"], {"argv": ["true"], "stdin": "none", "killGraceMs": 2000,
+                                             "drainMs": 250, "detach": False}),
+    v("exec-bytes-argument", "exec", 3, ["start"], {
+        "argv": ["ls", b("636166e9")], "env": {"$bytes:ff": b("fe")}, "stdin": "none", "killGraceMs": 2000,
+        "drainMs": 250, "detach": False},
+      note="argv and env entries that are not UTF-8 travel as byte strings"),
+    v("exec-seccomp-none", "exec", 4, ["start"], {"argv": ["strace", "-f", "true"], "stdin": "none",
+                                                  "killGraceMs": 2000, "drainMs": 250, "detach": False,
+                                                  "seccomp": "none"}),
+    v("started", "started", 1, [], {"pid": 4242}),
+    v("stdout", "stdout", 1, [], data="68656c6c6f0a"),
+    v("stdout-empty", "stdout", 1, [], data=""),
+    v("stderr", "stderr", 1, [], data="000102ff"),
+    v("stdin", "stdin", 1, [], data="6563686f2068690a"),
+    v("stdin-eof", "stdin", 1, ["end"], data="", note="closes the program's stdin"),
+    v("stdinError", "stdinError", 1, [], {"errno": 32, "message": "Broken pipe"}),
+    v("exited-code", "exited", 1, [], {"code": 3, "coreDumped": False}),
+    v("exited-negative-code", "exited", 1, [], {"code": -1, "coreDumped": False}),
+    v("exited-signal", "exited", 1, [], {"signal": 9, "coreDumped": True}),
+    v("done", "done", 1, ["end"], {}),
+    v("failed-notFound", "failed", 2, ["end"], {"kind": "notFound", "errno": 2, "stage": "exec",
+                                                "message": "no such file"}),
+    v("failed-badCwd", "failed", 2, ["end"], {"kind": "badCwd", "errno": 2, "stage": "chdir",
+                                              "message": "/nonexistent"}),
+    v("resize", "resize", 1, [], {"rows": 50, "cols": 132}),
+    v("signal", "signal", 1, [], {"number": 15}),
+    v("kill", "kill", 1, [], {}),
+    v("ack", "ack", 1, [], {"bytes": 131072}),
+    # session requests
+    v("listSessions", "listSessions", 5, ["start"], {}),
+    v("sessionList", "sessionList", 5, ["end"], {"sessions": [
+        {"session": 5, "pid": 77, "argv": ["sleep", "9"], "tty": False, "detached": True, "attached": False,
+         "startedNs": 1700000000000000000},
+        {"session": 6, "pid": 78, "argv": [], "tty": True, "detached": False, "attached": True, "startedNs": 1,
+         "exited": {"signal": 15, "coreDumped": False}}]}),
+    v("sessionList-empty", "sessionList", 5, ["end"], {"sessions": []}),
+    v("attach", "attach", 6, ["start"], {"session": 5, "replay": False}),
+    v("attached", "attached", 6, [], {"session": 5, "pid": 77, "tty": True, "droppedBytes": 1024}),
+    v("detach", "detach", 1, [], {}),
+    v("detached", "detached", 1, ["end"], {"session": 5}),
+    # relay requests
+    v("logs-follow", "logs", 7, ["start"], {"session": 12, "follow": True}),
+    v("logs-all", "logs", 7, ["start"], {"follow": False}),
+    v("signalSession", "signalSession", 8, ["start"], {"session": 12, "number": 9}),
+]
+
+
+def to_cbor(meaning):
+    if isinstance(meaning, dict):
+        if set(meaning) == {"$bytes"}:
+            return bytes.fromhex(meaning["$bytes"])
+        return {to_cbor_key(k): to_cbor(x) for k, x in meaning.items()}
+    if isinstance(meaning, list):
+        return [to_cbor(x) for x in meaning]
+    return meaning
+
+
+def to_cbor_key(key):
+    # JSON object keys are text, so a byte-string key is spelled "$bytes:HEX".
+    if key.startswith("$bytes:"):
+        return bytes.fromhex(key[len("$bytes:"):])
+    return key
+
+
+def encode(frame):
+    kind = KINDS[frame["kind"]]
+    flags = 0
+    for name in frame["flags"]:
+        flags |= FLAGS[name]
+    payload = bytes.fromhex(frame["data"]) if frame["kind"] in DATA else cbor2.dumps(to_cbor(frame["payload"]))
+    return struct.pack(">IIBB", len(payload) + 6, frame["id"], flags, kind) + payload
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    by_kind = {}
+    for vector in VECTORS:
+        by_kind.setdefault(vector["frame"]["kind"], []).append(vector)
+    missing = set(KINDS) - set(by_kind)
+    if missing:
+        raise SystemExit("no vector for %s" % ", ".join(sorted(missing)))
+    for name in os.listdir(here):
+        if name.endswith(".json"):
+            os.remove(os.path.join(here, name))
+    for kind, vectors in by_kind.items():
+        entries = []
+        for vector in vectors:
+            entry = {"name": vector["name"]}
+            if "note" in vector:
+                entry["note"] = vector["note"]
+            entry["hex"] = encode(vector["frame"]).hex()
+            entry["frame"] = vector["frame"]
+            entries.append(entry)
+        document = {"kind": kind, "code": KINDS[kind], "vectors": entries}
+        with open(os.path.join(here, kind + ".json"), "w") as out:
+            json.dump(document, out, indent=2)
+            out.write("\n")
+    print("wrote %d vectors in %d files" % (len(VECTORS), len(by_kind)))
+
+
+if __name__ == "__main__":
+    main()
