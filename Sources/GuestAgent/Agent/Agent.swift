@@ -142,8 +142,9 @@ public final class Agent {
         let link = FramedConnection(socket: socket, loop: loop)
         self.link = link
         link.onFrame = { [unowned self, unowned link] frame in route(frame, on: link) }
-        link.onFramingError = { [unowned link] error in
-            link.send(ErrorMessage(code: .framing, message: error.description), id: 0)
+        link.onFramingError = { [unowned self, unowned link] error in
+            // The stream cannot be split into frames any more: answer, flush, close.
+            reply(RequestError(.framing, error.description), id: 0, on: link)
             link.closeAfterFlush()
         }
         link.onDrained = { [unowned self, unowned link] in for subsystem in subsystems { subsystem.linkDrained(link) } }
