@@ -8,16 +8,30 @@ import CSys
 /// Single-threaded readiness loop over epoll(7), with timers on one timerfd(2) and a
 /// cross-thread wake-up on one eventfd(2).
 ///
+/// Each watched descriptor is a registration with its own id, which epoll hands back with
+/// every event (`epoll_data` holds the descriptor and the id). A handler may unwatch and close
+/// a descriptor while events for it are still in the batch `epoll_wait` returned; if the
+/// number is reused and watched again meanwhile, those events carry the old id and are
+/// dropped instead of reaching the new handler.
+///
 /// Owns: the epoll fd, the timerfd and the eventfd (closed on deinit). Everything it calls
 /// runs on the thread that calls `run()`; only `waker` may be used from other threads.
 /// Ends when a handler sets `stopping`.
 public final class EventLoop {
     public typealias Handler = (_ events: UInt32) -> Void
 
+    private struct Registration {
+        let id: UInt32
+        let handler: Handler
+    }
+
     private let epfd: CInt
     private let timerfd: CInt
     private let eventfd: CInt
-    private var handlers: [CInt: Handler] = [:]
+    private var registrations: [CInt: Registration] = [:]
+    /// The id of the next registration. Ids wrap after 2^32 registrations, long after any event
+    /// of a batch could still refer to an old one; 0 marks the loop's own timerfd and eventfd.
+    private var nextRegistrationID: UInt32 = 1
     private var timers = TimerHeap()
     private var wakeHandler: (() -> Void)?
     /// Work queued to run after the current batch of events (see `soon`).
@@ -30,8 +44,8 @@ public final class EventLoop {
         epfd = try retrying { epoll_create1(CInt(EPOLL_CLOEXEC)) }
         timerfd = try retrying { timerfd_create(CLOCK_MONOTONIC, CInt(TFD_CLOEXEC | TFD_NONBLOCK)) }
         eventfd = try retrying { CSys.eventfd(0, CInt(EFD_CLOEXEC | EFD_NONBLOCK)) }
-        try addToEpoll(timerfd, events: UInt32(EPOLLIN.rawValue))
-        try addToEpoll(eventfd, events: UInt32(EPOLLIN.rawValue))
+        try control(EPOLL_CTL_ADD, timerfd, events: UInt32(EPOLLIN.rawValue), id: 0)
+        try control(EPOLL_CTL_ADD, eventfd, events: UInt32(EPOLLIN.rawValue), id: 0)
     }
 
     deinit {
@@ -40,11 +54,12 @@ public final class EventLoop {
         _ = Glibc.close(epfd)
     }
 
-    private func addToEpoll(_ fd: CInt, events: UInt32) throws(Errno) {
+    /// EPOLL_CTL_ADD or EPOLL_CTL_MOD with the descriptor and its registration id as data.
+    private func control(_ operation: CInt, _ fd: CInt, events: UInt32, id: UInt32) throws(Errno) {
         var event = epoll_event()
         event.events = events
-        event.data.fd = fd
-        _ = try retrying { epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event) }
+        event.data.u64 = UInt64(id) << 32 | UInt64(UInt32(bitPattern: fd))
+        _ = try retrying { epoll_ctl(epfd, operation, fd, &event) }
     }
 
     // MARK: descriptors
@@ -56,31 +71,43 @@ public final class EventLoop {
     public static let hangUp = UInt32(EPOLLHUP.rawValue)
     public static let error = UInt32(EPOLLERR.rawValue)
 
-    /// Stores the handler first, then arms epoll, so no event arrives unhandled.
+    /// Stores the handler first, then arms epoll, so no event arrives unhandled. Throws what
+    /// epoll_ctl(2) said (EEXIST for a descriptor watched already, whose handler stays; EBADF;
+    /// EPERM for a regular file; ENOMEM, ENOSPC at the max_user_watches limit).
     public func watch(_ fd: CInt, events: UInt32, _ handler: @escaping Handler) throws(Errno) {
-        handlers[fd] = handler
-        do { try addToEpoll(fd, events: events) } catch {
-            handlers[fd] = nil
+        guard registrations[fd] == nil else { throw Errno(rawValue: EEXIST) }
+        let id = nextRegistrationID
+        nextRegistrationID = nextRegistrationID == .max ? 1 : nextRegistrationID + 1
+        registrations[fd] = Registration(id: id, handler: handler)
+        do { try control(EPOLL_CTL_ADD, fd, events: events, id: id) } catch {
+            registrations[fd] = nil
             throw error
         }
     }
 
     /// Changes the events a watched descriptor is interested in (0 pauses it; EPOLLHUP and
-    /// EPOLLERR are still reported, as epoll always does).
+    /// EPOLLERR are still reported, as epoll always does). Throws ENOENT for a descriptor
+    /// that is not watched, and what epoll_ctl(2) said otherwise.
     public func modify(_ fd: CInt, events: UInt32) throws(Errno) {
-        var event = epoll_event()
-        event.events = events
-        event.data.fd = fd
-        _ = try retrying { epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &event) }
+        guard let registration = registrations[fd] else { throw Errno(rawValue: ENOENT) }
+        try control(EPOLL_CTL_MOD, fd, events: events, id: registration.id)
     }
 
-    /// Stops watching; call before close(2) so a reused fd number cannot reach the old handler.
-    public func unwatch(_ fd: CInt) {
-        guard handlers.removeValue(forKey: fd) != nil else { return }
-        _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nil)
+    /// Stops watching; call before close(2). Events for `fd` still queued in the current batch
+    /// are dropped from here on, even if the number is watched again.
+    ///
+    /// The registration is forgotten whatever EPOLL_CTL_DEL says. It fails only when the
+    /// descriptor was closed already (EBADF), which took it out of the epoll set, unless a
+    /// duplicate of it lives on (a child kept it): then its events keep arriving and are
+    /// dropped as stale. The failure is returned for the caller to report.
+    @discardableResult
+    public func unwatch(_ fd: CInt) -> Errno? {
+        guard registrations.removeValue(forKey: fd) != nil else { return nil }
+        do { _ = try retrying { epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nil) } } catch { return error }
+        return nil
     }
 
-    public func isWatching(_ fd: CInt) -> Bool { handlers[fd] != nil }
+    public func isWatching(_ fd: CInt) -> Bool { registrations[fd] != nil }
 
     // MARK: timers
 
@@ -90,9 +117,7 @@ public final class EventLoop {
     /// Runs `handler` once, `delay` from now. Returns an id for `cancel`.
     @discardableResult
     public func schedule(after delay: Duration, _ handler: @escaping () -> Void) -> TimerID {
-        let (seconds, attoseconds) = delay.components
-        let ns = max(0, seconds) * 1_000_000_000 + max(0, attoseconds) / 1_000_000_000
-        return schedule(atNs: EventLoop.now() &+ UInt64(ns), handler)
+        schedule(atNs: EventLoop.now() &+ delay.nanoseconds, handler)
     }
 
     @discardableResult
@@ -159,18 +184,21 @@ public final class EventLoop {
                 try retrying { epoll_wait(epfd, buffer.baseAddress, CInt(buffer.count), timeout) }
             }
             for i in 0..<Int(n) {
-                let fd = ready[i].data.fd
+                let data = ready[i].data.u64
+                let fd = CInt(bitPattern: UInt32(truncatingIfNeeded: data))
+                let id = UInt32(truncatingIfNeeded: data >> 32)
                 let events = ready[i].events
-                if fd == timerfd {
+                if id == 0 && fd == timerfd {
                     fireDueTimers()
-                } else if fd == eventfd {
+                } else if id == 0 && fd == eventfd {
                     var count: UInt64 = 0
                     _ = Glibc.read(eventfd, &count, 8)
                     wakeHandler?()
-                } else {
-                    // A handler earlier in this batch may have unwatched this fd.
-                    handlers[fd]?(events)
+                } else if let registration = registrations[fd], registration.id == id {
+                    registration.handler(events)
                 }
+                // Else stale: a handler earlier in this batch unwatched this fd (and perhaps
+                // watched a new descriptor under the same number).
             }
             if !yielded.isEmpty {
                 deferred.append(contentsOf: yielded)

@@ -57,6 +57,75 @@ import TetherPosix
         #expect(woken == 1)
     }
 
+    /// Two descriptors ready in one batch: the first handler to run unwatches the other and
+    /// puts an empty pipe under the same number, watched by a new handler. The event still
+    /// queued for the old descriptor must not reach the new handler (the new pipe is never
+    /// readable, so any call is that stale event).
+    @Test(.timeLimit(.minutes(1)))
+    func aStaleEventForAReusedDescriptorNumberIsDropped() throws {
+        let loop = try EventLoop()
+        let first = try Pipe(nonBlocking: true), second = try Pipe(nonBlocking: true), empty = try Pipe(nonBlocking: true)
+        try FileIO.writeAll(first.writeEnd.raw, [1])
+        try FileIO.writeAll(second.writeEnd.raw, [1])
+        let emptyRead = empty.readEnd.raw
+        var swapped = false
+        var staleDeliveries = 0
+        var failure: Errno?
+        func takeOver(_ other: CInt) -> EventLoop.Handler {
+            return { _ in
+                guard !swapped else { return }
+                swapped = true
+                loop.unwatch(other)
+                // dup2 closes the old descriptor and reuses its number for the empty pipe.
+                guard dup2(emptyRead, other) == other else { return failure = Errno(rawValue: errno) }
+                do throws(Errno) { try loop.watch(other, events: EventLoop.readable) { _ in staleDeliveries += 1 } } catch { failure = error }
+                loop.soon { loop.stopping = true }
+            }
+        }
+        let firstRead = first.readEnd.raw, secondRead = second.readEnd.raw
+        try loop.watch(firstRead, events: EventLoop.readable, takeOver(secondRead))
+        try loop.watch(secondRead, events: EventLoop.readable, takeOver(firstRead))
+        try loop.run()
+        #expect(failure == nil)
+        #expect(swapped)
+        #expect(staleDeliveries == 0)
+    }
+
+    @Test func epollRefusalsAreThrownAndLeaveExistingWatchesAlone() throws {
+        let loop = try EventLoop()
+        let pipe = try Pipe(nonBlocking: true)
+        let readEnd = pipe.readEnd.raw
+        var calls = 0
+        try loop.watch(readEnd, events: EventLoop.readable) { _ in
+            calls += 1
+            loop.stopping = true
+        }
+        // Watching it twice fails without replacing the handler that works.
+        #expect(throws: Errno(rawValue: EEXIST)) { try loop.watch(readEnd, events: EventLoop.readable) { _ in } }
+        // Nothing to modify for a descriptor that is not watched.
+        #expect(throws: Errno(rawValue: ENOENT)) { try loop.modify(pipe.writeEnd.raw, events: EventLoop.writable) }
+        // epoll cannot watch a regular file.
+        let file = open("/proc/self/stat", O_RDONLY | O_CLOEXEC)
+        defer { close(file) }
+        #expect(throws: Errno(rawValue: EPERM)) { try loop.watch(file, events: EventLoop.readable) { _ in } }
+        #expect(!loop.isWatching(file))
+        try FileIO.writeAll(pipe.writeEnd.raw, [1])
+        try loop.run()
+        #expect(calls == 1)
+    }
+
+    @Test func unwatchingADescriptorClosedTooEarlySaysSo() throws {
+        let loop = try EventLoop()
+        var fds: [CInt] = [-1, -1]
+        #expect(pipe(&fds) == 0)
+        defer { close(fds[1]) }
+        try loop.watch(fds[0], events: EventLoop.readable) { _ in }
+        close(fds[0])
+        #expect(loop.unwatch(fds[0]) == Errno(rawValue: EBADF))
+        #expect(!loop.isWatching(fds[0]))
+        #expect(loop.unwatch(fds[0]) == nil)  // nothing left to unwatch
+    }
+
     @Test func deferredWorkRunsBeforeTheNextWait() throws {
         let loop = try EventLoop()
         var order: [String] = []

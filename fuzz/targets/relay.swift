@@ -104,9 +104,14 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         stopScheduled = true
         _ = loop.schedule(after: .milliseconds(10)) { relay.beginStop() }
     }
+    /// Everything written: only what arrives matters now. A refusal from epoll_ctl here is the
+    /// loop's failure on a descriptor it watches, which is a finding.
+    func watchReadableOnly(_ fd: CInt) {
+        do { try loop.modify(fd, events: EventLoop.readable) } catch { fatalError("epoll_ctl MOD on a watched descriptor: \(error)") }
+    }
     try! loop.watch(agent.fd, events: EventLoop.readable | EventLoop.writable) { _ in
         agent.pump()
-        if agent.done { try? loop.modify(agent.fd, events: EventLoop.readable) }
+        if agent.done { watchReadableOnly(agent.fd) }
         maybeStop()
     }
     // The relay listens once the agent's hello arrived: connect then.
@@ -121,7 +126,7 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         client = peer
         try! loop.watch(fd, events: EventLoop.readable | EventLoop.writable) { _ in
             peer.pump()
-            if peer.done { try? loop.modify(fd, events: EventLoop.readable) }
+            if peer.done { watchReadableOnly(fd) }
             maybeStop()
         }
     }

@@ -53,13 +53,27 @@ public final class ExecLog: @unchecked Sendable {
     }
     private static let entryOverhead = 64
 
+    /// What the relay's thread hands the writer thread.
+    private struct Queue {
+        var entries: [Entry] = []
+        var bytes = 0
+        /// Entries (and their data bytes) turned away while the queue was full.
+        var droppedEntries: UInt64 = 0
+        var droppedBytes: UInt64 = 0
+        var stopping = false
+
+        /// Says what was dropped, in the place of the dropped entries.
+        mutating func reportDropped(timeNs: UInt64) {
+            guard droppedEntries > 0 else { return }
+            entries.append(Entry(timeNs: timeNs, session: 0, event: .logDropped(entries: droppedEntries, bytes: droppedBytes)))
+            droppedEntries = 0
+            droppedBytes = 0
+        }
+    }
+
     // Guarded by `queueLock`.
     private let queueLock = NSCondition()
-    private var queue: [Entry] = []
-    private var queuedBytes = 0
-    private var droppedEntries: UInt64 = 0
-    private var droppedBytes: UInt64 = 0
-    private var stopping = false
+    private var queue = Queue()
 
     // Guarded by `progress`; changed only by the writer thread.
     /// Followers wait on it; broadcast after every write and rotation.
@@ -116,26 +130,22 @@ public final class ExecLog: @unchecked Sendable {
         let cost = event.payloadBytes + Self.entryOverhead
         queueLock.lock()
         defer { queueLock.unlock() }
-        guard !stopping else { return }
-        if queuedBytes + cost > configuration.queueBytes {
-            droppedEntries += 1
-            if case .data(_, let bytes) = event { droppedBytes += UInt64(bytes.count) }
+        guard !queue.stopping else { return }
+        if queue.bytes + cost > configuration.queueBytes {
+            queue.droppedEntries += 1
+            if case .data(_, let bytes) = event { queue.droppedBytes += UInt64(bytes.count) }
             return
         }
-        if droppedEntries > 0 {
-            queue.append(Entry(timeNs: timeNs, session: 0, event: .logDropped(entries: droppedEntries, bytes: droppedBytes)))
-            droppedEntries = 0
-            droppedBytes = 0
-        }
-        queue.append(Entry(timeNs: timeNs, session: session, event: event))
-        queuedBytes += cost
-        if queue.count == 1 { queueLock.signal() }
+        queue.reportDropped(timeNs: timeNs)
+        queue.entries.append(Entry(timeNs: timeNs, session: session, event: event))
+        queue.bytes += cost
+        if queue.entries.count == 1 { queueLock.signal() }
     }
 
     /// Writes everything queued, stops the writer and closes the file.
     public func close() {
         queueLock.lock()
-        stopping = true
+        queue.stopping = true
         queueLock.signal()
         queueLock.unlock()
         guard thread != nil else { return }
@@ -150,18 +160,13 @@ public final class ExecLog: @unchecked Sendable {
         var out: [UInt8] = []
         while true {
             queueLock.lock()
-            while queue.isEmpty && !stopping && droppedEntries == 0 { queueLock.wait() }
-            var batch = queue
-            queue.removeAll(keepingCapacity: true)
-            queuedBytes = 0
-            if droppedEntries > 0 {
-                // Dropped while full and nothing came after: say so now.
-                batch.append(Entry(timeNs: Clock.realtimeNs(), session: 0,
-                                   event: .logDropped(entries: droppedEntries, bytes: droppedBytes)))
-                droppedEntries = 0
-                droppedBytes = 0
-            }
-            let done = stopping
+            while queue.entries.isEmpty && !queue.stopping && queue.droppedEntries == 0 { queueLock.wait() }
+            // Dropped while full and nothing came after: say so now.
+            queue.reportDropped(timeNs: Clock.realtimeNs())
+            let batch = queue.entries
+            queue.entries.removeAll(keepingCapacity: true)
+            queue.bytes = 0
+            let done = queue.stopping
             queueLock.unlock()
 
             for entry in batch {

@@ -6,18 +6,91 @@ import Musl
 import TetherPosix
 import TetherProtocol
 
+/// A framed connection the relay watches: its socket, and whether EPOLLOUT is armed. The one
+/// place where the relay flushes a socket and then changes its epoll interest, for clients and
+/// the agent alike.
+///
+/// Owns its `FrameSocket`; `close(on:)` unwatches it before closing. Touched only by the
+/// relay's loop thread.
+class FramedLink {
+    let socket: FrameSocket
+    /// EPOLLOUT is armed because output is waiting.
+    private(set) var wantsWrite = false
+
+    init(socket: FrameSocket) { self.socket = socket }
+
+    var fd: CInt { socket.fd }
+
+    /// The events to watch besides EPOLLOUT; 0 pauses reading.
+    var readInterest: UInt32 { EventLoop.readable | EventLoop.peerClosed }
+
+    enum Failure: Error, CustomStringConvertible {
+        /// write(2) failed: the peer is gone (EPIPE, ECONNRESET).
+        case write(Errno)
+        /// epoll_ctl(2) refused the new interest: the link cannot be served any more.
+        case epoll(Errno)
+
+        var description: String {
+            switch self {
+            case .write(let errno): "write failed: \(errno)"
+            case .epoll(let errno): "epoll_ctl failed: \(errno)"
+            }
+        }
+    }
+
+    /// Writes what the socket takes; arms EPOLLOUT while bytes are left, disarms it once none
+    /// are. Returns whether everything was written.
+    @discardableResult
+    func flush(on loop: EventLoop) throws(Failure) -> Bool {
+        let drained: Bool
+        do { drained = try socket.flush() } catch { throw .write(error) }
+        if drained == wantsWrite {
+            wantsWrite = !drained
+            try updateInterest(on: loop)
+        }
+        return drained
+    }
+
+    /// Tells epoll what the link waits for now (after `readInterest` changed).
+    func updateInterest(on loop: EventLoop) throws(Failure) {
+        do { try loop.modify(fd, events: readInterest | (wantsWrite ? EventLoop.writable : 0)) } catch { throw .epoll(error) }
+    }
+
+    /// Starts watching the link: `handler` gets its events.
+    func watch(on loop: EventLoop, _ handler: @escaping EventLoop.Handler) throws(Failure) {
+        do { try loop.watch(fd, events: readInterest, handler) } catch { throw .epoll(error) }
+    }
+
+    /// Unwatches and closes the socket. Returns what EPOLL_CTL_DEL said if it failed.
+    @discardableResult
+    func close(on loop: EventLoop) -> Errno? {
+        let failure = socket.isClosed ? nil : loop.unwatch(fd)
+        socket.close()
+        return failure
+    }
+
+    /// Hands each decoded frame to `handle` until the decoder runs dry, `budget` frames were
+    /// handled, or `handle` returns false (the link was closed). Returns the frames handled;
+    /// throws the framing error that makes the stream unreadable.
+    func handleFrames(budget: Int = .max, _ handle: (FrameView) -> Bool) throws(WireError) -> Int {
+        var handled = 0
+        while handled < budget {
+            guard let goOn = try socket.decoder.nextView(handle) else { break }
+            handled += 1
+            if !goOn { break }
+        }
+        return handled
+    }
+}
+
 /// One client connection: its socket and the sessions it has open, by the client's own ids.
 ///
-/// Owns its `FrameSocket` (closed by `Relay.close(client:)`). Touched only by the relay's
-/// loop thread.
-final class ClientLink {
-    let socket: FrameSocket
+/// Closed by `ClientLinks.close(_:reason:)`. Touched only by the relay's loop thread.
+final class ClientLink: FramedLink {
     /// For diagnostics: the n-th client since the relay started.
     let serial: UInt64
     var sessions: [UInt32: RelaySession] = [:]
     var hello: Hello?
-    /// EPOLLOUT is armed because output is waiting.
-    var wantsWrite = false
     /// Not reading its frames while the agent's queue is over the high-water mark.
     var pausedForAgent = false
     /// Not reading its frames while its own unread output is over the high-water mark: a
@@ -25,37 +98,32 @@ final class ClientLink {
     /// without bound.
     var pausedForBacklog = false
     var inputPaused: Bool { pausedForAgent || pausedForBacklog }
-    /// It had more frames than one turn handles: it waits in the relay's queue of busy
-    /// clients (its readiness is not watched meanwhile) instead of taking turns from epoll.
+    /// It had more frames than one turn handles: it waits in the queue of busy clients (its
+    /// readiness is not watched meanwhile) instead of taking turns from epoll.
     var busy = false
     var closed = false
 
     init(socket: FrameSocket, serial: UInt64) {
-        self.socket = socket
         self.serial = serial
+        super.init(socket: socket)
     }
 
-    var fd: CInt { socket.fd }
+    override var readInterest: UInt32 { inputPaused || busy ? 0 : EventLoop.readable | EventLoop.peerClosed }
     var label: String { "client \(serial)" + (hello.map { " (\($0.name) pid \($0.pid))" } ?? "") }
 }
 
 /// The connection to the agent: its socket, its hello once received, and liveness.
 ///
-/// Owns its `FrameSocket` (closed by `Relay.dropAgent`). Touched only by the relay's loop
-/// thread.
-final class AgentLink {
-    let socket: FrameSocket
+/// Closed by `AgentChannel`. Touched only by the relay's loop thread.
+final class AgentLink: FramedLink {
     var hello: Hello?
     var lastHeardNs: UInt64
-    var wantsWrite = false
     var helloTimer: TimerID?
 
-    init(socket: FrameSocket) {
-        self.socket = socket
-        self.lastHeardNs = Clock.monotonicNs()
+    override init(socket: FrameSocket) {
+        lastHeardNs = Clock.monotonicNs()
+        super.init(socket: socket)
     }
-
-    var fd: CInt { socket.fd }
 }
 
 /// Typed failures of the relay as a whole (what ends `Relay.run()`).

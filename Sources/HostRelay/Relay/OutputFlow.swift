@@ -1,3 +1,4 @@
+import TetherPosix
 import TetherProtocol
 
 /// Frames of one session held by the relay, in arrival order, because its client has no
@@ -13,17 +14,15 @@ struct PendingFrames {
         var remaining: Int { payload.count - offset }
     }
 
-    private var entries: [Entry] = []
-    private var head = 0
+    private var entries = HeadQueue<Entry>()
     /// Unsent data bytes held.
     private(set) var dataBytes = 0
 
-    var isEmpty: Bool { head == entries.count }
-    var first: Entry? { isEmpty ? nil : entries[head] }
+    var isEmpty: Bool { entries.isEmpty }
+    var first: Entry? { entries.first }
 
     mutating func append(kind: FrameKind, flags: FrameFlags, payload: UnsafeRawBufferPointer) {
-        entries.append(Entry(kind: kind, flags: flags, payload: Array(payload)))
-        if kind.isData { dataBytes += payload.count }
+        append(kind: kind, flags: flags, payload: Array(payload))
     }
 
     mutating func append(kind: FrameKind, flags: FrameFlags, payload: [UInt8]) {
@@ -33,29 +32,21 @@ struct PendingFrames {
 
     /// Marks `count` bytes of the first entry (a data frame) as sent.
     mutating func consumeData(_ count: Int) {
-        entries[head].offset += count
+        entries[0].offset += count
         dataBytes -= count
-        if entries[head].remaining == 0 { removeFirst() }
+        if entries[0].remaining == 0 { removeFirst() }
     }
 
     mutating func removeFirst() {
-        let entry = entries[head]
+        let entry = entries.removeFirst()
         if entry.kind.isData { dataBytes -= entry.remaining }
-        head += 1
-        if head == entries.count {
-            entries.removeAll(keepingCapacity: entries.count < 64)
-            head = 0
-        } else if head >= 64 && head * 2 >= entries.count {
-            entries.removeFirst(head)
-            head = 0
-        }
     }
 
     /// Drops the oldest data until at most `limit` data bytes remain; other frames stay.
     /// Returns how many bytes were dropped.
     mutating func trimData(toAtMost limit: Int) -> Int {
         var dropped = 0
-        var i = head
+        var i = 0
         while dataBytes > limit && i < entries.count {
             if entries[i].kind.isData && entries[i].remaining > 0 {
                 let cut = min(entries[i].remaining, dataBytes - limit)
@@ -65,7 +56,7 @@ struct PendingFrames {
             }
             i += 1
         }
-        compactDrained()
+        entries.removeAll { $0.kind.isData && $0.remaining == 0 }
         return dropped
     }
 
@@ -73,16 +64,9 @@ struct PendingFrames {
     mutating func removeAllData() -> Int {
         trimData(toAtMost: 0)
     }
-
-    private mutating func compactDrained() {
-        var kept: [Entry] = []
-        for entry in entries[head...] where !(entry.kind.isData && entry.remaining == 0) { kept.append(entry) }
-        entries = kept
-        head = 0
-    }
 }
 
-/// Output flow control of one session across the relay (DESIGN.md "Flow control"): the
+/// Output flow control of one session across the relay: the
 /// agent's window towards the relay, and the client's window from the relay, kept so that
 /// what the relay holds plus what the client has not acked never exceeds one window.
 ///

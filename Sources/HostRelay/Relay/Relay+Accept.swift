@@ -78,7 +78,7 @@ extension Relay {
         admission.count(.listenerRested(error))
         reportRefusals()
         admission.listenerResting = true
-        loop.unwatch(listener)
+        if let failure = loop.unwatch(listener) { diagnose("unwatching the listener: \(failure)") }
         loop.schedule(after: admission.takeRest()) { [unowned self] in
             admission.listenerResting = false
             guard listener >= 0, !stopping else { return }
@@ -87,25 +87,12 @@ extension Relay {
         }
     }
 
-    /// A client the relay takes: watched, and greeted with the relay's hello.
+    /// A client the relay takes: watched, and greeted with the relay's hello. One it cannot
+    /// watch (epoll_ctl failed: ENOMEM, or ENOSPC at max_user_watches) is closed at once.
     private func admit(_ fd: consuming OwnedFD) {
         let socket: FrameSocket
         do { socket = try FrameSocket(adopting: fd) } catch { return }
-        clientSerial += 1
-        let client = ClientLink(socket: socket, serial: clientSerial)
-        clients[client.fd] = client
-        do {
-            try loop.watch(client.fd, events: EventLoop.readable | EventLoop.peerClosed) { [unowned self, weak client] events in
-                guard let client else { return }
-                clientEvent(client, events: events)
-            }
-        } catch {
-            clients[client.fd] = nil
-            return
-        }
-        client.socket.encoder.append(id: 0, relayHello())
-        if agentBackpressure { pauseInput(client, forAgent: true) }
-        markDirty(client)
+        _ = clients.add(socket, hello: relayHello())
     }
 
     /// Tells a client the relay does not take it (one `error` frame on id 0, no hello) and
