@@ -40,7 +40,8 @@ public final class FramedConnection {
         case closed
         /// A read or write failed (ECONNRESET, EPIPE).
         case ioError(Errno)
-        /// epoll_ctl refused the descriptor (ENOMEM, ENOSPC).
+        /// epoll_ctl refused the descriptor (ENOMEM, ENOSPC, EPERM for a file epoll cannot
+        /// watch), or EPOLL_CTL_DEL found it closed under the connection (EBADF).
         case watchFailed(Errno)
     }
 
@@ -164,11 +165,11 @@ public final class FramedConnection {
         if !readingPaused && !isClosing { events |= EventLoop.readable | EventLoop.peerClosed }
         if !socket.encoder.isEmpty { events |= EventLoop.writable }
         guard events != registered else { return }
-        do {
+        do throws(Errno) {
             // A descriptor with nothing to wait for leaves epoll: EPOLLHUP is reported whatever
             // the mask, and a level-triggered hang-up nobody reads would spin the loop.
             if events == 0 {
-                loop.unwatch(socket.fd)
+                if let failure = loop.unwatch(socket.fd) { throw failure }
             } else if registered == 0 {
                 try loop.watch(socket.fd, events: events) { [unowned self] ready in handle(ready) }
             } else {
@@ -227,7 +228,9 @@ public final class FramedConnection {
     public func close(_ reason: CloseReason = .closed) {
         guard !isClosed else { return }
         isClosed = true
-        if registered != 0 { loop.unwatch(socket.fd) }
+        var reason = reason
+        // EPOLL_CTL_DEL fails only if the descriptor was closed under the connection: say so.
+        if registered != 0, let failure = loop.unwatch(socket.fd), reason == .closed { reason = .watchFailed(failure) }
         registered = 0
         socket.close()
         socket.encoder.reset()

@@ -52,7 +52,7 @@ public final class Agent {
     let loop: EventLoop
     public let role: Role
     let endpoint: HostEndpoint
-    let exec: ExecSessions
+    let exec: AgentExec
     /// Every subsystem, once: the router asks them who holds an id, and tells them when the
     /// link drains or closes.
     let subsystems: [AgentSubsystem]
@@ -75,7 +75,7 @@ public final class Agent {
         self.role = role
         self.signalFD = signalFD
         self.endpoint = HostEndpoint(loop: loop, address: options.endpoint)
-        self.exec = ExecSessions(loop: loop, spawner: ExecSpawner(baseLimits: baseLimits, defaultProfile: options.seccomp))
+        self.exec = AgentExec(loop: loop, spawner: ExecSpawner(baseLimits: baseLimits, defaultProfile: options.seccomp))
         self.subsystems = [exec]
         var routes: [FrameKind: AgentSubsystem] = [:]
         for subsystem in subsystems {
@@ -127,7 +127,7 @@ public final class Agent {
         link?.close()
         exec.endAll()
         endpoint.close()
-        loop.unwatch(signalFD)
+        loop.unwatch(signalFD, "the signalfd")
     }
 
     // MARK: the link

@@ -77,8 +77,8 @@ final class HostEndpoint {
     /// Stops listening and dialing; nothing new connects.
     func close() {
         closed = true
-        if let fd = listener?.raw { loop.unwatch(fd) }
-        if let fd = dialing?.raw { loop.unwatch(fd) }
+        if let fd = listener?.raw { loop.unwatch(fd, "the listening socket") }
+        if let fd = dialing?.raw { loop.unwatch(fd, "the connection being dialed") }
         listener = nil
         dialing = nil
     }
@@ -113,12 +113,12 @@ final class HostEndpoint {
         guard let fd = listener?.raw else { return }
         do {
             guard let stream = try Socket.accept(fd) else { return }
-            loop.unwatch(fd)   // one connection at a time; the next waits in the backlog
+            loop.unwatch(fd, "the listening socket")   // one connection at a time; the next waits in the backlog
             connected(stream)
         } catch {
             // EMFILE and friends: the pending connection stays queued; try again shortly.
             Log.warning("accept failed: \(error)")
-            loop.unwatch(fd)
+            loop.unwatch(fd, "the listening socket")
             loop.schedule(after: .milliseconds(100)) { [weak self] in self?.resume() }
         }
     }
@@ -149,7 +149,7 @@ final class HostEndpoint {
 
     private func dialFinished(_ address: Address) {
         guard let fd = dialing?.raw else { return }
-        loop.unwatch(fd)
+        loop.unwatch(fd, "the connection being dialed")
         if let error = NonBlockingConnect.result(of: fd) {
             dialing = nil
             redial(address, after: "\(address): \(error)")

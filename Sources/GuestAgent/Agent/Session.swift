@@ -280,7 +280,7 @@ final class Session {
         let current = interest[fd] ?? 0
         guard current != events else { return }
         if events == 0 {
-            loop.unwatch(fd)
+            loop.unwatch(fd, "descriptor of session \(number)")
             interest[fd] = nil
             return
         }
@@ -292,7 +292,7 @@ final class Session {
             }
             interest[fd] = events
         } catch {
-            loop.unwatch(fd)
+            loop.unwatch(fd, "descriptor of session \(number)")
             interest[fd] = nil
             cannotWatch(fd, error)
         }

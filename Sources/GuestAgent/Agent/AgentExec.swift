@@ -15,7 +15,7 @@ import TetherProtocol
 /// link's ids to sessions (the only record of who watches what), and the finished detached
 /// sessions nobody read yet. Lives on the agent's loop thread. `end(_:)` is the one place a
 /// session ends; the agent calls `endAll()` when it stops.
-final class ExecSessions: AgentSubsystem, SessionOwner {
+final class AgentExec: AgentSubsystem, SessionOwner {
     /// Live sessions at most; more are refused with `limitReached`.
     static let maxSessions = 1024
     /// Finished detached sessions kept for a later `attach` when nobody has read them.
