@@ -50,13 +50,17 @@ public final class FrameSocket {
         }
         let fd = self.fd
         while outcome.bytes < limit {
-            var code: CInt = 0
+            var failure: Errno?
             let n = decoder.readInto(capacity: chunk) { buffer in
-                while true {
-                    let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
-                    if n < 0 && errno == EINTR { continue }
-                    if n < 0 { code = errno }
-                    return n
+                do throws(Errno) {
+                    switch try FileIO.read(fd, into: buffer) {
+                    case .bytes(let n): return n
+                    case .endOfFile: return 0
+                    case .wouldBlock: return -1
+                    }
+                } catch {
+                    failure = error
+                    return -1
                 }
             }
             if n > 0 {
@@ -64,11 +68,10 @@ public final class FrameSocket {
                 if n < chunk { break }  // a short read: the socket is (almost surely) empty
                 continue
             }
-            if n == 0 {
+            if n == 0 || failure != nil {
+                // EOF, or an error (ECONNRESET, EIO): either way the peer is gone.
                 outcome.closed = true
-            } else if code != EAGAIN {
-                outcome.closed = true
-                outcome.failure = Errno(rawValue: code)
+                outcome.failure = failure
             }
             break
         }

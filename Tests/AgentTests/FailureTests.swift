@@ -6,7 +6,7 @@ import Testing
 import TestSupport
 import TetherProtocol
 
-/// Every failure kind of DESIGN.md "Exec", reached for real, with its errno and stage.
+/// Every failure kind a `failed` event can carry, reached for real, with its errno and stage.
 @Suite struct FailureTests {
     func expectFailure(_ t: Transcript, _ kind: SpawnFailureKind, errno: Int32, stage: SpawnStage,
                        sourceLocation: SourceLocation = #_sourceLocation) {

@@ -7,8 +7,8 @@ import TestSupport
 import TetherPosix
 import TetherProtocol
 
-/// Bytes a peer should not send: the agent answers, keeps the connection where DESIGN.md says
-/// so, and never exits.
+/// Bytes a peer should not send: the agent answers, keeps the connection unless the byte
+/// stream itself is broken (framing) or the peer's version is unsupported, and never exits.
 @Suite struct ProtocolRobustnessTests {
     @Test(.timeLimit(.minutes(1)))
     func garbageOnSessionsEndsThoseSessionsOnlyAndAnExecStillWorks() throws {

@@ -522,13 +522,11 @@ import TetherProtocol
         let plan = try SpawnPlan(request: request, users: UserDatabase(), baseLimits: [])
         // An empty program: seccomp(2) answers EINVAL.
         var empty = sock_fprog(len: 0, filter: nil)
+        // The child's descriptors close when `child` goes out of scope (SharedFD).
         let child = try ChildSpawner.start(plan, request: request, seccompFilter: &empty)
-        defer {
-            for fd in [child.report, child.stdout] + [child.stdin, child.stderr].compactMap({ $0 }) { _ = close(fd) }
-        }
         var report = csys_spawn_report()
         var result: CInt = -EAGAIN
-        #expect(eventually { result = csys_spawn_read_report(child.report, &report); return result != -EAGAIN })
+        #expect(eventually { result = csys_spawn_read_report(child.report.raw, &report); return result != -EAGAIN })
         #expect(result == 1)
         let failure = SpawnFailure(stage: SpawnStage(child: report.stage), errno: report.error, program: plan.program)
         #expect(failure.stage == .seccomp)

@@ -212,11 +212,14 @@ import TetherProtocol
         let helloHex = hello.withPendingBytes { $0.map { String(format: "%02x", $0) }.joined() }
         let holder = try ChildProcess([python, "-c", Self.holdConnections, relay.socketPath, "20000", "100", helloHex], stdin: true)
         defer { holder.closeStdin() }
-        // The whole line: print(...) may reach the pipe in more than one write.
-        #expect(holder.waitForOutput("holding", timeout: 240) && eventually(within: 30) { holder.stdout.hasSuffix("\n") },
-                "\(holder.stdout)\(holder.stderr)")
-        let held = try #require(holder.stdout.split(separator: "\n").last { $0.hasPrefix("holding ") }
-            .flatMap { Int($0.split(separator: " ")[1]) })
+        // The whole line: a read of the pipe may end inside it ("holding 199").
+        let count = { () -> Int? in
+            let text = holder.stdout
+            guard let start = text.range(of: "holding "), let end = text[start.upperBound...].firstIndex(of: "\n") else { return nil }
+            return Int(text[start.upperBound..<end])
+        }
+        #expect(eventually(within: 240) { count() != nil }, "\(holder.stdout)\(holder.stderr)")
+        let held = try #require(count())
         // The holder inherits this process's hard limit, and so does the relay.
         var limit = rlimit()
         getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)

@@ -15,7 +15,7 @@ public struct AgentOptions: Equatable, Sendable {
         case connect(Address)
     }
 
-    /// An init system to hand PID 1 to (DESIGN.md "Agent").
+    /// An init system to hand PID 1 to (`--init PATH|auto`).
     public enum InitProgram: Equatable, Sendable {
         case path(String)
         /// The first of /sbin/init, /lib/systemd/systemd, /usr/lib/systemd/systemd,

@@ -214,8 +214,8 @@ public enum Boot {
         for fd in CInt(0)...2 where fcntl(fd, F_GETFD) < 0 && errno == EBADF {
             let opened = open("/dev/null", O_RDWR)
             if opened >= 0 && opened != fd {
-                _ = dup2(opened, fd)
-                _ = Glibc.close(opened)
+                let spare = OwnedFD(adopting: opened)   // only its dup2 copy stays
+                _ = dup2(spare.raw, fd)
             }
         }
     }
@@ -235,8 +235,8 @@ public enum Boot {
         _ = Glibc.mkdir(errorDirectory, 0o755)
         let fd = open(errorPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { return }
-        try? FileIO.writeAll(fd, Array((error.json + "\n").utf8))
-        _ = Glibc.close(fd)
+        let file = OwnedFD(adopting: fd)
+        try? FileIO.writeAll(file.raw, Array((error.json + "\n").utf8))
     }
 
     /// Removes a report left by an earlier boot of the same root.

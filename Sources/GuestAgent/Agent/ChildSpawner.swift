@@ -9,17 +9,17 @@ import TetherProtocol
 
 /// The agent's ends of a child that was forked: its pid, the report pipe that says whether
 /// the exec happened, and the descriptors the session reads and writes (all nonblocking,
-/// CLOEXEC). The child's ends were closed in the agent before this is returned; the caller
-/// owns every descriptor here.
+/// CLOEXEC). The child's ends were closed in the agent before this is returned; whoever holds
+/// this owns every descriptor in it.
 struct StartedChild {
     var pid: pid_t
-    var report: CInt
+    var report: SharedFD
     /// The write end of the child's stdin pipe, or the pty master; nil for stdin "none".
-    var stdin: CInt?
-    /// The read end of stdout, or the pty master (the same descriptor as `stdin`).
-    var stdout: CInt
+    var stdin: SharedFD?
+    /// The read end of stdout, or the pty master (the same object as `stdin`).
+    var stdout: SharedFD
     /// The read end of stderr; nil on a pty (the terminal carries both).
-    var stderr: CInt?
+    var stderr: SharedFD?
     var isTerminal: Bool
 }
 
@@ -37,71 +37,62 @@ enum ChildSpawner {
     /// unchanged (see csys_spawn_options).
     static func start(_ plan: SpawnPlan, request: ExecRequest,
                       seccompFilter: UnsafePointer<sock_fprog>? = nil) throws(SpawnFailure) -> StartedChild {
-        var childEnds: [CInt] = []      // closed in the agent whatever happens
-        var agentEnds: [CInt] = []      // closed only if the spawn fails
-        var succeeded = false
-        defer {
-            for fd in childEnds { _ = Glibc.close(fd) }
-            if !succeeded { for fd in agentEnds { _ = Glibc.close(fd) } }
-        }
-        func pipe(_ what: String) throws(SpawnFailure) -> (read: CInt, write: CInt) {
-            var fds: [CInt] = [-1, -1]
-            let result = csys_pipe2(&fds, O_CLOEXEC)
-            guard result == 0 else {
-                throw SpawnFailure(stage: .pipes, errno: -result, message: "cannot create the \(what) pipe: \(Errno(rawValue: -result))")
-            }
-            return (fds[0], fds[1])
-        }
-        func nonBlocking(_ fd: CInt) throws(SpawnFailure) {
-            do { try FileIO.setNonBlocking(fd) } catch {
-                throw SpawnFailure(stage: .pipes, errno: error.rawValue, message: "cannot make a pipe nonblocking: \(error)")
+        // The child's ends: closed in the agent once the child has its copies, whatever
+        // happens. The agent's ends close on their own if this throws (SharedFD).
+        var childEnds: [SharedFD] = []
+        defer { for fd in childEnds { fd.close() } }
+        func pipe(_ what: String, agentEndNonBlocking: (read: Bool, write: Bool)) throws(SpawnFailure) -> (read: SharedFD, write: SharedFD) {
+            do {
+                let pipe = try Pipe()
+                if agentEndNonBlocking.read { try pipe.readEnd.setNonBlocking() }
+                if agentEndNonBlocking.write { try pipe.writeEnd.setNonBlocking() }
+                return (SharedFD(pipe.readEnd), SharedFD(pipe.writeEnd))
+            } catch {
+                throw SpawnFailure(stage: .pipes, errno: error.rawValue, message: "cannot set up the \(what) pipe: \(error)")
             }
         }
 
         var stdio: (CInt, CInt, CInt)
         var controllingTty: CInt = -1
-        var started = StartedChild(pid: 0, report: -1, stdin: nil, stdout: -1, stderr: nil, isTerminal: request.tty != nil)
+        var stdinEnd: SharedFD?
+        let stdoutEnd: SharedFD
+        var stderrEnd: SharedFD?
         if let size = request.tty {
             let pty = try PtyPair.open(rows: size.rows, columns: size.cols)
-            agentEnds.append(pty.master)
-            childEnds.append(pty.slave)
+            let master = SharedFD(OwnedFD(adopting: pty.master))
+            let slave = SharedFD(OwnedFD(adopting: pty.slave))
+            childEnds.append(slave)
             // Like login(1): the terminal belongs to the user who runs on it.
-            if let user = plan.user { _ = fchown(pty.slave, user.uid, user.gid) }
-            stdio = (pty.slave, pty.slave, pty.slave)
-            controllingTty = pty.slave
-            started.stdin = pty.master
-            started.stdout = pty.master
+            if let user = plan.user { _ = fchown(slave.raw, user.uid, user.gid) }
+            stdio = (slave.raw, slave.raw, slave.raw)
+            controllingTty = slave.raw
+            stdinEnd = master
+            stdoutEnd = master
         } else {
-            var childStdin: CInt
+            let childStdin: SharedFD
             switch request.stdin {
             case .none:
-                childStdin = open("/dev/null", O_RDONLY | O_CLOEXEC)
-                if childStdin < 0 {
+                let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+                if fd < 0 {
                     let error = Errno.current
                     throw SpawnFailure(stage: .stdin, errno: error.rawValue, message: "cannot open /dev/null for stdin: \(error)")
                 }
-                childEnds.append(childStdin)
+                childStdin = SharedFD(OwnedFD(adopting: fd))
             case .pipe:
-                let p = try pipe("stdin")
-                childEnds.append(p.read)
-                agentEnds.append(p.write)
-                try nonBlocking(p.write)
+                let p = try pipe("stdin", agentEndNonBlocking: (read: false, write: true))
                 childStdin = p.read
-                started.stdin = p.write
+                stdinEnd = p.write
             }
-            let out = try pipe("stdout")
+            childEnds.append(childStdin)
+            let out = try pipe("stdout", agentEndNonBlocking: (read: true, write: false))
             childEnds.append(out.write)
-            agentEnds.append(out.read)
-            let err = try pipe("stderr")
+            let err = try pipe("stderr", agentEndNonBlocking: (read: true, write: false))
             childEnds.append(err.write)
-            agentEnds.append(err.read)
-            try nonBlocking(out.read)
-            try nonBlocking(err.read)
-            _ = csys_set_pipe_size(out.read, outputPipeBytes)
-            _ = csys_set_pipe_size(err.read, outputPipeBytes)
-            stdio = (childStdin, out.write, err.write)
-            started.stdout = out.read
-            started.stderr = err.read
+            _ = csys_set_pipe_size(out.read.raw, outputPipeBytes)
+            _ = csys_set_pipe_size(err.read.raw, outputPipeBytes)
+            stdio = (childStdin.raw, out.write.raw, err.write.raw)
+            stdoutEnd = out.read
+            stderrEnd = err.read
         }
 
         let paths = CStringArray(plan.candidates)
@@ -112,7 +103,8 @@ enum ChildSpawner {
 
         var reportFD: CInt = -1
         var failedStage: CInt = 0
-        let pid: pid_t = groups.withUnsafeBufferPointer { groupBuffer in
+        // The arrays must outlive the call: ARC may free an object right after its last use.
+        let pid: pid_t = withExtendedLifetime((paths, argv, envp)) { groups.withUnsafeBufferPointer { groupBuffer in
             plan.rlimits.withUnsafeBufferPointer { limitBuffer in
                 withOptionalCString(cwd) { cwdPointer in
                     var options = csys_spawn_options()
@@ -139,14 +131,12 @@ enum ChildSpawner {
                     return csys_spawn(&options, &reportFD, &failedStage)
                 }
             }
-        }
+        } }
         guard pid > 0 else {
             throw SpawnFailure(stage: SpawnStage(child: failedStage), errno: -pid, program: plan.program)
         }
-        succeeded = true
-        started.pid = pid
-        started.report = reportFD
-        return started
+        return StartedChild(pid: pid, report: SharedFD(OwnedFD(adopting: reportFD)), stdin: stdinEnd, stdout: stdoutEnd,
+                            stderr: stderrEnd, isTerminal: request.tty != nil)
     }
 
     private static func withOptionalCString<R>(_ bytes: [CChar]?, _ body: (UnsafePointer<CChar>?) -> R) -> R {

@@ -6,7 +6,7 @@ import Musl
 import CSys
 import TetherPosix
 
-/// An init system the agent hands PID 1 to (`--init PATH|auto`, DESIGN.md "Agent"), and how
+/// An init system the agent hands PID 1 to (`--init PATH|auto`), and how
 /// to ask it to power off in its own language.
 ///
 /// The hand-off: the agent forks; the parent (PID 1) puts the signal mask and dispositions
@@ -105,8 +105,8 @@ public struct InitSystem: Equatable, Sendable {
         sigemptyset(&empty)
         _ = sigprocmask(SIG_SETMASK, &empty, nil)
         _ = signal(SIGPIPE, SIG_DFL)
-        let argv: [UnsafeMutablePointer<CChar>?] = [strdup(argv0), nil]
-        execv(path, argv)
+        let argv = CStringArray([argv0])
+        execv(path, argv.pointers)
         let error = Errno.current
         Boot.report(BootError(stage: "init", errno: error.rawValue, message: "cannot execute the init \(path): \(error)"))
         exit(1)
@@ -152,8 +152,8 @@ public struct InitSystem: Equatable, Sendable {
     private static func writeFIFO(_ path: String, _ bytes: [UInt8]) -> Bool {
         let fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else { return false }
-        defer { _ = Glibc.close(fd) }
-        let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        return written == bytes.count
+        let fifo = OwnedFD(adopting: fd)
+        let written = bytes.withUnsafeBytes { raw in try? FileIO.write(fifo.raw, raw) }
+        return written == .wrote(bytes.count)
     }
 }

@@ -24,3 +24,11 @@ enum Log {
         }
     }
 }
+
+extension EventLoop {
+    /// `unwatch`, with its EPOLL_CTL_DEL failure logged: it fails only when the descriptor was
+    /// closed before it was unwatched, a bug worth seeing; the registration is gone either way.
+    func unwatch(_ fd: CInt, _ what: @autoclosure () -> String) {
+        if let failure = unwatch(fd) { Log.warning("cannot stop watching \(what()) (descriptor \(fd)): \(failure)") }
+    }
+}

@@ -1,3 +1,4 @@
+import TetherPosix
 import TetherProtocol
 
 /// A session's events that could not go out yet, in order: output read from its pipes and the
@@ -19,15 +20,15 @@ struct OutputBacklog {
     /// Adjacent output of one stream is merged into records of at most this size.
     static let mergeBytes = 64 << 10
 
-    private var records: [Record] = []
-    private var head = 0
+    /// Oldest first; position 0 is the head.
+    private var records = HeadQueue<Record>()
     /// Bytes of the head record already sent.
     private var headOffset = 0
     private(set) var dataBytes = 0
     /// Output dropped since the last attach.
     var droppedBytes: UInt64 = 0
 
-    var isEmpty: Bool { head == records.count }
+    var isEmpty: Bool { records.isEmpty }
 
     enum Head {
         case data(FrameKind)
@@ -36,8 +37,8 @@ struct OutputBacklog {
 
     /// What the oldest record is.
     var oldest: Head? {
-        guard head < records.count else { return nil }
-        switch records[head] {
+        guard let first = records.first else { return nil }
+        switch first {
         case .data(let kind, _): return .data(kind)
         case .exited(let exited): return .exited(exited)
         }
@@ -45,14 +46,14 @@ struct OutputBacklog {
 
     /// The not yet sent bytes of the oldest record (empty unless it is output).
     func withHeadBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
-        guard head < records.count, case .data(_, let bytes) = records[head] else { return body(UnsafeRawBufferPointer(start: nil, count: 0)) }
+        guard case .data(_, let bytes) = records.first else { return body(UnsafeRawBufferPointer(start: nil, count: 0)) }
         return bytes.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[headOffset...])) }
     }
 
     /// Appends output; with `bounded`, drops the oldest output to stay under the capacity.
     mutating func append(kind: FrameKind, _ bytes: UnsafeRawBufferPointer, bounded: Bool) {
         guard bytes.count > 0 else { return }
-        if let last = records.indices.last, last >= head, case .data(let lastKind, var lastBytes) = records[last],
+        if let last = records.indices.last, case .data(let lastKind, var lastBytes) = records[last],
            lastKind == kind, lastBytes.count + bytes.count <= Self.mergeBytes {
             records[last] = .data(kind, [])          // keep the array uniquely referenced
             lastBytes.append(contentsOf: bytes)
@@ -68,8 +69,8 @@ struct OutputBacklog {
 
     /// Marks `count` bytes of the head data record as sent (all of a marker for `.exited`).
     mutating func consumeFirst(bytes count: Int) {
-        guard head < records.count else { return }
-        if case .data(_, let bytes) = records[head] {
+        guard let first = records.first else { return }
+        if case .data(_, let bytes) = first {
             headOffset += count
             dataBytes -= count
             if headOffset < bytes.count { return }
@@ -79,36 +80,35 @@ struct OutputBacklog {
 
     /// Forgets all output (attach without replay); keeps the `exited` marker.
     mutating func discardData() {
-        var kept: [Record] = []
-        for record in records[head...] { if case .exited = record { kept.append(record) } }
-        records = kept
-        head = 0
+        records.removeAll { if case .data = $0 { return true }; return false }
         headOffset = 0
         dataBytes = 0
     }
 
     private mutating func popHead() {
-        head += 1
+        records.removeFirst()
         headOffset = 0
-        if head == records.count {
-            records.removeAll(keepingCapacity: records.count < 64)
-            head = 0
-        } else if head >= 1024 && head * 2 >= records.count {
-            records.removeFirst(head)
-            head = 0
+    }
+
+    /// Removes the record at `position` (the queue removes by predicate, in order).
+    private mutating func remove(at position: Int) {
+        var current = 0
+        records.removeAll { _ in
+            defer { current += 1 }
+            return current == position
         }
     }
 
     private mutating func dropOldest() {
-        while dataBytes > Self.capacityBytes || records.count - head > Self.capacityRecords {
-            guard let index = records[head...].firstIndex(where: { if case .data = $0 { return true }; return false }) else { return }
+        while dataBytes > Self.capacityBytes || records.count > Self.capacityRecords {
+            guard let index = records.indices.first(where: { if case .data = records[$0] { return true }; return false }) else { return }
             guard case .data(let kind, let bytes) = records[index] else { return }
-            let offset = index == head ? headOffset : 0
+            let offset = index == 0 ? headOffset : 0
             let available = bytes.count - offset
             let excess = dataBytes - Self.capacityBytes
-            if excess > 0 && excess < available && records.count - head <= Self.capacityRecords {
+            if excess > 0 && excess < available && records.count <= Self.capacityRecords {
                 // Drop just the oldest part of this record.
-                if index == head {
+                if index == 0 {
                     headOffset += excess
                 } else {
                     records[index] = .data(kind, Array(bytes[excess...]))
@@ -119,10 +119,10 @@ struct OutputBacklog {
             }
             dataBytes -= available
             droppedBytes += UInt64(available)
-            if index == head {
+            if index == 0 {
                 popHead()
             } else {
-                records.remove(at: index)
+                remove(at: index)
             }
         }
     }

@@ -8,17 +8,17 @@ import TetherPosix
 import TetherProtocol
 
 /// One exec: a child process (the leader of its own process group), the descriptors the agent
-/// reads and writes for it, its flow-control windows and what it still owes its client.
+/// reads and writes for it (`SessionOutput`, `SessionStdin`, `SessionTerminal`), its
+/// flow-control window and what it still owes its client.
 ///
-/// Owns: the report pipe until the exec's outcome is known, the read ends of stdout/stderr
-/// (or the pty master), the write end of stdin; closes each when it is done with it, and all
-/// of them in `teardown()`. Lives on the agent's loop thread. Ends when `done` (or `failed`)
-/// has been queued to its client, or, when nobody watches, once its output is complete and it
-/// is not detached; the agent then drops it from its tables.
+/// Owns: the report pipe until the exec's outcome is known, and its IO objects; closes
+/// everything in `finish()`, which only its owner calls. Lives on the agent's loop thread.
+/// Completes when `done` (or `failed`) has been queued to its client, or, when nobody
+/// watches, once its output is complete; it then tells its owner, which ends it.
 ///
-/// Event order (DESIGN.md "Exec"): `started`, output, `exited` (queued in the backlog behind
-/// everything the pipes held when the leader was reaped), output of descendants for at most
-/// `drainMs`, `done`. Or `failed` alone.
+/// Event order: `started`, output, `exited` (queued in the backlog behind everything the
+/// pipes held when the leader was reaped), output of descendants for at most `drainMs`,
+/// `done`. Or `failed` alone.
 final class Session {
     enum Phase: Equatable {
         /// Forked; the report pipe has not said yet whether the exec happened.
@@ -30,154 +30,111 @@ final class Session {
         case finished
     }
 
-    /// One descriptor the agent reads output from.
-    private struct Output {
-        var fd: CInt
-        var kind: FrameKind
-        var isOpen = true
+    /// What the request asked for, kept for `sessionList` and the timers.
+    struct Description {
+        let number: UInt32
+        let argv: [String]
+        let program: String
+        let startedNs: UInt64
+        let drainMs: UInt64
+        let killGraceMs: UInt64
+        let timeoutMs: UInt64?
     }
 
-    unowned let agent: Agent
-    /// The agent's own number for the session, stable while it lives (`listSessions`).
-    let number: UInt32
-    let argv: [String]
-    let isTerminal: Bool
-    let startedNs: UInt64
-    private let program: String
-    private let drainMs: UInt64
-    private let killGraceMs: UInt64
-    private let timeoutMs: UInt64?
-    /// Keeps running when its client goes away.
-    var detached: Bool
-    let pid: pid_t
-    private(set) var phase = Phase.spawning
-    private(set) var exitStatus: Exited?
-
-    /// Where its events go now; nil while nobody watches.
-    private(set) var connection: Connection?
-    private(set) var id: UInt32 = 0
-    /// Output bytes the client still accepts before it acks more.
-    private var window = FlowControl.initialWindowBytes
-    /// Waiting in the connection's list for its outbound queue to drain.
-    var pausedByConnection = false
-
-    private var reportFD: CInt
-    /// A pty master whose slave side was closed while the leader still runs. Closing a master
-    /// hangs the terminal up, and the kernel then sends SIGHUP to the session: a program that
-    /// closes its stdio before it exits (GNU cat, anything using close_stdout) would die of
-    /// that signal between its last close and its exit. So the master stays open, unwatched,
-    /// until the leader is reaped.
-    private var hungUpMaster: CInt?
-    private var outputs: [Output]
-    /// The pipe write end, or the pty master (then also `outputs[0].fd`); nil for stdin none.
-    private var stdinFD: CInt?
-    private var stdinQueue = ByteQueue()
-    /// Written to the child but not yet acked to the client.
-    private var stdinWrittenUnacked = 0
-    private var stdinEOFRequested = false
-    private var stdinEOFBytes: [UInt8]?
-    private var stdinClosed = false
-    private var stdinBlocked = false
-    private var stdinLastByte: UInt8?
-    private var stdinNoneReported = false
-    /// Events currently registered with epoll, per descriptor.
-    private var interest: [CInt: UInt32] = [:]
-    private(set) var backlog = OutputBacklog()
-
-    private var timeoutTimer: TimerID?
-    private var killTimer: TimerID?
-    private var drainTimer: TimerID?
-
-    /// Unacked stdin the agent buffers per session: four windows, for clients that count
-    /// loosely; beyond it the client broke the protocol.
-    static let stdinLimitBytes = 4 * FlowControl.initialWindowBytes
     /// Largest window a client can grant (acks beyond it are clamped).
     static let maxWindowBytes = 64 << 20
 
-    init(agent: Agent, number: UInt32, request: ExecRequest, child: StartedChild, program: String) {
-        self.agent = agent
-        self.number = number
-        self.argv = request.argv.map(\.description)
-        self.isTerminal = child.isTerminal
-        self.startedNs = Clock.realtimeNs()
-        self.program = program
-        self.drainMs = request.drainMs
-        self.killGraceMs = request.killGraceMs
-        self.timeoutMs = request.timeoutMs
-        self.detached = request.detach
+    weak var owner: SessionOwner?
+    let loop: EventLoop
+    let scratch: ScratchBuffer
+    let described: Description
+    let pid: pid_t
+    /// Keeps running when its client goes away.
+    var detached: Bool
+    private(set) var phase = Phase.spawning
+    private(set) var exitStatus: Exited?
+
+    /// Who watches now; nil while nobody does. Set only through the owner (`clientAttached`,
+    /// `clientLeft`), which keeps the table from ids to sessions.
+    var client: SessionClient?
+
+    private var report: SharedFD?
+    let output: SessionOutput
+    let stdin: SessionStdin
+    var backlog = OutputBacklog()
+    /// Events currently registered with epoll, per descriptor.
+    private var interest: [CInt: UInt32] = [:]
+    private var timers = SessionTimers()
+
+    init(owner: SessionOwner, loop: EventLoop, scratch: ScratchBuffer, described: Description, detached: Bool,
+         child: StartedChild) {
+        self.owner = owner
+        self.loop = loop
+        self.scratch = scratch
+        self.described = described
+        self.detached = detached
         self.pid = child.pid
-        self.reportFD = child.report
-        var outputs = [Output(fd: child.stdout, kind: .stdout)]
-        if let stderr = child.stderr { outputs.append(Output(fd: stderr, kind: .stderr)) }
-        self.outputs = outputs
-        self.stdinFD = child.stdin
-        setInterest(reportFD, EventLoop.readable)
+        self.report = child.report
+        let terminal = child.isTerminal ? SessionTerminal(master: child.stdout) : nil
+        self.output = SessionOutput(stdout: child.stdout, stderr: child.stderr, terminal: terminal)
+        self.stdin = SessionStdin(fd: child.stdin, terminal: terminal)
+        for fd in [child.report, child.stdout, child.stderr, child.stdin].compactMap({ $0 }) {
+            fd.willClose = { [weak self] raw in self?.setInterest(raw, 0) }
+        }
+        setInterest(child.report.raw, EventLoop.readable)
     }
 
-    private var loop: EventLoop { agent.loop }
-
-    var isBound: Bool { connection != nil }
-    private var outputsClosed: Bool { !outputs.contains { $0.isOpen } }
+    var number: UInt32 { described.number }
+    var isTerminal: Bool { output.terminal != nil }
+    var isBound: Bool { client != nil }
     /// The leader exited and every output is closed: only queued events remain.
-    var isComplete: Bool { phase == .exited && outputsClosed }
-    var droppedBytes: UInt64 { backlog.droppedBytes }
+    var isComplete: Bool { phase == .exited && output.allClosed }
+    private var leaderRunning: Bool { phase == .running }
 
-    // MARK: binding to a client
+    // MARK: the client (called by the owner)
 
-    func bind(to connection: Connection, id: UInt32) {
-        self.connection = connection
-        self.id = id
-        window = FlowControl.initialWindowBytes
-        stdinWrittenUnacked = 0
-        stdinNoneReported = false
+    /// A client watches from now on; the window starts afresh.
+    func clientAttached(_ client: SessionClient) {
+        self.client = client
+        stdin.clientChanged()
     }
 
-    /// The client stops watching (detach, an error on its id, its connection gone). Stdin it
-    /// sent but the child has not read yet is dropped with it.
-    func unbind() {
-        guard let connection else { return }
-        connection.unbind(id: id)
-        self.connection = nil
-        pausedByConnection = false
-        stdinQueue.removeAll()
-        stdinWrittenUnacked = 0
-        if stdinEOFRequested { finishStdinIfDrained() }
+    /// The client stops watching (detach, an error on its id, its link gone). Stdin it sent
+    /// but the program has not read yet is dropped with it.
+    func clientLeft() {
+        guard client != nil else { return }
+        client = nil
+        var replies: [StdinReply] = []
+        stdin.clientLeft(&replies)
         refreshInterest()
         checkComplete()
     }
 
-    /// The connection is gone: a session that is not detached loses its process group.
-    func connectionLost() {
-        unbind()
-        if !detached { killGroup(SIGKILL) }
-    }
-
-    /// A new client attaches (`attach`); the window starts afresh. Without replay, what was
-    /// buffered while nobody watched is forgotten (the exit status is kept).
-    func attach(to connection: Connection, id: UInt32, replay: Bool) {
-        bind(to: connection, id: id)
-        connection.bind(self, id: id)
-        connection.send(Attached(session: number, pid: pid, tty: isTerminal, droppedBytes: backlog.droppedBytes), id: id)
+    /// Tells a client that attached what it missed; without replay, what was buffered while
+    /// nobody watched is forgotten (the exit status is kept).
+    func greetAttached(replay: Bool) {
+        send(Attached(session: number, pid: pid, tty: isTerminal, droppedBytes: backlog.droppedBytes))
         backlog.droppedBytes = 0
         if !replay { backlog.discardData() }
         pump()
     }
 
-    private func send<M: Message>(_ message: M, flags: FrameFlags = []) {
-        connection?.send(message, id: id, flags: flags)
+    func send<M: Message>(_ message: M, flags: FrameFlags = []) {
+        guard let client else { return }
+        client.link.send(message, id: client.id, flags: flags)
     }
 
     // MARK: the exec's outcome
 
     private func reportReadable() {
-        var report = csys_spawn_report()
-        let result = csys_spawn_read_report(reportFD, &report)
+        guard let report else { return }
+        var spawnReport = csys_spawn_report()
+        let result = csys_spawn_read_report(report.raw, &spawnReport)
         if result == -EAGAIN { return }
-        setInterest(reportFD, 0)
-        _ = Glibc.close(reportFD)
-        reportFD = -1
+        report.close()
+        self.report = nil
         if result == 1 {
-            failToStart(SpawnFailure(stage: SpawnStage(child: report.stage), errno: report.error, program: program))
+            failToStart(SpawnFailure(stage: SpawnStage(child: spawnReport.stage), errno: spawnReport.error, program: described.program))
         } else {
             // EOF: the exec closed the pipe (CLOEXEC). A read error on our own pipe cannot be
             // told apart from it; the wait status will say what happened.
@@ -188,31 +145,27 @@ final class Session {
     private func becomeRunning() {
         phase = .running
         send(Started(pid: pid))
-        if let timeoutMs {
-            timeoutTimer = loop.schedule(after: .milliseconds(Int64(clamping: timeoutMs))) { [unowned self] in timedOut() }
+        if let timeoutMs = described.timeoutMs {
+            timers.timeout = loop.schedule(after: .milliseconds(Int64(clamping: timeoutMs))) { [weak self] in self?.timedOut() }
         }
         refreshInterest()
-        connection?.scheduleFlush()
     }
 
     private func failToStart(_ failure: SpawnFailure) {
         send(failure.event, flags: .end)
-        connection?.scheduleFlush()
-        if let connection { connection.unbind(id: id) }
-        connection = nil
-        for i in outputs.indices { closeOutput(i) }
-        teardown()
+        closeAllOutput()
+        owner?.sessionCompleted(self)
     }
 
     // MARK: the leader's exit
 
-    /// Called by the agent's reaper with the leader's wait status.
+    /// Called by the reaper with the leader's wait status.
     func leaderExited(status: CInt) {
         if phase == .spawning { reportReadable() }
         if phase == .spawning { becomeRunning() }   // no report at all: the exec happened
         guard phase == .running else { return }
         phase = .exited
-        closeHungUpMaster()
+        output.terminal?.leaderReaped()
         let exited: Exited
         if csys_wifsignaled(status) != 0 {
             exited = .signal(csys_wtermsig(status), coreDumped: csys_wcoredump(status) != 0)
@@ -221,155 +174,34 @@ final class Session {
         }
         exitStatus = exited
         // Everything in the pipes now goes out before `exited`.
-        for i in outputs.indices where outputs[i].isOpen { snapshot(i) }
+        for i in output.streams.indices where output.streams[i].isOpen { snapshot(i) }
         backlog.appendExited(exited)
-        if let timer = timeoutTimer { loop.cancel(timer) }
-        timeoutTimer = nil
-        if outputsClosed {
-            pump()
-        } else {
-            drainTimer = loop.schedule(after: .milliseconds(Int64(clamping: drainMs))) { [unowned self] in drainExpired() }
-            pump()
+        timers.cancelTimeout(on: loop)
+        if output.anyOpen {
+            timers.drain = loop.schedule(after: .milliseconds(Int64(clamping: described.drainMs))) { [weak self] in
+                self?.drainExpired()
+            }
         }
-    }
-
-    /// Reads what a pipe holds right now (FIONREAD), no more: a descendant that keeps writing
-    /// cannot hold the exit back.
-    private func snapshot(_ index: Int) {
-        var remaining = Int(csys_readable_bytes(outputs[index].fd))
-        if remaining < 0 { remaining = 1 << 20 }
-        while remaining > 0 && outputs[index].isOpen {
-            let outcome = readIntoBacklog(index, limit: min(remaining, Frame.maxDataPayloadBytes))
-            guard case .bytes(let n) = outcome else { break }
-            remaining -= n
-        }
-    }
-
-    private func drainExpired() {
-        drainTimer = nil
-        for i in outputs.indices { closeOutput(i) }
         pump()
     }
 
-    // MARK: output
-
-    private enum ReadOutcome { case bytes(Int), endOfFile, wouldBlock }
-
-    /// Reads once from an output into the backlog (snapshots, and sessions nobody watches).
-    @discardableResult
-    private func readIntoBacklog(_ index: Int, limit: Int) -> ReadOutcome {
-        let fd = outputs[index].fd
-        let kind = outputs[index].kind
-        let bounded = connection == nil
-        let outcome: ReadOutcome = agent.withScratch(limit) { buffer in
-            let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
-            if n > 0 {
-                backlog.append(kind: kind, UnsafeRawBufferPointer(rebasing: buffer[0..<n]), bounded: bounded)
-                return .bytes(n)
-            }
-            if n < 0 && (errno == EAGAIN || errno == EINTR) { return .wouldBlock }
-            return .endOfFile   // 0, or EIO on a pty master whose slave side is gone
-        }
-        if case .endOfFile = outcome { closeOutput(index) }
-        return outcome
+    private func drainExpired() {
+        timers.drain = nil
+        closeAllOutput()
+        pump()
     }
 
-    private func outputReadable(_ index: Int) {
-        guard outputs[index].isOpen else { return }
-        if let connection {
-            if connection.congested { connection.pause(self) }
-            guard backlog.isEmpty, window > 0, !connection.congested else {
-                refreshInterest()
-                return
-            }
-            let fd = outputs[index].fd
-            let kind = outputs[index].kind
-            for _ in 0..<4 {
-                let limit = min(window, Frame.maxDataPayloadBytes)
-                var failure: CInt = 0
-                let n = connection.appendOutput(id: id, kind: kind, maxPayload: limit) { buffer in
-                    let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
-                    if n < 0 { failure = errno }
-                    return n
-                }
-                if n > 0 {
-                    window -= n
-                    if n < limit || window == 0 || connection.congested { break }
-                    continue
-                }
-                if n < 0 && (failure == EAGAIN || failure == EINTR) { break }
-                closeOutput(index)   // EOF, or EIO on a pty master: the slave side is gone
-                break
-            }
-            connection.outputAppended()
-        } else {
-            readIntoBacklog(index, limit: Frame.maxDataPayloadBytes)
-        }
-        if !outputs[index].isOpen { pump() } else { refreshInterest() }
-    }
-
-    private func closeOutput(_ index: Int) {
-        guard outputs[index].isOpen else { return }
-        let fd = outputs[index].fd
-        outputs[index].isOpen = false
-        if fd == stdinFD {
-            // The pty master carries stdin too: nothing can be written once output ended.
-            stdinFD = nil
-            stdinClosed = true
-            stdinQueue.removeAll()
-        }
-        setInterest(fd, 0)
-        if isTerminal && phase == .running {
-            hungUpMaster = fd
-        } else {
-            _ = Glibc.close(fd)
-        }
-    }
-
-    private func closeHungUpMaster() {
-        guard let fd = hungUpMaster else { return }
-        hungUpMaster = nil
-        _ = Glibc.close(fd)
-    }
-
-    /// Sends what the backlog and the window allow, then `done` once everything is out.
-    func pump() {
-        if let connection {
-            loop: while let head = backlog.oldest {
-                switch head {
-                case .data(let kind):
-                    guard window > 0, !connection.congested else { break loop }
-                    let n = backlog.withHeadBytes { raw in
-                        let n = min(raw.count, window, Frame.maxDataPayloadBytes)
-                        connection.appendData(id: id, kind: kind, UnsafeRawBufferPointer(rebasing: raw[0..<n]))
-                        return n
-                    }
-                    window -= n
-                    backlog.consumeFirst(bytes: n)
-                case .exited(let exited):
-                    connection.send(exited, id: id)
-                    backlog.consumeFirst(bytes: 0)
-                }
-            }
-            connection.outputAppended()
-        }
-        checkComplete()
-        refreshInterest()
-    }
-
-    private func checkComplete() {
+    /// Sends `done` once everything is out, or tells the owner the session is complete.
+    func checkComplete() {
         guard isComplete else { return }
-        if let connection {
+        if client != nil {
             guard backlog.isEmpty else { return }
-            connection.send(Done(), id: id, flags: .end)
-            connection.unbind(id: id)
-            self.connection = nil
-            connection.scheduleFlush()
-            teardown()
+            send(Done(), flags: .end)
+            owner?.sessionCompleted(self)
         } else if !detached {
-            teardown()
+            owner?.sessionCompleted(self)
         } else {
-            agent.keepUnread(self)
+            owner?.sessionCompletedUnwatched(self)
         }
     }
 
@@ -377,13 +209,14 @@ final class Session {
 
     /// `ack{bytes}`: more output window.
     func grant(bytes: UInt64) {
-        window = Int(min(UInt64(Self.maxWindowBytes), UInt64(window) + min(bytes, UInt64(Self.maxWindowBytes))))
+        guard let window = client?.window else { return }
+        client?.window = Int(min(UInt64(Self.maxWindowBytes), UInt64(window) + min(bytes, UInt64(Self.maxWindowBytes))))
         pump()
     }
 
     func resize(rows: UInt16, columns: UInt16) {
-        guard isTerminal, let fd = outputs.first(where: { $0.isOpen })?.fd else { return }
-        try? Terminal.resize(fd, rows: rows, columns: columns)
+        guard output.anyOpen else { return }
+        output.terminal?.resize(rows: rows, columns: columns)
     }
 
     /// Sends a signal to the session's process group (and to the leader itself while it may
@@ -395,116 +228,30 @@ final class Session {
     }
 
     private func timedOut() {
-        timeoutTimer = nil
+        timers.timeout = nil
         killGroup(SIGTERM)
-        killTimer = loop.schedule(after: .milliseconds(Int64(clamping: killGraceMs))) { [unowned self] in
-            killTimer = nil
-            killGroup(SIGKILL)
+        timers.kill = loop.schedule(after: .milliseconds(Int64(clamping: described.killGraceMs))) { [weak self] in
+            self?.timers.kill = nil
+            self?.killGroup(SIGKILL)
         }
     }
 
-    // MARK: stdin
-
-    /// A `stdin` frame: bytes for the child, END meaning end of input after them.
-    /// Returns false when the client sent beyond the window (a protocol violation).
+    /// A `stdin` frame. Returns false when the client sent beyond the window.
     func receiveStdin(_ bytes: UnsafeRawBufferPointer, end: Bool) -> Bool {
-        guard let fd = stdinFD, !stdinClosed else {
-            if stdinFD == nil && !stdinClosed && !isTerminal && !stdinNoneReported && bytes.count > 0 {
-                stdinNoneReported = true
-                send(StdinError(errno: EBADF, message: "this session's stdin is /dev/null (request stdin: \"pipe\")"))
-            }
-            if bytes.count > 0 { send(Ack(bytes: UInt64(bytes.count))) }
-            return true
-        }
-        _ = fd
-        guard stdinQueue.count + stdinWrittenUnacked + bytes.count <= Self.stdinLimitBytes else { return false }
-        stdinQueue.append(bytes)
-        if end { stdinEOFRequested = true }
-        writeStdin()
-        return true
-    }
-
-    private func writeStdin() {
-        guard let fd = stdinFD, !stdinClosed else { return }
-        stdinBlocked = false
-        while !stdinQueue.isEmpty {
-            let result: Result<WriteResult, Errno> = stdinQueue.withBytes { raw in
-                Result { () throws(Errno) -> WriteResult in try FileIO.write(fd, raw) }
-            }
-            switch result {
-            case .success(.wrote(let n)):
-                stdinQueue.withBytes { raw in if n > 0 { stdinLastByte = raw[n - 1] } }
-                stdinQueue.consume(n)
-                stdinWrittenUnacked += n
-            case .success(.wouldBlock):
-                stdinBlocked = true
-            case .failure(let error):
-                stdinFailed(error)
-                return
-            }
-            if stdinBlocked { break }
-        }
-        if stdinQueue.isEmpty { finishStdinIfDrained() }
-        ackStdin()
+        var replies: [StdinReply] = []
+        let accepted = stdin.receive(bytes, end: end, &replies)
+        deliver(replies)
         refreshInterest()
+        return accepted
     }
 
-    /// After the queue is written: EOF closes the pipe, or writes VEOF to a terminal.
-    private func finishStdinIfDrained() {
-        guard stdinEOFRequested, stdinQueue.isEmpty, let fd = stdinFD, !stdinClosed else { return }
-        if !isTerminal {
-            setInterest(fd, 0)
-            _ = Glibc.close(fd)
-            stdinFD = nil
-            stdinClosed = true
-            return
-        }
-        if stdinEOFBytes == nil { stdinEOFBytes = Terminal.endOfInput(fd, lastByte: stdinLastByte) }
-        guard var pending = stdinEOFBytes, !pending.isEmpty else { return }
-        let result = pending.withUnsafeBytes { raw in Result { () throws(Errno) -> WriteResult in try FileIO.write(fd, raw) } }
-        switch result {
-        case .success(.wrote(let n)):
-            pending.removeFirst(n)
-            stdinEOFBytes = pending
-            if pending.isEmpty {
-                stdinClosed = true        // the master stays open: it carries the output
-                stdinEOFRequested = false
-            } else {
-                stdinBlocked = true
+    private func deliver(_ replies: [StdinReply]) {
+        for reply in replies {
+            switch reply {
+            case .ack(let bytes): send(Ack(bytes: UInt64(bytes)))
+            case .error(let error): send(error)
             }
-        case .success(.wouldBlock):
-            stdinBlocked = true
-        case .failure(let error):
-            stdinFailed(error)
         }
-    }
-
-    /// Acks what was written, at least every half window and whenever the queue runs dry.
-    private func ackStdin() {
-        guard stdinWrittenUnacked > 0, connection != nil else { return }
-        guard stdinQueue.isEmpty || stdinWrittenUnacked >= FlowControl.ackThresholdBytes else { return }
-        send(Ack(bytes: UInt64(stdinWrittenUnacked)))
-        stdinWrittenUnacked = 0
-        connection?.scheduleFlush()
-    }
-
-    /// EPIPE (the child closed its stdin) or EIO (the terminal hung up): reported once, not
-    /// terminal; later stdin is acked and dropped.
-    private func stdinFailed(_ error: Errno) {
-        let discarded = stdinQueue.count
-        stdinQueue.removeAll()
-        stdinWrittenUnacked += discarded
-        let what = error.rawValue == EPIPE ? "the program closed its stdin" : "writing to the program's stdin failed"
-        send(StdinError(errno: error.rawValue, message: "\(what): \(error)"))
-        stdinClosed = true
-        stdinBlocked = false
-        if let fd = stdinFD, !isTerminal {
-            setInterest(fd, 0)
-            _ = Glibc.close(fd)
-            stdinFD = nil
-        }
-        ackStdin()
-        refreshInterest()
     }
 
     // MARK: descriptors and epoll
@@ -515,15 +262,15 @@ final class Session {
     func refreshInterest() {
         guard phase != .finished else { return }
         let reading: Bool
-        if let connection {
-            reading = backlog.isEmpty && window > 0 && !connection.congested && phase != .spawning
+        if let client {
+            reading = backlog.isEmpty && client.window > 0 && !client.link.congested && phase != .spawning
         } else {
             reading = phase != .spawning
         }
         var wanted: [CInt: UInt32] = [:]
-        for output in outputs where output.isOpen && reading { wanted[output.fd, default: 0] |= EventLoop.readable }
-        if let fd = stdinFD, stdinBlocked, !stdinClosed { wanted[fd, default: 0] |= EventLoop.writable }
-        if reportFD >= 0 { wanted[reportFD] = EventLoop.readable }
+        for stream in output.streams where stream.isOpen && reading { wanted[stream.fd.raw, default: 0] |= EventLoop.readable }
+        if let fd = stdin.waitingDescriptor { wanted[fd, default: 0] |= EventLoop.writable }
+        if let report { wanted[report.raw] = EventLoop.readable }
         for (fd, _) in interest where wanted[fd] == nil { setInterest(fd, 0) }
         for (fd, events) in wanted { setInterest(fd, events) }
     }
@@ -532,7 +279,7 @@ final class Session {
         let current = interest[fd] ?? 0
         guard current != events else { return }
         if events == 0 {
-            loop.unwatch(fd)
+            loop.unwatch(fd, "descriptor of session \(number)")
             interest[fd] = nil
             return
         }
@@ -544,54 +291,73 @@ final class Session {
             }
             interest[fd] = events
         } catch {
-            // epoll_ctl fails only for lack of memory (ENOMEM, ENOSPC): treat the stream as ended.
-            Log.warning("cannot watch descriptor \(fd) of session \(number): \(error)")
-            loop.unwatch(fd)
+            loop.unwatch(fd, "descriptor of session \(number)")
             interest[fd] = nil
+            cannotWatch(fd, error)
+        }
+    }
+
+    /// epoll_ctl fails only for lack of memory (ENOMEM, ENOSPC). The descriptor can no longer
+    /// be waited for, so its stream ends as if it had been closed: output is cut there, stdin
+    /// fails like a broken pipe; the report pipe is left to the reaper (the wait status says
+    /// what happened).
+    private func cannotWatch(_ fd: CInt, _ error: Errno) {
+        Log.warning("cannot watch descriptor \(fd) of session \(number): \(error)")
+        if let index = output.index(of: fd) {
+            closeOutput(index)
+            loop.soon { [weak self] in self?.pump() }
+        } else if fd == stdin.waitingDescriptor {
+            var replies: [StdinReply] = []
+            stdin.cannotWait(error, &replies)
+            deliver(replies)
         }
     }
 
     private func handle(_ fd: CInt, _ events: UInt32) {
-        if fd == reportFD {
+        if fd == report?.raw {
             reportReadable()
             return
         }
-        if events & EventLoop.writable != 0 || (events & (EventLoop.error | EventLoop.hangUp) != 0 && stdinBlocked),
-           fd == stdinFD {
-            if stdinEOFBytes != nil && stdinQueue.isEmpty { finishStdinIfDrained(); refreshInterest() } else { writeStdin() }
+        // Room to write, or a hang-up while a write waits (the next write reports it).
+        if fd == stdin.waitingDescriptor, events & (EventLoop.writable | EventLoop.hangUp | EventLoop.error) != 0 {
+            var replies: [StdinReply] = []
+            stdin.writable(&replies)
+            deliver(replies)
+            refreshInterest()
         }
-        if events & (EventLoop.readable | EventLoop.hangUp | EventLoop.error) != 0,
-           let index = outputs.firstIndex(where: { $0.fd == fd && $0.isOpen }) {
+        if events & (EventLoop.readable | EventLoop.hangUp | EventLoop.error) != 0, let index = output.index(of: fd) {
             outputReadable(index)
         }
     }
 
-    /// Closes every descriptor and cancels every timer; the session is finished.
-    func teardown() {
+    func closeOutput(_ index: Int) {
+        output.close(index, leaderRunning: leaderRunning)
+        // The pty master carries stdin too: nothing can be written once output ended.
+        if isTerminal { stdin.outputEnded() }
+    }
+
+    func closeAllOutput() {
+        for i in output.streams.indices { closeOutput(i) }
+    }
+
+    /// Closes every descriptor and cancels every timer: the session is finished. Only the
+    /// owner calls this, from the one place that ends sessions.
+    func finish() {
         guard phase != .finished else { return }
-        for i in outputs.indices { closeOutput(i) }
-        closeHungUpMaster()
-        if let fd = stdinFD {
-            setInterest(fd, 0)
-            _ = Glibc.close(fd)
-            stdinFD = nil
-        }
-        if reportFD >= 0 {
-            setInterest(reportFD, 0)
-            _ = Glibc.close(reportFD)
-            reportFD = -1
-        }
-        for timer in [timeoutTimer, killTimer, drainTimer].compactMap({ $0 }) { loop.cancel(timer) }
-        timeoutTimer = nil
-        killTimer = nil
-        drainTimer = nil
+        client = nil
+        output.closeAll(leaderRunning: false)
+        output.terminal?.close()
+        stdin.close()
+        report?.close()
+        report = nil
+        timers.cancelAll(on: loop)
+        for fd in Array(interest.keys) { setInterest(fd, 0) }
         phase = .finished
-        agent.sessionFinished(self)
     }
 
     /// For `sessionList`.
     var info: SessionInfo {
-        SessionInfo(session: number, pid: pid, argv: argv, tty: isTerminal, detached: detached,
-                    attached: connection != nil, startedNs: startedNs, exited: exitStatus)
+        SessionInfo(session: number, pid: pid, argv: described.argv, tty: isTerminal, detached: detached,
+                    attached: client != nil, startedNs: described.startedNs, exited: exitStatus)
     }
 }

@@ -94,17 +94,6 @@ public enum KrunRunner {
     }
 }
 
-/// NULL-terminated `const char *const[]` arrays for C calls, valid inside the closure only.
-enum CStringArray {
-    static func with<R>(_ strings: [String], _ body: (UnsafePointer<UnsafePointer<CChar>?>) -> R) -> R {
-        let copies = strings.map { strdup($0) }
-        defer { copies.forEach { free($0) } }
-        var pointers: [UnsafePointer<CChar>?] = copies.map { UnsafePointer($0) }
-        pointers.append(nil)
-        return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
-    }
-}
-
 extension KrunRunner {
     /// `tether-sandbox krun DIR`: the VMM process. Exits 1 after writing `boot-error.json` when
     /// the VM could not be started; never returns once it runs.
