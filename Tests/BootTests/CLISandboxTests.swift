@@ -56,6 +56,14 @@ import Testing
         #expect(entry.state?.status == .stopped)
         #expect(!Fixtures.isRunning(entry.state?.supervisorPid))
         #expect(!Fixtures.isRunning(entry.state?.sandboxPid))
+
+        // boot without --rootfs boots the same default tree.
+        let boot = try tether(["boot", "--name", "second"])
+        defer { cleanUp(["second"]) }
+        #expect(boot.status == 0, "stderr: \(boot.stderr)")
+        #expect(sandboxes.entry("second").state?.rootfs == recorded)
+        #expect(try tether(["exec", "--sandbox", "second", "--", "cat", "/proc/1/comm"]).stdout == "tether-agent\n")
+        #expect(try tether(["stop", "second"]).status == 0)
     }
 
     @Test(.timeLimit(.minutes(5)))

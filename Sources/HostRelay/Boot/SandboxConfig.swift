@@ -54,6 +54,8 @@ public struct SandboxConfig: Codable, Equatable, Sendable {
     /// The seccomp profile of guest commands whose exec does not name one: the agent's
     /// `--seccomp` (`default`, `restricted` or `none`).
     public var seccomp: String = "default"
+    /// The sandbox's relay logs what clients send to stdin too (`--log-stdin`); off by default.
+    public var logStdin: Bool? = nil
 
     public static let seccompProfiles = ["default", "restricted", "none"]
     public static let defaultAgentPath = "/sbin/tether-agent"

@@ -54,7 +54,7 @@ enum PsCommand: Command {
             let started = session.startedNs == 0 ? "-"
                 : formatter.string(from: Date(timeIntervalSince1970: Double(session.startedNs) / 1e9))
             rows.append([String(session.session), String(session.pid), state(session), started,
-                         session.argv.joined(separator: " ")])
+                         CommandLineText.render(session.argv)])
         }
         var widths = [Int](repeating: 0, count: 5)
         for row in rows { for (i, cell) in row.enumerated() { widths[i] = max(widths[i], cell.count) } }

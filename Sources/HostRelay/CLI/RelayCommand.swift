@@ -30,6 +30,8 @@ enum RelayCommand: Command {
               --log-max-bytes N     rotate exec.log at this size (default 10M)
               --log-files N         files kept, the live one included (default 3)
               --no-log              write no exec.log
+              --log-stdin           also log what clients send to stdin (off: keystrokes
+                                    in a terminal session include typed passwords)
               --name NAME           the relay's name in its hello (default tether-relay)
               --max-clients N       clients connected at once at most (default 4096); the next
                                     one gets a tooManyClients error and is closed. The relay
@@ -46,7 +48,7 @@ enum RelayCommand: Command {
         OptionSpec("--agent", value: true), OptionSpec("--listen", value: true), OptionSpec("--agent-timeout", value: true),
         OptionSpec("--ping-interval", value: true), OptionSpec("--unresponsive-after", value: true),
         OptionSpec("--replay-bytes", value: true), OptionSpec("--log-dir", value: true),
-        OptionSpec("--log-max-bytes", value: true), OptionSpec("--log-files", value: true), OptionSpec("--no-log"),
+        OptionSpec("--log-max-bytes", value: true), OptionSpec("--log-files", value: true), OptionSpec("--no-log"), OptionSpec("--log-stdin"),
         OptionSpec("--name", value: true), OptionSpec("--max-clients", value: true), OptionSpec("--no-seccomp"),
     ]
 
@@ -115,6 +117,7 @@ enum RelayCommand: Command {
                 guard let n = Int(text), n >= 1 else { throw UsageError(message: "--log-files: '\(text)' is not a count of at least 1", command: name) }
                 log.files = n
             }
+            log.recordsStdin = parsed.has("log-stdin")
             configuration.log = log
         }
         return configuration

@@ -11,12 +11,12 @@ import TetherPosix
 /// `$TETHER_HOME` (see TetherBoot's `Sandboxes`).
 enum SandboxCommands {
     static let bootUsage = """
-        usage: tether boot --rootfs DIR --name NAME [--backend namespace|krun] [--cpus N] [--memory MiB]
+        usage: tether boot --name NAME [--rootfs DIR] [--backend namespace|krun] [--cpus N] [--memory MiB]
                            [--init PATH|auto] [--network none|host] [--ephemeral] [--disk MiB] [--pids N]
-                           [--replace [--replace-grace D]] [--handshake-timeout D] [--hostname NAME]
+                           [--replace [--replace-grace D]] [--handshake-timeout D] [--hostname NAME] [--log-stdin]
                            [--seccomp default|restricted|none]
-        Boots a sandbox from DIR and leaves it running in the background (its supervisor and relay
-        stay with it); `tether exec --sandbox NAME -- CMD` runs commands in it, `tether stop NAME`
+        Boots a sandbox from DIR (default: the bundled guest tree, as `tether run` uses) and leaves
+        it running in the background (its supervisor and relay stay with it); `tether exec --sandbox NAME -- CMD` runs commands in it, `tether stop NAME`
         ends it. D is a duration: 500ms, 10s, 2m (a plain number is seconds).
           --backend B          namespace (default: Linux namespaces, root) or krun (libkrun microVM)
           --cpus N, --memory M vCPUs and MiB (krun); cgroup limits where the host allows (namespace;
@@ -32,6 +32,8 @@ enum SandboxCommands {
                                --replace-grace D is that grace (default 10s)
           --handshake-timeout D  how long the agent has to say hello (default 30s)
           --hostname NAME      the guest's host name (default: the sandbox's name)
+          --log-stdin          the relay's exec.log records what clients send to stdin too (off by
+                               default: a terminal session's stdin holds typed passwords)
           --seccomp P          the profile of commands that do not name one (tether exec --seccomp):
                                default (EPERM for mount, open_by_handle_at, bpf, keyrings,
                                namespaces, ...), restricted (also ptrace, process_vm_*, chroot),
@@ -76,13 +78,18 @@ enum SandboxCommands {
                 return 0
             }
             guard parser.remaining.isEmpty else { throw UsageError("unexpected argument \(parser.remaining[0])") }
-            guard let rootfs = options.rootfs else { throw UsageError("--rootfs DIR is required") }
             guard let name = options.name else { throw UsageError("--name NAME is required") }
             config = options.config
-            config.rootfs = absolute(rootfs)
             config.name = name
         } catch {
             return usageError(error, usage: bootUsage)
+        }
+        do {
+            // Without --rootfs, the default guest tree, as `tether run` uses.
+            config.rootfs = try options.rootfs.map(absolute) ?? defaultRootfs()
+        } catch {
+            FileHandle.standardError.write(Data("tether: \(error)\n".utf8))
+            return CLIExit.failure
         }
         do {
             let state = try sandboxes().boot(config, onConflict: options.onConflict)
@@ -150,6 +157,8 @@ enum SandboxCommands {
             config.handshakeTimeoutMs = try parser.duration(for: option)
         case "--hostname":
             config.hostname = try parser.value(for: option)
+        case "--log-stdin":
+            config.logStdin = true
         case "--seccomp":
             let text = try parser.value(for: option)
             guard SandboxConfig.seccompProfiles.contains(text) else {

@@ -36,6 +36,9 @@ public final class ExecLog: @unchecked Sendable {
         public var files = 3
         /// Bound of the writer's queue (data bytes plus a fixed cost per entry).
         public var queueBytes = 16 << 20
+        /// Whether what clients send to a session's stdin is logged too. Off by default: a
+        /// terminal session's stdin is keystrokes, passwords typed at a prompt included.
+        public var recordsStdin = false
 
         public init(directory: String) { self.directory = directory }
 

@@ -106,7 +106,9 @@ final class ExecSessions {
             abandon(session, reason: "stdin past the window")
             throw RelayRefusal(.protocolViolation, "stdin sent past the window without waiting for acks")
         }
-        if count > 0 && session.isListed { record(session.number, .data(.stdin, Array(view.payload))) }
+        if count > 0 && session.isListed && log?.configuration.recordsStdin == true {
+            record(session.number, .data(.stdin, Array(view.payload)))
+        }
         agent.forward(view.encoded, id: agentID)
     }
 

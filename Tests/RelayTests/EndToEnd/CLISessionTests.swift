@@ -19,7 +19,7 @@ import TestSupport
         let lines = ps.stdout.split(separator: "\n")
         #expect(lines.first?.hasPrefix("SESSION") == true, "\(ps)")
         let row = try #require(lines.first { $0.split(separator: " ").first == Substring(String(number)) }, "\(ps)")
-        #expect(row.contains("detached") && row.contains("sh -c sleep 0.2; echo later; sleep 1000"), "\(row)")
+        #expect(row.contains("detached") && row.contains("sh -c 'sleep 0.2; echo later; sleep 1000'"), "\(row)")
         let json = try live.cli(["ps", "--json"])
         let parsed = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [[String: Any]]
         #expect(parsed?.contains { ($0["session"] as? Int) == Int(number) && ($0["detached"] as? Bool) == true } == true, "\(json)")
@@ -41,6 +41,22 @@ import TestSupport
         let again = try live.cli(["attach", String(number)])
         #expect(again.status == 125, "a finished session is picked up once: \(again)")
         #expect(again.stderr.hasPrefix("tether: "), "\(again)")
+    }
+
+    /// stdin is keystrokes in a terminal session, typed passwords included: exec.log leaves it
+    /// out unless the relay was started with --log-stdin.
+    @Test func execLogHoldsNoStdinUnlessAsked() throws {
+        for logStdin in [false, true] {
+            let live = try LiveRelay("logstdin", relayArguments: logStdin ? ["--log-stdin"] : [])
+            let result = try live.cli(["exec", "-i", "--", "sh", "-c", "read line; echo read it"], stdin: "typed-secret\n")
+            #expect(result.status == 0 && result.stdout == "read it\n", "\(result)")
+            // The session's exit is logged after its stdin and output: once it is there, so is
+            // the stdin, if it is logged at all.
+            let read = { (try? String(contentsOfFile: live.logPath, encoding: .utf8)) ?? "" }
+            #expect(eventually { read().contains("read it") && read().contains("exited") }, "\(read())")
+            let final = read()
+            #expect(final.contains("typed-secret") == logStdin, "--log-stdin \(logStdin):\n\(final)")
+        }
     }
 
     @Test func attachSaysWhatTheReplayLost() throws {
