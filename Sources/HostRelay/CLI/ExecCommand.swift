@@ -31,7 +31,8 @@ enum ExecCommand: Command {
               --no-tty          never a pseudo-terminal (the default otherwise)
               --detach-key KEYS with a terminal: the keys that detach and leave the command
                                 running (default ctrl-]; like ctrl-p,ctrl-q; none)
-              --detach          start it, print its session number, and leave it running
+              --detach          start it, print its session number (alone on stdout; output
+                                that came before the detach goes to stderr), leave it running
                                 (`tether attach N` picks it up; output until then is printed)
         \(seccompHelpLines)
         \(RelayTarget.helpLines)
@@ -122,8 +123,9 @@ enum ExecCommand: Command {
             }
             if exec.detach {
                 let number = try await handle.detach()
-                // What arrived before the relay took the detach is printed, not replayed.
-                _ = try await OutputPump().copyOutput(of: handle)
+                // What arrived before the relay took the detach is printed, not replayed, on
+                // stderr: stdout holds only the number, so `N=$(tether exec --detach ...)` works.
+                _ = try await OutputPump().copyOutput(of: handle, stdoutTo: 2)
                 writeStandardOutput("\(number)\n")
                 return 0
             }

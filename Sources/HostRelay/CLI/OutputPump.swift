@@ -109,12 +109,14 @@ extension OutputPump {
     /// Copies a session's stdout and stderr to fds 1 and 2 until the session ends, then waits
     /// until all of it is written; returns how the program ended (nil: no `exited`). `afterEach`
     /// runs after every event. The one loop from session events to local output.
-    func copyOutput(of handle: ExecHandle, afterEach: () -> Void = {}) async throws(TetherError) -> ExitStatus? {
+    /// `stdoutTo`: where the session's stdout goes (2 for `exec --detach`, whose own stdout
+    /// holds only the session number).
+    func copyOutput(of handle: ExecHandle, stdoutTo stdoutFD: Int32 = 1, afterEach: () -> Void = {}) async throws(TetherError) -> ExitStatus? {
         var status: ExitStatus?
         do {
             for try await event in handle.events {
                 switch event {
-                case .stdout(let bytes): await write(bytes, to: 1)
+                case .stdout(let bytes): await write(bytes, to: stdoutFD)
                 case .stderr(let bytes): await write(bytes, to: 2)
                 case .exited(let exit): status = exit
                 case .started, .stdinError: break

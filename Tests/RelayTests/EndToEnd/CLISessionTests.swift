@@ -43,6 +43,17 @@ import TestSupport
         #expect(again.stderr.hasPrefix("tether: "), "\(again)")
     }
 
+    /// `N=$(tether exec --detach ...)` holds the session number and nothing else, even when the
+    /// command writes before the detach is taken.
+    @Test func execDetachPrintsOnlyTheNumberOnStdout() throws {
+        let live = try LiveRelay("detachnumber")
+        let started = try live.cli(["exec", "--detach", "--", "sh", "-c", "echo early; sleep 1"])
+        #expect(started.status == 0, "\(started)")
+        let number = try #require(UInt32(started.stdout.trimmingCharacters(in: .newlines)), "stdout: \(started.stdout)")
+        #expect(started.stdout == "\(number)\n")
+        #expect(!started.stdout.contains("early"))
+    }
+
     /// stdin is keystrokes in a terminal session, typed passwords included: exec.log leaves it
     /// out unless the relay was started with --log-stdin.
     @Test func execLogHoldsNoStdinUnlessAsked() throws {

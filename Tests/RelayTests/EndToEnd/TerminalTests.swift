@@ -182,8 +182,9 @@ struct TerminalTests {
         try term.type("\(term.tether) attach \(number)")
         // Started at the CLI's default 24x80 without a terminal; attaching resizes it to this
         // window. Output that came before the detach was taken is printed by `exec --detach`
-        // itself (before the number), the rest is replayed on attach.
-        #expect(started.stdout.contains("24 80") || term.waitForScreen("24 80"), "\(started)\n\(term.screen())")
+        // itself (on stderr: its stdout is the number alone), the rest is replayed on attach.
+        #expect(started.stdout == "\(number)\n", "\(started)")
+        #expect(started.stderr.contains("24 80") || term.waitForScreen("24 80"), "\(started)\n\(term.screen())")
         try term.type("typed")
         #expect(term.waitForScreen("got-typed"), "\(term.screen())")
         #expect(term.screen().contains("20 90\n"), "\(term.screen())")
