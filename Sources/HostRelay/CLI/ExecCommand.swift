@@ -23,6 +23,10 @@ enum ExecCommand: Command {
           -w, --workdir DIR     working directory in the sandbox
           -u, --user USER       run as USER (name, uid, or user:group)
               --timeout D       SIGTERM the command after D (500ms, 10s, 2m), SIGKILL 2s later
+              --kill-grace D    the time between that SIGTERM and the SIGKILL (default 2s)
+              --rlimit N=S[:H]  a resource limit (repeatable): N is nofile, nproc, as, core, cpu,
+                                fsize, stack, data, memlock, rss, nice, rtprio, msgqueue,
+                                sigpending or locks; S and H counts or 'unlimited'; S alone sets both
           -i, --interactive     pipe this terminal's stdin to the command (EOF closes it)
           -t, --tty             run the command on a pseudo-terminal: this terminal goes in
                                 raw mode (restored when tether ends, however it ends), its
@@ -53,6 +57,7 @@ enum ExecCommand: Command {
         OptionSpec("-u", "--user", value: true), OptionSpec("--timeout", value: true),
         OptionSpec("-i", "--interactive"), OptionSpec("--detach"), OptionSpec("-t", "--tty"), OptionSpec("--no-tty"),
         OptionSpec("--detach-key", value: true), OptionSpec("--seccomp", value: true),
+        OptionSpec("--rlimit", value: true), OptionSpec("--kill-grace", value: true),
     ] + RelayTarget.options
 
     static func run(_ arguments: ArraySlice<String>) -> Int32 {
@@ -66,6 +71,11 @@ enum ExecCommand: Command {
             exec.cwd = parsed.value("workdir")
             exec.user = parsed.value("user")
             if let timeout = parsed.value("timeout") { exec.timeout = try parseDuration(timeout, option: "--timeout", command: name) }
+            if let grace = parsed.value("kill-grace") { exec.killGrace = try parseDuration(grace, option: "--kill-grace", command: name) }
+            for text in parsed.all("rlimit") {
+                let (resource, limit) = try parseResourceLimit(text, command: name)
+                exec.rlimits[resource] = limit
+            }
             exec.stdin = parsed.has("interactive")
             exec.detach = parsed.has("detach")
             if let text = parsed.value("seccomp") {
@@ -82,6 +92,33 @@ enum ExecCommand: Command {
             let request = exec
             return execute(argv, request, clientOptions: clientOptions, detachKeys: keys)
         }
+    }
+
+    /// The resource names the agent knows (setrlimit(2)'s, without RLIMIT_).
+    static let resourceNames = ["as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
+                                "nproc", "rss", "rtprio", "sigpending", "stack"]
+
+    /// `NAME=SOFT[:HARD]`, each value a count or `unlimited`; a lone SOFT sets both.
+    static func parseResourceLimit(_ text: String, command: String) throws -> (String, ResourceLimit) {
+        let usage = "--rlimit '\(text)': expected NAME=SOFT[:HARD] (for example nofile=1024:4096; a value may be 'unlimited')"
+        guard let equals = text.firstIndex(of: "=") else { throw UsageError(message: usage, command: command) }
+        let resource = text[..<equals].lowercased()
+        guard resourceNames.contains(resource) else {
+            throw UsageError(message: "--rlimit: '\(resource)' is not a resource (one of \(resourceNames.joined(separator: ", ")))", command: command)
+        }
+        let values = text[text.index(after: equals)...].split(separator: ":", omittingEmptySubsequences: false)
+        guard values.count == 1 || values.count == 2 else { throw UsageError(message: usage, command: command) }
+        func value(_ part: Substring) throws -> UInt64? {
+            if part == "unlimited" || part == "infinity" { return nil }
+            guard let number = UInt64(part) else { throw UsageError(message: usage, command: command) }
+            return number
+        }
+        let soft = try value(values[0])
+        let hard = values.count == 2 ? try value(values[1]) : soft
+        if let soft, let hard, soft > hard {
+            throw UsageError(message: "--rlimit \(resource): the soft limit \(soft) is above the hard limit \(hard)", command: command)
+        }
+        return (resource, ResourceLimit(soft: soft, hard: hard))
     }
 
     static func environment(_ assignments: [String]) throws -> [String: String] {

@@ -54,6 +54,21 @@ import TestSupport
         #expect(!started.stdout.contains("early"))
     }
 
+    @Test func rlimitAndKillGraceReachTheCommand() throws {
+        let live = try LiveRelay("rlimit")
+        let limited = try live.cli(["exec", "--rlimit", "nofile=77", "--rlimit", "core=0:unlimited", "--",
+                                    "sh", "-c", "ulimit -n; ulimit -Sc; ulimit -Hc"])
+        #expect(limited.status == 0 && limited.stdout == "77\n0\nunlimited\n", "\(limited)")
+        // A command that ignores SIGTERM is SIGKILLed once the grace after the timeout is over.
+        let stubborn = try live.cli(["exec", "--timeout", "200ms", "--kill-grace", "300ms", "--",
+                                     "sh", "-c", "trap '' TERM; sleep 30"])
+        #expect(stubborn.status == 128 + SIGKILL, "\(stubborn)")
+        let bad = try live.cli(["exec", "--rlimit", "nofiles=1", "--", "true"])
+        #expect(bad.status == 2 && bad.stderr.contains("nofiles"), "\(bad)")
+        let inverted = try live.cli(["exec", "--rlimit", "nofile=10:5", "--", "true"])
+        #expect(inverted.status == 2 && inverted.stderr.contains("above the hard limit"), "\(inverted)")
+    }
+
     /// stdin is keystrokes in a terminal session, typed passwords included: exec.log leaves it
     /// out unless the relay was started with --log-stdin.
     @Test func execLogHoldsNoStdinUnlessAsked() throws {
