@@ -162,13 +162,16 @@ func sh(_ script: String, _ configure: (inout ExecRequest) -> Void = { _ in }) -
     func timeoutSendsTermThenKillAfterTheGrace() throws {
         let agent = try startAgent()
         let polite = try run(agent, ExecRequest(argv: ["/bin/sleep", "100"], timeoutMs: 100))
-        #expect(polite.exited == .signal(SIGTERM))
+        #expect(polite.exited == Exited(signal: SIGTERM, timedOut: true))
         let stubborn = try run(agent, sh("trap '' TERM; echo ready; while :; do sleep 0.05; done") {
             $0.timeoutMs = 100
             $0.killGraceMs = 200
         }, id: 2)
-        #expect(stubborn.exited == .signal(SIGKILL))
+        #expect(stubborn.exited == Exited(signal: SIGKILL, timedOut: true))
         #expect(stubborn.stdoutText == "ready\n")
+        // A program that ends on its own before its timeout did not time out.
+        let quick = try run(agent, ExecRequest(argv: ["/bin/true"], timeoutMs: 60_000), id: 3)
+        #expect(quick.exited == .code(0) && quick.exited?.timedOut == false)
     }
 
     @Test(.timeLimit(.minutes(1)))

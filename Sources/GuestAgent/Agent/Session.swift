@@ -166,12 +166,15 @@ final class Session {
         guard phase == .running else { return }
         phase = .exited
         output.terminal?.leaderReaped()
-        let exited: Exited
+        var exited: Exited
         if csys_wifsignaled(status) != 0 {
             exited = .signal(csys_wtermsig(status), coreDumped: csys_wcoredump(status) != 0)
         } else {
             exited = .code(csys_wexitstatus(status))
         }
+        // However it ended (TERM, KILL after the grace, or its own exit code after catching
+        // TERM), it ended because its time ran out.
+        exited.timedOut = timers.timeoutFired
         exitStatus = exited
         // Everything in the pipes now goes out before `exited`.
         for i in output.streams.indices where output.streams[i].isOpen { snapshot(i) }
@@ -229,6 +232,7 @@ final class Session {
 
     private func timedOut() {
         timers.timeout = nil
+        timers.timeoutFired = true
         killGroup(SIGTERM)
         timers.kill = loop.schedule(after: .milliseconds(Int64(clamping: described.killGraceMs))) { [weak self] in
             self?.timers.kill = nil

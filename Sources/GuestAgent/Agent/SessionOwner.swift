@@ -34,6 +34,8 @@ struct SessionTimers {
     var timeout: TimerID?
     var kill: TimerID?
     var drain: TimerID?
+    /// The request's timeout went off (and sent SIGTERM): `exited` says so.
+    var timeoutFired = false
 
     mutating func cancelTimeout(on loop: EventLoop) {
         if let timeout { loop.cancel(timeout) }
@@ -42,6 +44,6 @@ struct SessionTimers {
 
     mutating func cancelAll(on loop: EventLoop) {
         for timer in [timeout, kill, drain].compactMap({ $0 }) { loop.cancel(timer) }
-        self = SessionTimers()
+        self = SessionTimers(timeoutFired: timeoutFired)
     }
 }

@@ -3,7 +3,7 @@ import TetherProtocol
 
 /// The CLI's exit statuses, decided here and nowhere else. A command that runs a program
 /// (exec, shell, attach) ends as the shell would: the program's own status, 127 and 126 when
-/// it could not start, 125 when tether itself failed; other commands end 0 or 1; a usage
+/// it could not start, 124 when its timeout ended it, 125 when tether itself failed; other commands end 0 or 1; a usage
 /// mistake is 2 everywhere.
 enum CLIExit {
     static let success: Int32 = 0
@@ -13,6 +13,8 @@ enum CLIExit {
     static let tetherFailed: Int32 = 125
     static let notExecutable: Int32 = 126
     static let notFound: Int32 = 127
+    /// The program's timeout ran out (GNU timeout's convention), whatever it then exited with.
+    static let timedOut: Int32 = 124
 
     /// Which convention a command's failures follow.
     enum Convention: Sendable {
@@ -22,8 +24,14 @@ enum CLIExit {
         case command
     }
 
-    /// A remote program's end: its code, or 128 + the signal that killed it.
-    static func status(_ exit: ExitStatus) -> Int32 { exit.shellStatus }
+    /// A remote program's end: its code, or 128 + the signal that killed it; 124 when its
+    /// timeout ended it, after saying so on stderr.
+    static func status(_ exit: ExitStatus, timeout: String? = nil) -> Int32 {
+        guard exit.timedOut else { return exit.shellStatus }
+        writeStandardError(ErrorBlock.render(message: "timed out after \(timeout ?? "its timeout") (\(exit.code.map { "exit code \($0)" } ?? "killed by signal \(exit.signal ?? 0)"))",
+                                             hint: nil))
+        return timedOut
+    }
 
     /// A library failure under a command's convention.
     static func status(for error: TetherError, _ convention: Convention) -> Int32 {

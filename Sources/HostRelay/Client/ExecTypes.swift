@@ -6,22 +6,35 @@ public struct ExitStatus: Sendable, Hashable, Codable, CustomStringConvertible {
     public var code: Int32?
     public var signal: Int32?
     public var coreDumped: Bool
+    /// The request's timeout ran out and the agent signalled the program (`code` or `signal`
+    /// say how it then ended). `exec` throws `timedOut` for it; streams carry it here.
+    public var timedOut: Bool
 
-    public init(code: Int32? = nil, signal: Int32? = nil, coreDumped: Bool = false) {
+    public init(code: Int32? = nil, signal: Int32? = nil, coreDumped: Bool = false, timedOut: Bool = false) {
         self.code = code
         self.signal = signal
         self.coreDumped = coreDumped
+        self.timedOut = timedOut
     }
 
-    init(_ exited: Exited) { self.init(code: exited.code, signal: exited.signal, coreDumped: exited.coreDumped) }
+    init(_ exited: Exited) {
+        self.init(code: exited.code, signal: exited.signal, coreDumped: exited.coreDumped, timedOut: exited.timedOut)
+    }
+
+    /// "1s", "1.5s", "250ms": a timeout as people write it.
+    public static func describe(milliseconds: UInt64) -> String {
+        if milliseconds % 1000 == 0 { return "\(milliseconds / 1000)s" }
+        if milliseconds > 1000 { return "\(Double(milliseconds) / 1000)s" }
+        return "\(milliseconds)ms"
+    }
 
     /// The shell's convention: the code, or 128 + the signal number.
     public var shellStatus: Int32 { code ?? (128 + (signal ?? 0)) }
     public var success: Bool { code == 0 }
 
     public var description: String {
-        if let code { return "exit code \(code)" }
-        return "killed by signal \(signal ?? 0)" + (coreDumped ? " (core dumped)" : "")
+        let how = code.map { "exit code \($0)" } ?? "killed by signal \(signal ?? 0)" + (coreDumped ? " (core dumped)" : "")
+        return timedOut ? "timed out (\(how))" : how
     }
 }
 

@@ -61,12 +61,29 @@ public final class TetherClient: Sendable {
     // MARK: exec
 
     /// Runs a program to its end and returns its output. A non-zero exit is a result.
+    ///
+    /// A program its timeout ended is not a result but `timedOut`, carrying the limit
+    /// (`context["timeoutMs"]`), how it ended and the end of its output.
     public func exec(_ argv: [String], _ options: ExecOptions = ExecOptions()) async throws(TetherError) -> ExecOutput {
-        try await execStream(argv, options).collect()
+        try Self.failIfTimedOut(try await execStream(argv, options).collect(), argv: argv.joined(separator: " "),
+                                timeoutMs: options.timeout?.milliseconds)
     }
 
     public func exec(_ request: ExecRequest) async throws(TetherError) -> ExecOutput {
-        try await execStream(request).collect()
+        try Self.failIfTimedOut(try await execStream(request).collect(), argv: request.argv.map(\.description).joined(separator: " "),
+                                timeoutMs: request.timeoutMs)
+    }
+
+    static func failIfTimedOut(_ output: ExecOutput, argv: String, timeoutMs: UInt64?) throws(TetherError) -> ExecOutput {
+        guard output.status.timedOut else { return output }
+        let limit = timeoutMs.map { ExitStatus.describe(milliseconds: $0) } ?? "its timeout"
+        var context = ["argv": argv, "exit": output.status.description]
+        if let timeoutMs { context["timeoutMs"] = String(timeoutMs) }
+        let tail = { (bytes: [UInt8]) in String(decoding: bytes.suffix(4096), as: UTF8.self) }
+        if !output.stdout.isEmpty { context["stdoutTail"] = tail(output.stdout) }
+        if !output.stderr.isEmpty { context["stderrTail"] = tail(output.stderr) }
+        throw TetherError(.timedOut, "the command timed out after \(limit) (\(output.status))", operation: "exec", context: context,
+                          suggestion: "raise its timeout, or make it finish sooner")
     }
 
     /// Starts a program and returns once it started (or throws why it did not). With

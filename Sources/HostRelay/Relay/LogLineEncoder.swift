@@ -21,7 +21,7 @@ import TetherProtocol
 ///   stream, so text stays text; what is still carried when the session ends is written as a
 ///   `base64` line.
 /// - Marker lines have `event`: `exec` (`argv`, `cwd`, `user`, `tty`, `stdin`, `detach`),
-///   `started` (`pid`), `exited` (`code` or `signal`, `coreDumped`), `failed` (`kind`, `errno`,
+///   `started` (`pid`), `exited` (`code` or `signal`, `coreDumped`, `timedOut` when the timeout ended it), `failed` (`kind`, `errno`,
 ///   `stage`, `message`), `error` (`code`, `message`), `end`, `attached` (`droppedBytes`),
 ///   `detached`, `killed` (`reason`), relay markers on session 0 (`relayStarted`,
 ///   `agentConnected`, `agentGone`, ...; `detail`), and `logDropped` (`entries`, `bytes`) when
@@ -71,6 +71,7 @@ struct LogLineEncoder {
             if let code = exited.code { line.integer("code", Int64(code)) }
             if let signal = exited.signal { line.integer("signal", Int64(signal)) }
             line.bool("coreDumped", exited.coreDumped)
+            if exited.timedOut { line.bool("timedOut", true) }
         case .failed(let failed):
             line.string("event", "failed")
             line.string("kind", failed.kind.rawValue)

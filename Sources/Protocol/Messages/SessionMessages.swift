@@ -34,11 +34,15 @@ public struct Exited: Message, Hashable {
     public var code: Int32?
     public var signal: Int32?
     public var coreDumped: Bool
+    /// The request's `timeoutMs` ran out and the agent signalled the program: it did not end on
+    /// its own. On the wire only when true (peers that do not know it read an ordinary exit).
+    public var timedOut: Bool
 
-    public init(code: Int32? = nil, signal: Int32? = nil, coreDumped: Bool = false) {
+    public init(code: Int32? = nil, signal: Int32? = nil, coreDumped: Bool = false, timedOut: Bool = false) {
         self.code = code
         self.signal = signal
         self.coreDumped = coreDumped
+        self.timedOut = timedOut
     }
 
     public static func code(_ code: Int32) -> Exited { Exited(code: code) }
@@ -51,11 +55,13 @@ public struct Exited: Message, Hashable {
         map.entry("code", code)
         map.entry("signal", signal)
         map.entry("coreDumped", coreDumped)
+        if timedOut { map.entry("timedOut", true) }
     }
     public init(from r: MessageReader) throws(MessageError) {
         code = try r.optionalInteger("code")
         signal = try r.optionalInteger("signal")
         coreDumped = try r.optionalBool("coreDumped") ?? false
+        timedOut = try r.optionalBool("timedOut") ?? false
         if code == nil && signal == nil { throw .missingKey("code") }
     }
 }

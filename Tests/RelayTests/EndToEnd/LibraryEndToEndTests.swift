@@ -9,6 +9,27 @@ import TetherProtocol
 
 /// The TetherClient library through a real relay process to a real agent.
 @Suite(.serialized) struct LibraryEndToEndTests {
+    /// A command its timeout ended is the `timedOut` error carrying the limit, not a result;
+    /// the streaming API flags it in the exit status.
+    @Test(.timeLimit(.minutes(2)))
+    func aTimeoutIsAnErrorCarryingTheLimit() async throws {
+        let live = try LiveRelay("timeout")
+        let client = try await live.client()
+        do {
+            _ = try await client.exec(["sh", "-c", "echo begun; sleep 30"], ExecOptions(timeout: .milliseconds(300)))
+            Issue.record("the timed-out exec returned a result")
+        } catch {
+            #expect(error.code == .timedOut, "\(error)")
+            #expect(error.context["timeoutMs"] == "300")
+            #expect(error.context["stdoutTail"] == "begun\n")
+            #expect(error.message.contains("300ms"), "\(error.message)")
+        }
+        let handle = try await client.execStream(["sleep", "30"], ExecOptions(timeout: .milliseconds(200)))
+        let status = try await handle.wait()
+        #expect(status.timedOut && status.signal == SIGTERM, "\(status)")
+        #expect(try await client.exec(["true"], ExecOptions(timeout: .seconds(30))).status.timedOut == false)
+    }
+
     @Test(.timeLimit(.minutes(2)))
     func execShellAndCollectReturnOutputAndStatus() async throws {
         let live = try LiveRelay()
