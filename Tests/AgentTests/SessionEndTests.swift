@@ -47,7 +47,7 @@ import TetherProtocol
             var timed = ExecRequest(argv: ["/bin/sleep", "1000"])
             timed.timeoutMs = 10
             try agent.client.exec(timed, id: id)
-            #expect(try agent.client.collect(id: id).exited == .signal(SIGTERM))
+            #expect(try agent.client.collect(id: id).exited == Exited(signal: SIGTERM, timedOut: true))
 
             // detached, finished while nobody watched, then attached and read to the end
             id += 1
