@@ -68,7 +68,7 @@ enum Baselines {
         let writerFD = pair.second.raw
         let reader = pair.first.raw
         let start = Clock.monotonicNs()
-        let writer = Thread {
+        DedicatedThread.start(named: "bench-writer") {
             var buffer = [UInt8](repeating: 0x5A, count: chunk)
             var left = bytes
             while left > 0 {
@@ -77,7 +77,6 @@ enum Baselines {
             }
             shutdown(writerFD, CInt(SHUT_WR))
         }
-        writer.start()
         var total = 0
         var buffer = [UInt8](repeating: 0, count: chunk)
         while true {

@@ -134,11 +134,10 @@ enum TetherMeasurements {
         process.standardInput = input
         process.standardOutput = output
         try process.run()
-        let writer = Thread {
+        DedicatedThread.start(named: "bench-stdin") {
             data.withUnsafeBytes { input.fileHandleForWriting.write(Data($0)) }
             try? input.fileHandleForWriting.close()
         }
-        writer.start()
         let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
         return text.split(separator: " ").first.map(String.init) ?? ""

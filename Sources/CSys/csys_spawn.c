@@ -30,29 +30,6 @@
 #define TIOCGPTPEER _IO('T', 0x41)
 #endif
 
-const char *csys_spawn_stage_name(int stage) {
-    switch (stage) {
-    case CSYS_STAGE_REPORT_PIPE: return "reportPipe";
-    case CSYS_STAGE_FORK: return "fork";
-    case CSYS_STAGE_SIGNALS: return "signals";
-    case CSYS_STAGE_SETSID: return "setsid";
-    case CSYS_STAGE_CONTROLLING_TTY: return "controllingTty";
-    case CSYS_STAGE_STDIO: return "stdio";
-    case CSYS_STAGE_SETRLIMIT: return "setrlimit";
-    case CSYS_STAGE_CAPABILITY_BOUND: return "capabilityBound";
-    case CSYS_STAGE_CAPABILITY_SETS: return "capabilitySets";
-    case CSYS_STAGE_SETGROUPS: return "setgroups";
-    case CSYS_STAGE_SETGID: return "setgid";
-    case CSYS_STAGE_SETUID: return "setuid";
-    case CSYS_STAGE_CHDIR: return "chdir";
-    case CSYS_STAGE_CLOSE_FDS: return "closeFds";
-    case CSYS_STAGE_NO_NEW_PRIVS: return "noNewPrivs";
-    case CSYS_STAGE_SECCOMP: return "seccomp";
-    case CSYS_STAGE_EXEC: return "exec";
-    default: return "unknown";
-    }
-}
-
 /* Writes (stage, errno) to the report pipe and ends the child. Never returns. */
 static void fail(int report_fd, int stage, int error) {
     struct csys_spawn_report report = { stage, error };

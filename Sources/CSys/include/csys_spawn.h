@@ -33,7 +33,8 @@
  * - A failing step writes one struct csys_spawn_report (stage, errno) to the CLOEXEC report
  *   pipe and calls _exit(127). A successful execve closes the pipe: the parent reads EOF.
  *
- * Adding a child stage: add an enum value (and its name in csys_spawn_stage_name), a field in
+ * Adding a child stage: add an enum value (and its case in the Swift SpawnStage, whose
+ * init(child:) reads these numbers), a field in
  * csys_spawn_options, and the step in csys_spawn.c's child() at its place in the order above.
  */
 #pragma once
@@ -44,8 +45,8 @@
 
 #include <linux/filter.h>   /* struct sock_fprog, for the seccomp hook */
 
-/* Where a spawn failed. The numbers travel only between the child and the parent; the wire
- * carries the names (csys_spawn_stage_name). */
+/* Where a spawn failed. The numbers travel only between the child and the parent; the agent
+ * turns them into SpawnStage, whose names the wire carries. */
 enum csys_spawn_stage {
     CSYS_STAGE_NONE = 0,
     CSYS_STAGE_REPORT_PIPE,     /* parent: pipe2(2) for the report pipe */
@@ -67,8 +68,6 @@ enum csys_spawn_stage {
     CSYS_STAGE_EXEC,
 };
 
-/* "fork", "setuid", "exec", ...; "unknown" for anything else. */
-const char *csys_spawn_stage_name(int stage);
 
 struct csys_rlimit {
     int resource;       /* RLIMIT_* */

@@ -43,27 +43,27 @@ public struct AgentOptions: Equatable, Sendable {
 
     /// A command line the agent cannot follow; main prints it with the usage and exits 2
     /// (except as PID 1, which logs it and carries on with the defaults).
-    public struct UsageError: Error, Equatable, Sendable {
+    public struct ArgumentError: Error, Equatable, Sendable {
         public let message: String
     }
 
     /// Parses the arguments after the program name.
-    public init(parsing arguments: [String]) throws(UsageError) {
+    public init(parsing arguments: [String]) throws(ArgumentError) {
         var endpointGiven = false
         var index = 0
-        func value(for option: String, inline: String?) throws(UsageError) -> String {
+        func value(for option: String, inline: String?) throws(ArgumentError) -> String {
             if let inline { return inline }
             index += 1
-            guard index < arguments.count else { throw UsageError(message: "\(option) needs a value") }
+            guard index < arguments.count else { throw ArgumentError(message: "\(option) needs a value") }
             return arguments[index]
         }
-        func address(_ text: String, option: String) throws(UsageError) -> Address {
+        func address(_ text: String, option: String) throws(ArgumentError) -> Address {
             do { return try Address(parsing: text) } catch {
                 switch error {
                 case .unknownScheme(let scheme):
-                    throw UsageError(message: "\(option): unknown address scheme '\(scheme)' (use vsock:, unix: or fd:)")
+                    throw ArgumentError(message: "\(option): unknown address scheme '\(scheme)' (use vsock:, unix: or fd:)")
                 case .invalid(_, let reason):
-                    throw UsageError(message: "\(option) \(text): \(reason)")
+                    throw ArgumentError(message: "\(option) \(text): \(reason)")
                 }
             }
         }
@@ -77,18 +77,18 @@ public struct AgentOptions: Equatable, Sendable {
             }
             switch name {
             case "--listen", "--connect":
-                guard !endpointGiven else { throw UsageError(message: "give one --listen or --connect, not several") }
+                guard !endpointGiven else { throw ArgumentError(message: "give one --listen or --connect, not several") }
                 endpointGiven = true
                 let text = try value(for: name, inline: inline)
                 let parsed = try address(text, option: name)
                 if case .hvsock = parsed {
-                    throw UsageError(message: "\(name) \(text): hvsock: is a host-side address; inside the guest use vsock:")
+                    throw ArgumentError(message: "\(name) \(text): hvsock: is a host-side address; inside the guest use vsock:")
                 }
                 endpoint = name == "--listen" ? .listen(parsed) : .connect(parsed)
             case "--hostname":
                 let text = try value(for: name, inline: inline)
                 guard !text.isEmpty, text.utf8.count <= 64, !text.contains("/") else {
-                    throw UsageError(message: "--hostname: '\(text)' is not a host name (1-64 bytes)")
+                    throw ArgumentError(message: "--hostname: '\(text)' is not a host name (1-64 bytes)")
                 }
                 hostname = text
             case "--init":
@@ -96,13 +96,13 @@ public struct AgentOptions: Equatable, Sendable {
                 if text == "auto" {
                     initProgram = .auto
                 } else {
-                    guard text.hasPrefix("/") else { throw UsageError(message: "--init: '\(text)' must be an absolute path or 'auto'") }
+                    guard text.hasPrefix("/") else { throw ArgumentError(message: "--init: '\(text)' must be an absolute path or 'auto'") }
                     initProgram = .path(text)
                 }
             case "--seccomp":
                 let text = try value(for: name, inline: inline)
                 guard let profile = SeccompProfile(rawValue: text) else {
-                    throw UsageError(message: "--seccomp: '\(text)' is not a profile (\(SeccompProfile.spellings))")
+                    throw ArgumentError(message: "--seccomp: '\(text)' is not a profile (\(SeccompProfile.spellings))")
                 }
                 seccomp = profile
             case "--help", "-h":
@@ -110,7 +110,7 @@ public struct AgentOptions: Equatable, Sendable {
             case "--version":
                 versionRequested = true
             default:
-                throw UsageError(message: argument.hasPrefix("-") ? "unknown option \(argument)" : "unexpected argument '\(argument)'")
+                throw ArgumentError(message: argument.hasPrefix("-") ? "unknown option \(argument)" : "unexpected argument '\(argument)'")
             }
             index += 1
         }

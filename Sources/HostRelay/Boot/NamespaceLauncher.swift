@@ -105,56 +105,48 @@ public struct NamespaceLauncher {
     /// (the child waits). It returns a descriptor to hand to the child with "go" (the root,
     /// with `receivesRoot`), or -1; the caller keeps ownership of it.
     public func launch(beforeStart: (pid_t) throws(LaunchFailure) -> CInt = { _ throws(LaunchFailure) in -1 }) throws(LaunchFailure) -> pid_t {
-        let strings = [hostname, rootfs, mountpoint, overlayOptions, path, layerTmpfsOptions, layerDirectory, devptsOptions]
-            .map { $0.map { strdup($0)! } }
-        let argv = (arguments.map { strdup($0)! } as [UnsafeMutablePointer<CChar>?]) + [nil]
-        let envp = (environment.map { strdup($0)! } as [UnsafeMutablePointer<CChar>?]) + [nil]
-        defer {
-            strings.forEach { free($0) }
-            argv.forEach { free($0) }
-            envp.forEach { free($0) }
-        }
+        // Every string the child reads, copied before the clone (the child must not allocate).
+        let optionals = [hostname, rootfs, mountpoint, overlayOptions, path, layerTmpfsOptions, layerDirectory, devptsOptions]
+        let fields = CStringArray(optionals.map { $0 ?? "" })
+        let field = { (i: Int) -> UnsafePointer<CChar>? in optionals[i] == nil ? nil : UnsafePointer(fields.pointers[i]) }
+        let argv = CStringArray(arguments)
+        let envp = CStringArray(environment)
+        let cgroupFields = CStringArray(cgroupMounts.flatMap { [$0.directory, $0.type, $0.options] })
         let map = descriptors.flatMap { [$0.parent, $0.child] }
-        let cgroupFields: [String] = cgroupMounts.flatMap { [$0.directory, $0.type, $0.options] }
-        let cgroupStrings: [UnsafeMutablePointer<CChar>?] = cgroupFields.map { strdup($0)! } + [nil]
-        defer { cgroupStrings.forEach { free($0) } }
 
         var goFD: CInt = -1
         var statusFD: CInt = -1
-        let pid: pid_t = cgroupStrings.withUnsafeBufferPointer { cgroupBuffer in argv.withUnsafeBufferPointer { argvBuffer in
-            envp.withUnsafeBufferPointer { envpBuffer in
-                map.withUnsafeBufferPointer { mapBuffer in
-                    var spec = csys_sandbox_spec()
-                    spec.clone_flags = namespaces.rawValue
-                    spec.new_cgroup_ns = cgroupNamespace ? 1 : 0
-                    spec.loopback_up = namespaces.contains(.network) && loopbackUp ? 1 : 0
-                    spec.parent_death_signal = parentDeathSignal
-                    spec.new_session = newSession ? 1 : 0
-                    spec.mount_proc = mountProc ? 1 : 0
-                    spec.hostname = UnsafePointer(strings[0])
-                    spec.rootfs = UnsafePointer(strings[1])
-                    spec.mountpoint = UnsafePointer(strings[2])
-                    spec.overlay_options = UnsafePointer(strings[3])
-                    spec.path = UnsafePointer(strings[4])
-                    spec.set_groups = setGroups ? 1 : 0
-                    spec.receive_root = receivesRoot ? 1 : 0
-                    spec.layer_tmpfs = UnsafePointer(strings[5])
-                    spec.layer_dir = UnsafePointer(strings[6])
-                    spec.api_filesystems = apiFilesystems ? 1 : 0
-                    spec.new_sysfs = newSysfs ? 1 : 0
-                    spec.devpts_options = UnsafePointer(strings[7])
-                    spec.exec_fd = executableFD
-                    spec.bounding_drop = boundingSetDrop
-                    spec.cgroup_mounts = cgroupMounts.isEmpty ? nil
-                        : UnsafeRawPointer(cgroupBuffer.baseAddress!).assumingMemoryBound(to: UnsafePointer<CChar>?.self)
-                    spec.argv = argvBuffer.baseAddress
-                    spec.envp = envpBuffer.baseAddress
-                    spec.fd_map = mapBuffer.baseAddress
-                    spec.fd_map_pairs = CInt(descriptors.count)
-                    return csys_sandbox_clone(&spec, &goFD, &statusFD)
-                }
+        let pid: pid_t = withExtendedLifetime((fields, argv, envp, cgroupFields)) {
+            map.withUnsafeBufferPointer { mapBuffer in
+                var spec = csys_sandbox_spec()
+                spec.clone_flags = namespaces.rawValue
+                spec.new_cgroup_ns = cgroupNamespace ? 1 : 0
+                spec.loopback_up = namespaces.contains(.network) && loopbackUp ? 1 : 0
+                spec.parent_death_signal = parentDeathSignal
+                spec.new_session = newSession ? 1 : 0
+                spec.mount_proc = mountProc ? 1 : 0
+                spec.hostname = field(0)
+                spec.rootfs = field(1)
+                spec.mountpoint = field(2)
+                spec.overlay_options = field(3)
+                spec.path = field(4)
+                spec.set_groups = setGroups ? 1 : 0
+                spec.receive_root = receivesRoot ? 1 : 0
+                spec.layer_tmpfs = field(5)
+                spec.layer_dir = field(6)
+                spec.api_filesystems = apiFilesystems ? 1 : 0
+                spec.new_sysfs = newSysfs ? 1 : 0
+                spec.devpts_options = field(7)
+                spec.exec_fd = executableFD
+                spec.bounding_drop = boundingSetDrop
+                spec.cgroup_mounts = cgroupMounts.isEmpty ? nil : cgroupFields.constPointers
+                spec.argv = UnsafePointer(argv.pointers)
+                spec.envp = UnsafePointer(envp.pointers)
+                spec.fd_map = mapBuffer.baseAddress
+                spec.fd_map_pairs = CInt(descriptors.count)
+                return csys_sandbox_clone(&spec, &goFD, &statusFD)
             }
-        } }
+        }
         guard pid > 0 else { throw LaunchFailure(stage: .namespace, errno: Errno(rawValue: -pid)) }
         let go = OwnedFD(adopting: goFD)
         let status = OwnedFD(adopting: statusFD)

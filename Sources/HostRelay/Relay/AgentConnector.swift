@@ -38,9 +38,7 @@ final class AgentConnector: @unchecked Sendable {
     }
 
     func start() {
-        let thread = Thread { [self] in report(connect()) }
-        thread.name = "tether-agent-connect"
-        thread.start()
+        DedicatedThread.start(named: "tether-agent-connect") { [self] in report(connect()) }
     }
 
     func cancel() {

@@ -88,13 +88,14 @@ public final class ExecLog: @unchecked Sendable {
     /// The writer has stopped: nothing more will be written.
     private(set) var closed = false
 
+    /// Whether `start` ran (the relay's thread only): `close` waits for a writer only then.
+    private var started = false
     // Writer thread only (and init).
     private var fd: CInt
     private var fileBytes: Int
     private var encoder = LogLineEncoder()
     private var writeFailed = false
     private let diagnostics: @Sendable (String) -> Void
-    private var thread: Thread?
     private let finished = NSCondition()
     private var isFinished = false
 
@@ -122,10 +123,8 @@ public final class ExecLog: @unchecked Sendable {
 
     /// Starts the writer thread.
     public func start() {
-        let thread = Thread { [self] in writerLoop() }
-        thread.name = "tether-exec-log"
-        self.thread = thread
-        thread.start()
+        started = true
+        DedicatedThread.start(named: "tether-exec-log") { [self] in writerLoop() }
     }
 
     /// Queues an entry; never blocks beyond a short lock. Called from the relay's thread.
@@ -151,7 +150,7 @@ public final class ExecLog: @unchecked Sendable {
         queue.stopping = true
         queueLock.signal()
         queueLock.unlock()
-        guard thread != nil else { return }
+        guard started else { return }
         finished.lock()
         while !isFinished { finished.wait() }
         finished.unlock()

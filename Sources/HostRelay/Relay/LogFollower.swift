@@ -5,6 +5,7 @@ import Musl
 #endif
 import Foundation
 import Synchronization
+import TetherPosix
 
 /// Answers one `logs` request: reads exec.log's files oldest first (optionally keeping only
 /// one session's lines), then, when following, waits for the writer and reads what it adds,
@@ -42,12 +43,10 @@ final class LogFollower: @unchecked Sendable {
     }
 
     func start() {
-        let thread = Thread { [self] in
+        DedicatedThread.start(named: "tether-logs") { [self] in
             run()
             deliver(.end)
         }
-        thread.name = "tether-logs"
-        thread.start()
     }
 
     /// The client consumed `bytes` more.
