@@ -210,7 +210,14 @@ final class RelayConnection: Sendable {
         }
         if drained == core.wantsWrite {
             core.wantsWrite = !drained
-            try? core.loop.modify(socket.fd, events: EventLoop.readable | EventLoop.peerClosed | (drained ? 0 : EventLoop.writable))
+            do {
+                try core.loop.modify(socket.fd, events: EventLoop.readable | EventLoop.peerClosed | (drained ? 0 : EventLoop.writable))
+            } catch {
+                // Without the interest change the rest of the queue would never be written (or
+                // the loop would spin on writable): the connection cannot go on.
+                end(TetherError(.internal, "epoll_ctl on the relay connection failed: \(error)", operation: "send",
+                                context: ["socket": address.description], errno: error.rawValue))
+            }
         }
     }
 
