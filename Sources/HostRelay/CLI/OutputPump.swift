@@ -119,7 +119,12 @@ extension OutputPump {
                 case .stdout(let bytes): await write(bytes, to: stdoutFD)
                 case .stderr(let bytes): await write(bytes, to: 2)
                 case .exited(let exit): status = exit
-                case .started, .stdinError: break
+                case .stdinError(_, let message):
+                    // Not an error of the command (it may well exit 0): what was typed or piped
+                    // after this point did not reach it. Said in order with its output.
+                    await write(Array(ErrorBlock.render(message: "warning: stdin: \(message); what followed was not delivered",
+                                                        hint: nil).utf8), to: 2)
+                case .started: break
                 }
                 afterEach()
             }

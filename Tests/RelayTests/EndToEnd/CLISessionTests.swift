@@ -54,6 +54,15 @@ import TestSupport
         #expect(!started.stdout.contains("early"))
     }
 
+    /// A program that closes its stdin early is not a failure, but what it missed is said.
+    @Test func stdinThatCouldNotBeDeliveredIsAWarning() throws {
+        let live = try LiveRelay("stdinwarn")
+        let input = String(repeating: "x", count: 1 << 20)
+        let result = try live.cli(["exec", "-i", "--", "sh", "-c", "exec 0<&-; sleep 0.5; echo done"], stdin: input)
+        #expect(result.status == 0 && result.stdout == "done\n", "\(result)")
+        #expect(result.stderr.contains("tether: warning: stdin: the program closed its stdin"), "\(result.stderr)")
+    }
+
     @Test func aTimeoutExits124AndSaysSo() throws {
         let live = try LiveRelay("timeout-cli")
         let result = try live.cli(["exec", "--timeout", "1s", "--", "sleep", "5"])
