@@ -13,4 +13,11 @@ extension Duration {
 
     /// The whole duration in milliseconds (for the wire's `...Ms` fields), rounded down.
     public var milliseconds: UInt64 { nanoseconds / 1_000_000 }
+
+    /// "1s", "1.5s", "250ms": a `...Ms` value as people write a duration (and `--timeout` reads it).
+    public static func describe(milliseconds: UInt64) -> String {
+        if milliseconds % 1000 == 0 { return "\(milliseconds / 1000)s" }
+        if milliseconds > 1000 { return "\(Double(milliseconds) / 1000)s" }
+        return "\(milliseconds)ms"
+    }
 }

@@ -175,7 +175,7 @@ enum ExecCommand: Command {
                 writeStandardError(ErrorBlock.render(message: "exec: the session ended without an exit status", hint: nil))
                 return CLIExit.tetherFailed
             }
-            return CLIExit.status(status, timeout: exec.timeout.map { ExitStatus.describe(milliseconds: $0.milliseconds) })
+            return CLIExit.status(status, timeout: exec.timeout.map { Duration.describe(milliseconds: $0.milliseconds) })
         }
     }
 }

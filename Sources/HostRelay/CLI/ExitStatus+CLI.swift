@@ -28,8 +28,7 @@ enum CLIExit {
     /// timeout ended it, after saying so on stderr.
     static func status(_ exit: ExitStatus, timeout: String? = nil) -> Int32 {
         guard exit.timedOut else { return exit.shellStatus }
-        writeStandardError(ErrorBlock.render(message: "timed out after \(timeout ?? "its timeout") (\(exit.code.map { "exit code \($0)" } ?? "killed by signal \(exit.signal ?? 0)"))",
-                                             hint: nil))
+        writeStandardError(ErrorBlock.render(message: "timed out after \(timeout ?? "its timeout") (\(exit.ending))", hint: nil))
         return timedOut
     }
 

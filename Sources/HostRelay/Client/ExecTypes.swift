@@ -21,21 +21,16 @@ public struct ExitStatus: Sendable, Hashable, Codable, CustomStringConvertible {
         self.init(code: exited.code, signal: exited.signal, coreDumped: exited.coreDumped, timedOut: exited.timedOut)
     }
 
-    /// "1s", "1.5s", "250ms": a timeout as people write it.
-    public static func describe(milliseconds: UInt64) -> String {
-        if milliseconds % 1000 == 0 { return "\(milliseconds / 1000)s" }
-        if milliseconds > 1000 { return "\(Double(milliseconds) / 1000)s" }
-        return "\(milliseconds)ms"
-    }
-
     /// The shell's convention: the code, or 128 + the signal number.
     public var shellStatus: Int32 { code ?? (128 + (signal ?? 0)) }
     public var success: Bool { code == 0 }
 
-    public var description: String {
-        let how = code.map { "exit code \($0)" } ?? "killed by signal \(signal ?? 0)" + (coreDumped ? " (core dumped)" : "")
-        return timedOut ? "timed out (\(how))" : how
+    /// How the program itself ended, timeout or not: "exit code 3", "killed by signal 15".
+    public var ending: String {
+        code.map { "exit code \($0)" } ?? "killed by signal \(signal ?? 0)" + (coreDumped ? " (core dumped)" : "")
     }
+
+    public var description: String { timedOut ? "timed out (\(ending))" : ending }
 }
 
 /// What `exec` returns once the program ended. A non-zero exit is a result, not an error.

@@ -76,13 +76,13 @@ public final class TetherClient: Sendable {
 
     static func failIfTimedOut(_ output: ExecOutput, argv: String, timeoutMs: UInt64?) throws(TetherError) -> ExecOutput {
         guard output.status.timedOut else { return output }
-        let limit = timeoutMs.map { ExitStatus.describe(milliseconds: $0) } ?? "its timeout"
+        let limit = timeoutMs.map { Duration.describe(milliseconds: $0) } ?? "its timeout"
         var context = ["argv": argv, "exit": output.status.description]
         if let timeoutMs { context["timeoutMs"] = String(timeoutMs) }
         let tail = { (bytes: [UInt8]) in String(decoding: bytes.suffix(4096), as: UTF8.self) }
         if !output.stdout.isEmpty { context["stdoutTail"] = tail(output.stdout) }
         if !output.stderr.isEmpty { context["stderrTail"] = tail(output.stderr) }
-        throw TetherError(.timedOut, "the command timed out after \(limit) (\(output.status))", operation: "exec", context: context,
+        throw TetherError(.timedOut, "the command timed out after \(limit) (\(output.status.ending))", operation: "exec", context: context,
                           suggestion: "raise its timeout, or make it finish sooner")
     }
 
