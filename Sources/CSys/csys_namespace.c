@@ -48,22 +48,36 @@ static void cloexec_all(void) {
     }
 }
 
+/* The go message, both ends: one byte, and room for one descriptor (SCM_RIGHTS). */
+struct go_message {
+    char byte;
+    struct iovec io;
+    union { char buffer[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    struct msghdr header;
+};
+
+static void go_message_init(struct go_message *m, int with_descriptor) {
+    memset(m, 0, sizeof *m);
+    m->byte = 1;
+    m->io.iov_base = &m->byte;
+    m->io.iov_len = 1;
+    m->header.msg_iov = &m->io;
+    m->header.msg_iovlen = 1;
+    if (with_descriptor) {
+        m->header.msg_control = m->control.buffer;
+        m->header.msg_controllen = sizeof m->control.buffer;
+    }
+}
+
 /* Receives the go byte and, when one is attached, a descriptor (SCM_RIGHTS). Returns the byte
  * count (1 when the parent said go) and stores the descriptor in *fd (-1 when none came). */
 static ssize_t receive_go(int go_read, int *fd) {
-    char byte;
-    struct iovec io = { &byte, 1 };
-    union { char buffer[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
-    struct msghdr message;
-    memset(&message, 0, sizeof message);
-    message.msg_iov = &io;
-    message.msg_iovlen = 1;
-    message.msg_control = control.buffer;
-    message.msg_controllen = sizeof control.buffer;
+    struct go_message m;
+    go_message_init(&m, 1);
     ssize_t n;
-    do { n = recvmsg(go_read, &message, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    do { n = recvmsg(go_read, &m.header, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
     *fd = -1;
-    struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+    struct cmsghdr *header = CMSG_FIRSTHDR(&m.header);
     if (n == 1 && header && header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_RIGHTS)
         memcpy(fd, CMSG_DATA(header), sizeof(int));
     return n;
@@ -362,25 +376,17 @@ pid_t csys_sandbox_clone(const struct csys_sandbox_spec *spec, int *go_fd, int *
 
 int csys_sandbox_go(int go_fd, int pass_fd) {
     int saved = errno;
-    char byte = 1;
-    struct iovec io = { &byte, 1 };
-    union { char buffer[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
-    struct msghdr message;
-    memset(&message, 0, sizeof message);
-    message.msg_iov = &io;
-    message.msg_iovlen = 1;
+    struct go_message m;
+    go_message_init(&m, pass_fd >= 0);
     if (pass_fd >= 0) {
-        memset(&control, 0, sizeof control);
-        message.msg_control = control.buffer;
-        message.msg_controllen = sizeof control.buffer;
-        struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+        struct cmsghdr *header = CMSG_FIRSTHDR(&m.header);
         header->cmsg_level = SOL_SOCKET;
         header->cmsg_type = SCM_RIGHTS;
         header->cmsg_len = CMSG_LEN(sizeof(int));
         memcpy(CMSG_DATA(header), &pass_fd, sizeof(int));
     }
     ssize_t n;
-    do { n = sendmsg(go_fd, &message, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
+    do { n = sendmsg(go_fd, &m.header, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
     int result = n == 1 ? 0 : -(n < 0 ? errno : EIO);
     errno = saved;
     return result;
