@@ -43,10 +43,8 @@ enum Layer {
         let tmpfs = "size=\(disk)m,mode=0755"
         let directory = paths.overlay.path
         let layer = directory + "/layer"
-        if config.ephemeral || geteuid() != 0 {
-            // An earlier ephemeral run's leftovers (a killed supervisor) are nobody's.
-            if config.ephemeral { try? FileManager.default.removeItem(atPath: directory) }
-        }
+        // An earlier ephemeral run's leftovers (a killed supervisor) are nobody's.
+        if config.ephemeral { try? FileManager.default.removeItem(atPath: directory) }
         if geteuid() == 0 {
             if config.ephemeral { return .builtByHost(.tmpfs(options: tmpfs), previousRoot: nil) }
             try makeDirectories([directory], mode: 0o700)
@@ -102,36 +100,13 @@ enum Layer {
         }
         // No reserved blocks (the guest owns the whole layer); inode tables and the journal
         // are initialised lazily, so making a 1 GiB image takes milliseconds.
-        let mkfs = UserNamespace.helper("mkfs.ext4") ?? "/sbin/mkfs.ext4"
-        let status = runAndWait([mkfs, "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", image])
+        let mkfs = HostProgram.find("mkfs.ext4") ?? "/sbin/mkfs.ext4"
+        let status = HostProgram.run([mkfs, "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", image])
         guard status == 0 else {
             unlink(image)
             throw BootFailure(stage: .layer, errno: EIO, message: "\(mkfs) failed on the layer image \(image) (wait status \(status))",
                               hint: "install e2fsprogs")
         }
-    }
-
-    /// Runs a host program with stdin /dev/null and its output on our stderr; its wait status.
-    static func runAndWait(_ arguments: [String]) -> CInt {
-        var launcher = NamespaceLauncher(path: arguments[0], arguments: arguments, environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
-        launcher.namespaces = []
-        launcher.newSession = false
-        let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
-        defer { if devNull >= 0 { close(devNull) } }
-        launcher.descriptors = [(devNull, 0), (2, 1), (2, 2)]
-        guard let pid = try? launcher.launch() else { return -1 }
-        var status: CInt = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        // The supervisor blocks SIGCHLD and reads it from a signalfd, where a stop request and
-        // the sandbox's end also arrive: take this helper's SIGCHLD out of the queue, or the
-        // boot would read it as "stopped while booting". (The sandbox's own exit is seen
-        // through its pidfd, not through SIGCHLD.)
-        var pending = sigset_t()
-        sigemptyset(&pending)
-        sigaddset(&pending, SIGCHLD)
-        var noWait = timespec()
-        _ = sigtimedwait(&pending, nil, &noWait)
-        return status
     }
 
     private static func makeDirectories(_ paths: [String], mode: mode_t) throws(BootFailure) {

@@ -123,7 +123,7 @@ enum UserNamespace {
         let gid = getgid()
         var mapping = IDMapping(uids: [.init(inside: 0, outside: uid, count: 1)],
                                 gids: [.init(inside: 0, outside: gid, count: 1)], denySetgroups: true)
-        if helper("newuidmap") != nil, helper("newgidmap") != nil,
+        if HostProgram.find("newuidmap") != nil, HostProgram.find("newgidmap") != nil,
            // Both files are keyed by the user (name or uid): newgidmap checks /etc/subgid for the
            // user, not for its group.
            let subuid = subordinate("/etc/subuid", user: uid), let subgid = subordinate("/etc/subgid", user: uid) {
@@ -170,9 +170,6 @@ enum UserNamespace {
         return nil
     }
 
-    static func helper(_ name: String) -> String? {
-        ["/usr/bin/", "/usr/sbin/", "/bin/", "/sbin/"].map { $0 + name }.first { access($0, X_OK) == 0 }
-    }
 
     /// Writes the child's maps (it waits for "go" meanwhile): directly as root or for a single
     /// id; through newuidmap/newgidmap (setuid helpers that check /etc/subuid) for ranges.
@@ -196,8 +193,8 @@ enum UserNamespace {
     }
 
     private static func runHelper(_ name: String, pid: pid_t, _ ranges: [IDMapping.Range]) throws(LaunchFailure) {
-        guard let path = helper(name) else { throw LaunchFailure(stage: .userNamespace, errno: Errno(rawValue: ENOENT)) }
-        let status = Layer.runAndWait([path, "\(pid)"] + ranges.flatMap { ["\($0.inside)", "\($0.outside)", "\($0.count)"] })
+        guard let path = HostProgram.find(name) else { throw LaunchFailure(stage: .userNamespace, errno: Errno(rawValue: ENOENT)) }
+        let status = HostProgram.run([path, "\(pid)"] + ranges.flatMap { ["\($0.inside)", "\($0.outside)", "\($0.count)"] })
         guard status == 0 else { throw LaunchFailure(stage: .userNamespace, errno: Errno(rawValue: EPERM)) }
     }
 

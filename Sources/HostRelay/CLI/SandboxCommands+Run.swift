@@ -36,12 +36,8 @@ extension SandboxCommands {
         } catch {
             return usageError(error, usage: runUsage)
         }
-        do {
-            config.rootfs = try options.rootfs.map(absolute) ?? defaultRootfs()
-        } catch {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-            return CLIExit.failure
-        }
+        guard let rootfs = resolveRootfs(options) else { return CLIExit.failure }
+        config.rootfs = rootfs
         let sandboxes = sandboxes()
         let state: SandboxState
         do {

@@ -84,19 +84,25 @@ enum SandboxCommands {
         } catch {
             return usageError(error, usage: bootUsage)
         }
-        do {
-            // Without --rootfs, the default guest tree, as `tether run` uses.
-            config.rootfs = try options.rootfs.map(absolute) ?? defaultRootfs()
-        } catch {
-            FileHandle.standardError.write(Data("tether: \(error)\n".utf8))
-            return CLIExit.failure
-        }
+        guard let rootfs = resolveRootfs(options) else { return CLIExit.failure }
+        config.rootfs = rootfs
         do {
             let state = try sandboxes().boot(config, onConflict: options.onConflict)
             printBooted(state)
             return 0
         } catch {
             return report(error)
+        }
+    }
+
+    /// `--rootfs` made absolute, or (without it) the default guest tree; nil once the reason it
+    /// cannot be had is on stderr.
+    static func resolveRootfs(_ options: BootOptions) -> String? {
+        do {
+            return try options.rootfs.map(absolute) ?? defaultRootfs()
+        } catch {
+            FileHandle.standardError.write(Data("tether: \(error)\n".utf8))
+            return nil
         }
     }
 
