@@ -39,6 +39,16 @@ public enum ErrorCode: Hashable, Sendable, CaseIterableWire, CustomStringConvert
     /// The relay takes no more clients (its `--max-clients` cap, or its descriptor limit when
     /// `errno` is EMFILE or ENFILE); sent on id 0, then the connection is closed.
     case tooManyClients
+    /// `processStart` with a name a process already has (running, or ended and not removed).
+    case processNameInUse
+    /// A process request naming no process.
+    case processNotFound
+    /// `processRemove` of a process that still runs (or may restart).
+    case processRunning
+    /// `processFailed`: the readiness conditions did not all hold within `waitTimeoutMs`.
+    case processReadyTimeout
+    /// `processFailed`: the process exited before its conditions held, and no restart was left.
+    case processExitedBeforeReady
     /// A code this build does not know.
     case unrecognized(String)
 
@@ -46,6 +56,7 @@ public enum ErrorCode: Hashable, Sendable, CaseIterableWire, CustomStringConvert
         .unsupported, .framing, .badPayload, .unknownKind, .unknownSession, .sessionInUse, .limitReached,
         .shuttingDown, .agentUnresponsive, .agentGone, .agentNotReady, .protocolViolation, .internal,
         .helloRequired, .tooManyClients,
+        .processNameInUse, .processNotFound, .processRunning, .processReadyTimeout, .processExitedBeforeReady,
     ]
 
     public init(from decoder: any Decoder) throws { try self.init(wireNameFrom: decoder) }
@@ -68,6 +79,11 @@ public enum ErrorCode: Hashable, Sendable, CaseIterableWire, CustomStringConvert
         case .internal: "internal"
         case .helloRequired: "helloRequired"
         case .tooManyClients: "tooManyClients"
+        case .processNameInUse: "processNameInUse"
+        case .processNotFound: "processNotFound"
+        case .processRunning: "processRunning"
+        case .processReadyTimeout: "processReadyTimeout"
+        case .processExitedBeforeReady: "processExitedBeforeReady"
         case .unrecognized(let name): name
         }
     }
