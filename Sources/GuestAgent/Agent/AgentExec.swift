@@ -148,6 +148,24 @@ final class AgentExec: AgentSubsystem, SessionOwner {
     // MARK: starting, binding, ending
 
     private func startExec(_ request: ExecRequest, on link: FramedConnection, id: UInt32) throws(RequestError) {
+        switch try spawnSession(request) {
+        case .success(let session): bind(session, to: link, id: id)
+        case .failure(let failure): link.send(failure.event, id: id, flags: .end)
+        }
+    }
+
+    /// Starts a session nobody watches, for another subsystem: a named process (detached, so it
+    /// outlives every link and is listed for attach) or a readiness probe (not detached: it ends
+    /// as soon as it completes). The tap sees its output and its end.
+    func startUnwatched(_ request: ExecRequest, tap: SessionTap) throws(RequestError) -> Result<Session, SpawnFailure> {
+        let result = try spawnSession(request)
+        // Set in the same turn as the spawn: output is read only after the report pipe said
+        // the exec happened, so the tap sees every byte.
+        if case .success(let session) = result { session.tap = tap }
+        return result
+    }
+
+    private func spawnSession(_ request: ExecRequest) throws(RequestError) -> Result<Session, SpawnFailure> {
         guard !refusesNew else {
             throw RequestError(.shuttingDown, "the agent is shutting down and starts nothing new")
         }
@@ -157,9 +175,7 @@ final class AgentExec: AgentSubsystem, SessionOwner {
         let started: (child: StartedChild, program: String)
         switch spawner.start(request) {
         case .success(let value): started = value
-        case .failure(let failure):
-            link.send(failure.event, id: id, flags: .end)
-            return
+        case .failure(let failure): return .failure(failure)
         }
         let number = nextSessionNumber
         nextSessionNumber = nextSessionNumber == UInt32.max ? 1 : nextSessionNumber + 1
@@ -171,7 +187,7 @@ final class AgentExec: AgentSubsystem, SessionOwner {
                               child: started.child)
         sessions[number] = session
         children[started.child.pid] = session
-        bind(session, to: link, id: id)
+        return .success(session)
     }
 
     /// The only place a client starts watching a session.

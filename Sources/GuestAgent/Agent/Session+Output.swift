@@ -32,7 +32,10 @@ extension Session {
         let outcome: ReadResult = scratch.with(limit) { buffer in
             let outcome = output.read(index, into: buffer)
             if case .bytes(let n) = outcome {
-                backlog.append(kind: kind, UnsafeRawBufferPointer(rebasing: buffer[0..<n]), bounded: bounded)
+                let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+                tap?.sessionOutput(self, kind: kind, bytes)
+                // Nobody watches and a tap keeps the output: a second copy would only be dropped.
+                if client != nil || tap == nil { backlog.append(kind: kind, bytes, bounded: bounded) }
             }
             return outcome
         }
@@ -56,7 +59,10 @@ extension Session {
                 var outcome = ReadResult.wouldBlock
                 _ = link.appendData(id: client.id, kind: kind, maxPayload: limit) { buffer in
                     outcome = output.read(index, into: buffer)
-                    if case .bytes(let n) = outcome { return n }
+                    if case .bytes(let n) = outcome {
+                        tap?.sessionOutput(self, kind: kind, UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+                        return n
+                    }
                     return -1
                 }
                 guard case .bytes(let n) = outcome else {

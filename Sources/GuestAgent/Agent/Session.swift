@@ -45,6 +45,8 @@ final class Session {
     static let maxWindowBytes = 64 << 20
 
     weak var owner: SessionOwner?
+    /// Sees the output and the end (named processes, readiness probes); nil for plain exec.
+    weak var tap: SessionTap?
     let loop: EventLoop
     let scratch: ScratchBuffer
     let described: Description
@@ -145,6 +147,7 @@ final class Session {
     private func becomeRunning() {
         phase = .running
         send(Started(pid: pid))
+        tap?.sessionStarted(self)
         if let timeoutMs = described.timeoutMs {
             timers.timeout = loop.schedule(after: .milliseconds(Int64(clamping: timeoutMs))) { [weak self] in self?.timedOut() }
         }
@@ -152,6 +155,7 @@ final class Session {
     }
 
     private func failToStart(_ failure: SpawnFailure) {
+        tap?.sessionFailedToStart(self, failure)
         send(failure.event, flags: .end)
         closeAllOutput()
         owner?.sessionCompleted(self)
@@ -179,6 +183,7 @@ final class Session {
         // Everything in the pipes now goes out before `exited`.
         for i in output.streams.indices where output.streams[i].isOpen { snapshot(i) }
         backlog.appendExited(exited)
+        tap?.sessionExited(self, exited)
         timers.cancelTimeout(on: loop)
         if output.anyOpen {
             timers.drain = loop.schedule(after: .milliseconds(Int64(clamping: described.drainMs))) { [weak self] in
@@ -335,7 +340,9 @@ final class Session {
     }
 
     func closeOutput(_ index: Int) {
+        let wasOpen = output.streams[index].isOpen
         output.close(index, leaderRunning: leaderRunning)
+        if wasOpen && output.allClosed { tap?.sessionOutputClosed(self) }
         // The pty master carries stdin too: nothing can be written once output ended.
         if isTerminal { stdin.outputEnded() }
     }

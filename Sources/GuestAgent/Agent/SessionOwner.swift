@@ -13,6 +13,20 @@ protocol SessionOwner: AnyObject {
     func sessionCompletedUnwatched(_ session: Session)
 }
 
+/// Sees a session's output as it is read, whoever watches, and how the session ended: what a
+/// named process keeps its log and readiness from (`Processes/`). A session with a tap keeps
+/// no backlog of its own while nobody watches (the tap holds the output).
+protocol SessionTap: AnyObject {
+    /// The exec happened (the report pipe closed): the program runs.
+    func sessionStarted(_ session: Session)
+    func sessionOutput(_ session: Session, kind: FrameKind, _ bytes: UnsafeRawBufferPointer)
+    /// The leader was reaped (output read before the exit came first).
+    func sessionExited(_ session: Session, _ exited: Exited)
+    func sessionFailedToStart(_ session: Session, _ failure: SpawnFailure)
+    /// Every output stream is closed: no more `sessionOutput`.
+    func sessionOutputClosed(_ session: Session)
+}
+
 /// The client watching a session: the link to the host, the id the client chose, and the
 /// flow control that lasts as long as that client watches.
 struct SessionClient {
