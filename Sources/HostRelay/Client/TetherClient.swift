@@ -49,7 +49,7 @@ public final class TetherClient: Sendable {
     /// Closes the connection; running non-detached sessions are killed by the relay.
     public func close() { current.withLock { $0?.close() } }
 
-    private func connection() async throws(TetherError) -> RelayConnection {
+    func connection() async throws(TetherError) -> RelayConnection {
         if let live = current.withLock({ $0.flatMap { $0.isClosed ? nil : $0 } }) { return live }
         let fresh = try await Retry(options, operation: "connect").run { () async throws(TetherError) -> RelayConnection in
             try await RelayConnection.open(options.socket, name: options.name, helloTimeout: options.helloTimeout, onNotice: options.onNotice)
@@ -179,7 +179,7 @@ public final class TetherClient: Sendable {
     }
 
     /// A request session answered by one reply (nil for a bare `done`).
-    private func request(kind: FrameKind, payload: [UInt8], operation: String, context: [String: String]) async throws(TetherError) -> Frame? {
+    func request(kind: FrameKind, payload: [UInt8], operation: String, context: [String: String]) async throws(TetherError) -> Frame? {
         try await Retry(options, operation: operation).run { () async throws(TetherError) -> Frame? in
             let channel = try await connection().startSession(kind: kind, payload: payload, operation: operation, context: context)
             var reply: Frame?

@@ -9,7 +9,7 @@
 // | 0x51 | processReady       | reply, END       | `{process}`: started, and every condition held        |
 // | 0x52 | processFailed      | reply, END       | `{code, message, condition?, elapsedMs, exited?, tail, process}` |
 // | 0x53 | processList        | to agent, START  | `{name?}`                                             |
-// | 0x54 | processTable       | reply, END       | `{processes: [ProcessInfo]}`                          |
+// | 0x54 | processTable       | reply, END       | `{processes: [ProcessEntry]}`                          |
 // | 0x55 | processLogs        | to agent, START  | `{name, from?, tail?, follow?}`                       |
 // | 0x56 | processLogPosition | reply            | `{offset, droppedBytes}`: the next data byte's offset |
 // | 0x57 | processSignal      | to agent, START  | `{name, number}`; answered `done`                     |
@@ -162,7 +162,7 @@ public enum ProcessState: String, Hashable, Sendable, CaseIterable {
 }
 
 /// One named process, as `processTable`, `processReady` and `processEnded` report it.
-public struct ProcessInfo: Hashable, Sendable {
+public struct ProcessEntry: Hashable, Sendable {
     public var name: String
     /// The agent's number of its current (or last) exec session.
     public var session: UInt32
@@ -232,9 +232,9 @@ public struct ProcessInfo: Hashable, Sendable {
         logEnd = try r.optionalInteger("logEnd") ?? 0
     }
 
-    static func required(_ r: MessageReader, _ key: String) throws(MessageError) -> ProcessInfo {
+    static func required(_ r: MessageReader, _ key: String) throws(MessageError) -> ProcessEntry {
         guard let reader = try r.optionalReader(key) else { throw .missingKey(r.name(key)) }
-        return try ProcessInfo(from: reader)
+        return try ProcessEntry(from: reader)
     }
 }
 

@@ -62,10 +62,10 @@ public struct ProcessStart: Message {
 /// `processReady{process}` (END): the process runs and every condition held.
 public struct ProcessReady: Message {
     public static let kind = FrameKind.processReady
-    public var process: ProcessInfo
-    public init(process: ProcessInfo) { self.process = process }
+    public var process: ProcessEntry
+    public init(process: ProcessEntry) { self.process = process }
     public func encode(to map: inout CBORWriter.MapWriter) { map.entry("process") { w in process.encode(to: &w) } }
-    public init(from r: MessageReader) throws(MessageError) { process = try ProcessInfo.required(r, "process") }
+    public init(from r: MessageReader) throws(MessageError) { process = try ProcessEntry.required(r, "process") }
 }
 
 /// `processFailed{code, message, condition?, elapsedMs, exited?, tail, process}` (END): the
@@ -84,10 +84,10 @@ public struct ProcessFailed: Message {
     public var exited: Exited?
     /// The last `tailBytes` of the process's output (stdout and stderr, interleaved).
     public var tail: [UInt8]
-    public var process: ProcessInfo
+    public var process: ProcessEntry
 
     public init(code: ErrorCode, message: String, condition: String? = nil, elapsedMs: UInt64, exited: Exited? = nil,
-                tail: [UInt8], process: ProcessInfo) {
+                tail: [UInt8], process: ProcessEntry) {
         self.code = code
         self.message = message
         self.condition = condition
@@ -114,7 +114,7 @@ public struct ProcessFailed: Message {
         elapsedMs = try r.optionalInteger("elapsedMs") ?? 0
         exited = try r.optionalReader("exited").map { (e) throws(MessageError) in try Exited(from: e) }
         tail = try r.optionalByteString("tail") ?? []
-        process = try ProcessInfo.required(r, "process")
+        process = try ProcessEntry.required(r, "process")
     }
 }
 
@@ -130,8 +130,8 @@ public struct ProcessList: Message {
 /// `processTable{processes}` (END), sorted by name.
 public struct ProcessTable: Message {
     public static let kind = FrameKind.processTable
-    public var processes: [ProcessInfo]
-    public init(processes: [ProcessInfo]) { self.processes = processes }
+    public var processes: [ProcessEntry]
+    public init(processes: [ProcessEntry]) { self.processes = processes }
 
     public func encode(to map: inout CBORWriter.MapWriter) {
         map.entry("processes") { w in
@@ -144,7 +144,7 @@ public struct ProcessTable: Message {
         processes = []
         for item in try r.optionalArray("processes") ?? [] {
             guard case .map(let map) = item else { throw .wrongType(key: "processes", expected: "an array of maps", found: item.typeName) }
-            processes.append(try ProcessInfo(from: MessageReader(map, path: "processes")))
+            processes.append(try ProcessEntry(from: MessageReader(map, path: "processes")))
         }
     }
 }
@@ -237,10 +237,10 @@ public struct ProcessWait: Message {
 /// `processEnded{process}` (END).
 public struct ProcessEnded: Message {
     public static let kind = FrameKind.processEnded
-    public var process: ProcessInfo
-    public init(process: ProcessInfo) { self.process = process }
+    public var process: ProcessEntry
+    public init(process: ProcessEntry) { self.process = process }
     public func encode(to map: inout CBORWriter.MapWriter) { map.entry("process") { w in process.encode(to: &w) } }
-    public init(from r: MessageReader) throws(MessageError) { process = try ProcessInfo.required(r, "process") }
+    public init(from r: MessageReader) throws(MessageError) { process = try ProcessEntry.required(r, "process") }
 }
 
 /// `processRemove{name}` (START): forgets a process that will not run again, and its log; `done`.

@@ -83,8 +83,8 @@ final class ManagedProcess: SessionTap {
         session?.killGroup(signal)
     }
 
-    var info: ProcessInfo {
-        ProcessInfo(name: name, session: sessionNumber, pid: pid, state: state, argv: request.exec.argv.map(\.description),
+    var info: ProcessEntry {
+        ProcessEntry(name: name, session: sessionNumber, pid: pid, state: state, argv: request.exec.argv.map(\.description),
                     restarts: restarts, startedNs: startedNs, readyNs: readyNs, exited: exited,
                     logStart: log.start, logEnd: log.end)
     }
