@@ -17,6 +17,10 @@ import Testing
         .listSessions: ListSessions.self, .sessionList: SessionList.self, .attach: Attach.self,
         .attached: Attached.self, .detach: Detach.self, .detached: Detached.self,
         .logs: LogsRequest.self, .signalSession: SignalSession.self,
+        .processStart: ProcessStart.self, .processReady: ProcessReady.self, .processFailed: ProcessFailed.self,
+        .processList: ProcessList.self, .processTable: ProcessTable.self, .processLogs: ProcessLogs.self,
+        .processLogPosition: ProcessLogPosition.self, .processSignal: ProcessSignal.self, .processWait: ProcessWait.self,
+        .processEnded: ProcessEnded.self, .processRemove: ProcessRemove.self,
     ]
 
     struct Vector: CustomStringConvertible {

@@ -55,6 +55,23 @@ import TestSupport
         "msg-logs": LogsRequest(session: 12, follow: true),
         "msg-logs-empty": LogsRequest(),
         "msg-signalSession": SignalSession(session: 12, number: 9),
+        "msg-processStart": ProcessStart(name: "web", exec: ExecRequest(argv: ["httpd"], detach: true),
+                                         ready: Readiness(ports: [8080], logs: ["ready"]), waitTimeoutMs: 2000, maxRestarts: 2),
+        "msg-processReady": ProcessReady(process: ProcessEntry(name: "web", session: 3, pid: 77, state: .ready, argv: ["httpd"],
+                                                               restarts: 0, startedNs: 1, readyNs: 2, logEnd: 5)),
+        "msg-processFailed": ProcessFailed(code: .processExitedBeforeReady, message: "exited", elapsedMs: 12, exited: .code(3),
+                                           tail: Array("boom".utf8),
+                                           process: ProcessEntry(name: "web", session: 3, pid: 77, state: .failed, argv: [],
+                                                                 restarts: 0, startedNs: 1, exited: .code(3))),
+        "msg-processList": ProcessList(name: "web"),
+        "msg-processTable": ProcessTable(processes: []),
+        "msg-processLogs": ProcessLogs(name: "web", from: 4096, follow: true),
+        "msg-processLogPosition": ProcessLogPosition(offset: 4096, droppedBytes: 17),
+        "msg-processSignal": ProcessSignal(name: "web", number: 15),
+        "msg-processWait": ProcessWait(name: "web"),
+        "msg-processEnded": ProcessEnded(process: ProcessEntry(name: "web", session: 3, pid: 77, state: .exited, argv: [],
+                                                               restarts: 0, startedNs: 1, exited: .code(0))),
+        "msg-processRemove": ProcessRemove(name: "web"),
     ]
 
     @Test func swiftDecodesWhatCbor2Encoded() throws {

@@ -40,6 +40,34 @@ enum Samples {
         Detached(session: 5),
         LogsRequest(session: 12, follow: true), LogsRequest(),
         SignalSession(session: 12, number: 9),
+    ] + processMessages
+
+    static let sampleProcess = ProcessEntry(name: "web", session: 3, pid: 77, state: .ready, argv: ["httpd", "-f"], restarts: 1,
+                                            startedNs: 1_700_000_000_000_000_000, readyNs: 1_700_000_000_020_000_000,
+                                            exited: nil, logStart: 10, logEnd: 4096)
+
+    /// The background-process kinds (0x50-0x5F).
+    static let processMessages: [any Message] = [
+        ProcessStart(name: "web", exec: ExecRequest(argv: ["httpd", "-f", "-p", "8080"], detach: true),
+                     ready: Readiness(ports: [8080], http: [HTTPProbe(host: "::1", port: 8080, path: "/health")],
+                                      logs: ["listening on [0-9]+"], files: ["/run/web.pid"], execs: [["/bin/sh", "-c", "true"]]),
+                     waitTimeoutMs: 2000, logBytes: 1 << 20, maxRestarts: 2),
+        ProcessStart(name: "sleeper", exec: ExecRequest(argv: ["sleep", "100"], detach: true)),
+        ProcessReady(process: sampleProcess),
+        ProcessFailed(code: .processExitedBeforeReady, message: "exited", condition: "port 8080", elapsedMs: 12,
+                      exited: .code(3), tail: Array("boom\n".utf8), process: sampleProcess),
+        ProcessFailed(code: .processReadyTimeout, message: "not ready", condition: "log /x/", elapsedMs: 2001, tail: [],
+                      process: sampleProcess),
+        ProcessList(), ProcessList(name: "web"),
+        ProcessTable(processes: [sampleProcess, ProcessEntry(name: "db", session: 4, pid: 80, state: .killed, argv: [], restarts: 0,
+                                                             startedNs: 5, exited: .signal(15))]),
+        ProcessTable(processes: []),
+        ProcessLogs(name: "web", from: 4096, follow: true), ProcessLogs(name: "web", tail: 1024),
+        ProcessLogPosition(offset: 4096, droppedBytes: 17),
+        ProcessSignal(name: "web", number: 15),
+        ProcessWait(name: "web"),
+        ProcessEnded(process: sampleProcess),
+        ProcessRemove(name: "web"),
     ]
 
     /// Every known kind has at least one sample (data kinds are raw bytes, not messages).

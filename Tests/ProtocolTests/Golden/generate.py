@@ -21,6 +21,9 @@ KINDS = {
     "signal": 0x1A, "kill": 0x1B, "ack": 0x1C,
     "listSessions": 0x20, "sessionList": 0x21, "attach": 0x22, "attached": 0x23,
     "detach": 0x24, "detached": 0x25, "logs": 0x26, "signalSession": 0x27,
+    "processStart": 0x50, "processReady": 0x51, "processFailed": 0x52, "processList": 0x53,
+    "processTable": 0x54, "processLogs": 0x55, "processLogPosition": 0x56, "processSignal": 0x57,
+    "processWait": 0x58, "processEnded": 0x59, "processRemove": 0x5A,
 }
 FLAGS = {"end": 0x01, "start": 0x02}
 DATA = {"stdout", "stderr", "stdin"}
@@ -118,6 +121,47 @@ VECTORS = [
     v("logs-follow", "logs", 7, ["start"], {"session": 12, "follow": True}),
     v("logs-all", "logs", 7, ["start"], {"follow": False}),
     v("signalSession", "signalSession", 8, ["start"], {"session": 12, "number": 9}),
+    # background processes
+    v("processStart-full", "processStart", 10, ["start"], {
+        "name": "web",
+        "exec": {"argv": ["httpd", "-f", "-p", "8080"], "stdin": "none", "killGraceMs": 2000, "drainMs": 250,
+                 "detach": True},
+        "ready": {"ports": [8080], "http": [{"host": "127.0.0.1", "port": 8080, "path": "/health"}],
+                  "logs": ["listening on [0-9]+"], "files": ["/run/web.pid"], "execs": [["/bin/sh", "-c", "true"]]},
+        "waitTimeoutMs": 2000, "logBytes": 4194304, "restart": {"maxRestarts": 2}}),
+    v("processStart-minimal", "processStart", 11, ["start"], {
+        "name": "sleeper",
+        "exec": {"argv": ["sleep", "100"], "stdin": "none", "killGraceMs": 2000, "drainMs": 250, "detach": True},
+        "waitTimeoutMs": 60000, "logBytes": 4194304}),
+    v("processReady", "processReady", 10, ["end"], {"process": {
+        "name": "web", "session": 3, "pid": 77, "state": "ready", "argv": ["httpd", "-f", "-p", "8080"],
+        "restarts": 0, "startedNs": 1700000000000000000, "readyNs": 1700000000020000000,
+        "logStart": 0, "logEnd": 120}}),
+    v("processFailed-exitedBeforeReady", "processFailed", 10, ["end"], {
+        "code": "processExitedBeforeReady", "message": "'web' exited with code 3 before it was ready",
+        "condition": "port 8080", "elapsedMs": 12, "exited": {"code": 3, "coreDumped": False},
+        "tail": b("626f6f6d0a"),
+        "process": {"name": "web", "session": 3, "pid": 77, "state": "failed", "argv": ["sh"], "restarts": 0,
+                    "startedNs": 1, "exited": {"code": 3, "coreDumped": False}, "logStart": 0, "logEnd": 5}}),
+    v("processFailed-readyTimeout", "processFailed", 10, ["end"], {
+        "code": "processReadyTimeout", "message": "'web' was not ready after 2001 ms: port 8080 did not hold",
+        "condition": "port 8080", "elapsedMs": 2001, "tail": b(""),
+        "process": {"name": "web", "session": 3, "pid": 77, "state": "running", "argv": ["sleep", "100"],
+                    "restarts": 0, "startedNs": 1, "logStart": 0, "logEnd": 0}}),
+    v("processList", "processList", 12, ["start"], {}),
+    v("processList-one", "processList", 12, ["start"], {"name": "web"}),
+    v("processTable", "processTable", 12, ["end"], {"processes": [
+        {"name": "db", "session": 4, "pid": 80, "state": "killed", "argv": ["postgres"], "restarts": 2,
+         "startedNs": 5, "exited": {"signal": 15, "coreDumped": False}, "logStart": 100, "logEnd": 4194404}]}),
+    v("processLogs-from", "processLogs", 13, ["start"], {"name": "web", "from": 4096, "follow": True}),
+    v("processLogs-tail", "processLogs", 13, ["start"], {"name": "web", "tail": 1024, "follow": False}),
+    v("processLogPosition", "processLogPosition", 13, [], {"offset": 4096, "droppedBytes": 0}),
+    v("processSignal", "processSignal", 14, ["start"], {"name": "web", "number": 15}),
+    v("processWait", "processWait", 15, ["start"], {"name": "web"}),
+    v("processEnded", "processEnded", 15, ["end"], {"process": {
+        "name": "web", "session": 3, "pid": 77, "state": "exited", "argv": ["true"], "restarts": 0, "startedNs": 1,
+        "exited": {"code": 0, "coreDumped": False}, "logStart": 0, "logEnd": 0}}),
+    v("processRemove", "processRemove", 16, ["start"], {"name": "web"}),
 ]
 
 

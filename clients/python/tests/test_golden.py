@@ -131,6 +131,26 @@ def typed_payload(kind: str, m: dict[str, Any]) -> bytes:
         return p.logs(m.get("session"), m["follow"])
     if kind == "signalSession":
         return p.signal_session(m["session"], m["number"])
+    if kind == "processStart":
+        return p.process_start(m["name"], m["exec"], m.get("ready"), m["waitTimeoutMs"], m["logBytes"],
+                               (m.get("restart") or {}).get("maxRestarts"))
+    if kind == "processList":
+        return p.process_list(m.get("name"))
+    if kind == "processLogs":
+        return p.process_logs(m["name"], m.get("from"), m.get("tail"), m["follow"])
+    if kind == "processSignal":
+        return p.process_signal(m["name"], m["number"])
+    if kind in ("processWait", "processRemove"):
+        return p.process_named(m["name"])
+    if kind in ("processReady", "processEnded"):
+        return p.process_ready(m["process"])
+    if kind == "processFailed":
+        return p.process_failed(m["code"], m["message"], m.get("condition"), m["elapsedMs"], m.get("exited"), m["tail"],
+                                m["process"])
+    if kind == "processTable":
+        return p.process_table(m["processes"])
+    if kind == "processLogPosition":
+        return p.process_log_position(m["offset"], m["droppedBytes"])
     raise AssertionError("no builder for %s" % kind)
 
 

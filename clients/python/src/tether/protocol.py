@@ -41,6 +41,9 @@ KINDS: dict[str, int] = {
     "signal": 0x1A, "kill": 0x1B, "ack": 0x1C,
     "listSessions": 0x20, "sessionList": 0x21, "attach": 0x22, "attached": 0x23,
     "detach": 0x24, "detached": 0x25, "logs": 0x26, "signalSession": 0x27,
+    "processStart": 0x50, "processReady": 0x51, "processFailed": 0x52, "processList": 0x53,
+    "processTable": 0x54, "processLogs": 0x55, "processLogPosition": 0x56, "processSignal": 0x57,
+    "processWait": 0x58, "processEnded": 0x59, "processRemove": 0x5A,
 }
 KIND_NAMES: dict[int, str] = {code: name for name, code in KINDS.items()}
 #: Kinds whose payload is raw bytes instead of one CBOR map.
@@ -51,6 +54,8 @@ EXEC, STARTED, STDOUT, STDERR, STDIN, STDIN_ERROR = 0x10, 0x11, 0x12, 0x13, 0x14
 EXITED, DONE, FAILED, RESIZE, SIGNAL, KILL, ACK = 0x16, 0x17, 0x18, 0x19, 0x1A, 0x1B, 0x1C
 LIST_SESSIONS, SESSION_LIST, ATTACH, ATTACHED, DETACH, DETACHED = 0x20, 0x21, 0x22, 0x23, 0x24, 0x25
 LOGS, SIGNAL_SESSION = 0x26, 0x27
+PROCESS_START, PROCESS_READY, PROCESS_FAILED, PROCESS_LIST, PROCESS_TABLE = 0x50, 0x51, 0x52, 0x53, 0x54
+PROCESS_LOGS, PROCESS_LOG_POSITION, PROCESS_SIGNAL, PROCESS_WAIT, PROCESS_ENDED, PROCESS_REMOVE = 0x55, 0x56, 0x57, 0x58, 0x59, 0x5A
 
 _HEADER = struct.Struct(">IIBB")
 
@@ -240,6 +245,58 @@ def logs(session: Optional[int] = None, follow: bool = False) -> bytes:
 
 def signal_session(session: int, number: int) -> bytes:
     return encode_message({"session": session, "number": number})
+
+
+# MARK: background processes (proc/1)
+
+def process_start(name: str, exec_: Mapping[str, Any], ready: Optional[Mapping[str, Any]] = None,
+                  wait_timeout_ms: int = 60000, log_bytes: int = 4 << 20, max_restarts: Optional[int] = None) -> bytes:
+    """``processStart``: ``exec_`` is an exec map (as ``exec_request`` writes it, decoded); ``ready`` may hold
+    ports, http ({host, port, path}), logs, files and execs."""
+    return encode_message({"name": name, "exec": dict(exec_), "ready": dict(ready) if ready else None,
+                           "waitTimeoutMs": wait_timeout_ms, "logBytes": log_bytes,
+                           "restart": None if max_restarts is None else {"maxRestarts": max_restarts}})
+
+
+def process_list(name: Optional[str] = None) -> bytes:
+    return encode_message({"name": name})
+
+
+def process_logs(name: str, from_: Optional[int] = None, tail: Optional[int] = None, follow: bool = False) -> bytes:
+    return encode_message({"name": name, "from": from_, "tail": tail, "follow": follow})
+
+
+def process_signal(name: str, number: int) -> bytes:
+    return encode_message({"name": name, "number": number})
+
+
+def process_named(name: str) -> bytes:
+    """The payload of processWait and processRemove."""
+    return encode_message({"name": name})
+
+
+def _process_entry(p: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("name", "session", "pid", "state", "argv", "restarts", "startedNs", "readyNs", "exited", "logStart", "logEnd")
+    return {key: p[key] for key in keys if p.get(key) is not None}
+
+
+def process_ready(process: Mapping[str, Any]) -> bytes:
+    """processReady, and processEnded (the same map)."""
+    return encode_message({"process": _process_entry(process)})
+
+
+def process_failed(code: str, message: str, condition: Optional[str], elapsed_ms: int,
+                   exited: Optional[Mapping[str, Any]], tail: bytes, process: Mapping[str, Any]) -> bytes:
+    return encode_message({"code": code, "message": message, "condition": condition, "elapsedMs": elapsed_ms,
+                           "exited": exited, "tail": tail, "process": _process_entry(process)})
+
+
+def process_table(processes: Iterable[Mapping[str, Any]]) -> bytes:
+    return encode_message({"processes": [_process_entry(p) for p in processes]})
+
+
+def process_log_position(offset: int, dropped_bytes: int = 0) -> bytes:
+    return encode_message({"offset": offset, "droppedBytes": dropped_bytes})
 
 
 # MARK: payloads a server sends (for tests and tools that serve the protocol)
