@@ -1,0 +1,119 @@
+import Testing
+import TetherProtocol
+@testable import TetherAgent
+
+/// The pieces of a named process the agent keeps without any I/O: the log ring with absolute
+/// offsets and stream tags, the line splitter, the regcomp(3) patterns and the HTTP status line.
+@Suite struct ProcessLogTests {
+    /// Everything from `offset` to the end, as (stream, text) runs.
+    func read(_ log: ProcessLog, from offset: UInt64, limit: Int = 1 << 20) -> [(FrameKind, String)] {
+        var runs: [(FrameKind, String)] = []
+        var position = offset
+        while position < log.end {
+            let n = log.withRun(at: position, limit: limit) { kind, bytes in
+                runs.append((kind, String(decoding: bytes, as: UTF8.self)))
+                return bytes.count
+            }
+            position += UInt64(n)
+        }
+        return runs
+    }
+
+    func append(_ log: inout ProcessLog, _ kind: FrameKind, _ text: String) {
+        Array(text.utf8).withUnsafeBytes { log.append(kind: kind, $0) }
+    }
+
+    @Test func offsetsCountEveryByteAndRunsKeepTheirStream() {
+        var log = ProcessLog(capacity: 1024)
+        append(&log, .stdout, "out1 ")
+        append(&log, .stdout, "out2 ")
+        append(&log, .stderr, "err ")
+        append(&log, .stdout, "out3")
+        #expect(log.start == 0 && log.end == 18)
+        let runs = read(log, from: 0)
+        #expect(runs.map(\.0) == [.stdout, .stderr, .stdout])
+        #expect(runs.map(\.1) == ["out1 out2 ", "err ", "out3"])
+        // From the middle of a run: the rest of it, tagged with its stream.
+        #expect(read(log, from: 11).map(\.1) == ["rr ", "out3"])
+        #expect(read(log, from: 11).first?.0 == .stderr)
+        #expect(log.tail(6) == Array("r out3".utf8))
+    }
+
+    @Test func aFullRingDropsTheOldestBytesAndCountsThem() {
+        var log = ProcessLog(capacity: 10)
+        append(&log, .stdout, "0123456789")
+        append(&log, .stderr, "abcd")
+        #expect(log.start == 4 && log.end == 14 && log.droppedBytes == 4)
+        let runs = read(log, from: 4)
+        #expect(runs.map(\.1) == ["456789", "abcd"], "\(runs)")
+        #expect(runs.map(\.0) == [.stdout, .stderr])
+        // A write larger than the ring keeps only its last bytes; every offset still counts.
+        append(&log, .stdout, String(repeating: "x", count: 25) + "END")
+        #expect(log.end == 42 && log.start == 32)
+        // (The ring's storage ends inside this run: it comes in two pieces.)
+        #expect(read(log, from: 32).map(\.1).joined() == String(repeating: "x", count: 7) + "END")
+        #expect(read(log, from: 32).allSatisfy { $0.0 == .stdout })
+    }
+
+    /// The ring wraps around its storage: a run is handed out in at most two pieces, and a
+    /// reader that resumes at the offset after its last byte gets each byte exactly once.
+    @Test func readersResumingAtTheirOffsetSeeEveryByteOnce() {
+        var log = ProcessLog(capacity: 64)
+        var written: [UInt8] = []
+        var seen: [UInt8] = []
+        var next: UInt64 = 0
+        for i in 0..<500 {
+            let text = "line \(i)\n"
+            append(&log, i % 3 == 0 ? .stderr : .stdout, text)
+            written += Array(text.utf8)
+            if i % 2 == 0 {
+                while next < log.end {
+                    next += UInt64(log.withRun(at: next, limit: 7) { _, bytes in
+                        seen += bytes
+                        return bytes.count
+                    })
+                }
+            }
+        }
+        #expect(seen == Array(written.prefix(seen.count)))
+        #expect(seen.count >= written.count - 64)
+    }
+
+    @Test func streamChangesAreBoundedByDroppingOldBytes() {
+        var log = ProcessLog(capacity: ProcessLog.maxMarkers * 4)
+        for i in 0..<(ProcessLog.maxMarkers + 10) { append(&log, i % 2 == 0 ? .stdout : .stderr, "x") }
+        #expect(log.start == 10, "markers beyond the bound drop the bytes they mark")
+        #expect(read(log, from: log.start, limit: 1).count == ProcessLog.maxMarkers)
+    }
+
+    @Test func linesSplitAcrossWritesAreMatchedWhole() throws {
+        let pattern = try LogPattern("server ready on [0-9]+$")
+        var splitter = LineSplitter()
+        var matched: [String] = []
+        for piece in ["booting\nserver rea", "dy on 80", "80\r\nnext", " line\n"] {
+            Array(piece.utf8).withUnsafeBytes { raw in
+                splitter.feed(raw) { line in if pattern.matches(line) { matched.append(String(decoding: line, as: UTF8.self)) } }
+            }
+        }
+        #expect(matched == ["server ready on 8080"])
+        var last: [String] = []
+        Array("no newline at the end".utf8).withUnsafeBytes { raw in splitter.feed(raw) { _ in Issue.record("not a line yet") } }
+        splitter.finish { last.append(String(decoding: $0, as: UTF8.self)) }
+        #expect(last == ["no newline at the end"])
+    }
+
+    @Test func aBadExpressionIsRefusedWithRegerrorsWords() {
+        #expect(throws: RequestError.self) { _ = try LogPattern("unclosed [bracket") }
+        do { _ = try LogPattern("(") } catch {
+            #expect(error.code == .badPayload)
+            #expect(error.message.contains("'('"))
+        }
+    }
+
+    @Test func httpStatusLines() {
+        #expect(HTTPCheck.status(Array("HTTP/1.0 200 OK\r\n".utf8)) == 200)
+        #expect(HTTPCheck.status(Array("HTTP/1.1 302 Found\r\nLocation: /x\r\n".utf8)) == 302)
+        #expect(HTTPCheck.status(Array("HTTP/1.1 404".utf8)) == nil, "not a whole line yet")
+        #expect(HTTPCheck.status(Array("SSH-2.0-OpenSSH\r\n".utf8)) == 0, "not HTTP: not ready")
+    }
+}
