@@ -23,11 +23,16 @@ import cbor2
 KINDS = {"hello": 0x01, "error": 0x02, "ping": 0x03, "pong": 0x04, "shutdown": 0x05, "exec": 0x10,
          "started": 0x11, "stdinError": 0x15, "exited": 0x16, "done": 0x17, "failed": 0x18, "resize": 0x19,
          "signal": 0x1A, "kill": 0x1B, "ack": 0x1C, "listSessions": 0x20, "sessionList": 0x21,
-         "attach": 0x22, "attached": 0x23, "detach": 0x24, "detached": 0x25}
+         "attach": 0x22, "attached": 0x23, "detach": 0x24, "detached": 0x25,
+         "processStart": 0x50, "processReady": 0x51, "processFailed": 0x52, "processList": 0x53,
+         "processTable": 0x54, "processLogs": 0x55, "processLogPosition": 0x56, "processSignal": 0x57,
+         "processWait": 0x58, "processEnded": 0x59, "processRemove": 0x5A}
 # The order of `checks` in fuzz/targets/messages.swift.
 MESSAGE_ORDER = ["hello", "error", "ping", "pong", "shutdown", "exec", "started", "stdinError", "exited",
                  "done", "failed", "resize", "signal", "kill", "ack", "listSessions", "sessionList", "attach",
-                 "attached", "detach", "detached", "logs", "signalSession"]
+                 "attached", "detach", "detached", "logs", "signalSession",
+                 "processStart", "processReady", "processFailed", "processList", "processTable", "processLogs",
+                 "processLogPosition", "processSignal", "processWait", "processEnded", "processRemove"]
 START, END = 2, 1
 
 
@@ -52,6 +57,34 @@ def write(out, seeds):
 def exec_frame(session, argv, **keys):
     keys["argv"] = argv
     return frame(session, START, "exec", keys)
+
+
+def process_start(session, name, argv, **keys):
+    keys["name"] = name
+    keys["exec"] = {"argv": argv}
+    return frame(session, START, "processStart", keys)
+
+
+def process_streams():
+    """Background processes: start with every readiness condition, logs read and followed, signals,
+    waits and removals, and the refusals (bad names, bad expressions, a name in use)."""
+    named = lambda kind, session, **keys: frame(session, START, kind, keys)
+    return [
+        process_start(1, "echo", ["/bin/echo", "ready"], ready={"logs": ["^rea[d]y$"]}) + named("processList", 2)
+        + named("processLogs", 3, name="echo", follow=True) + frame(3, 0, "ack", {"bytes": 4096}) + frame(3, 0, "kill", {}),
+        process_start(1, "web", ["/bin/sleep", "5"], ready={"ports": [1], "files": ["/"], "http": [{"port": 1}],
+                                                         "execs": [["/bin/true"]]}, waitTimeoutMs=5)
+        + named("processSignal", 2, name="web", number=15) + named("processWait", 3, name="web"),
+        process_start(1, "flaky", ["/bin/sh", "-c", "echo x; exit 1"], restart={"maxRestarts": 1})
+        + named("processWait", 2, name="flaky") + named("processRemove", 3, name="flaky")
+        + named("processLogs", 4, name="flaky", tail=1),
+        process_start(1, "a", ["/bin/true"]) + process_start(2, "a", ["/bin/true"]) + named("processLogs", 3, name="a", **{"from": 99}),
+        process_start(1, "-bad", ["/bin/true"]) + process_start(2, "r", ["/bin/true"], ready={"logs": ["("]}),
+        process_start(1, "big", ["/bin/true"], logBytes=1) + process_start(2, "t", ["/bin/true"], tty={"rows": 1, "cols": 1}),
+        process_start(1, "gone", ["/nonexistent"]) + named("processRemove", 2, name="nobody")
+        + named("processSignal", 3, name="nobody", number=99),
+        frame(1, START, "processLogs", {"name": "x", "from": 1, "tail": 1}) + frame(2, START, "processStart", b"\xa0"),
+    ]
 
 
 def agent_streams():
@@ -79,7 +112,7 @@ def agent_streams():
         frame(0, 0, "shutdown", {"graceMs": 0}),
         struct.pack(">I", 5) + b"\x00" * 5,
         struct.pack(">I", (1 << 20) + 7),
-    ]
+    ] + process_streams()
 
 
 def relay_streams():

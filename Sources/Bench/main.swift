@@ -77,6 +77,9 @@ do {
     let stdinNs = try await TetherMeasurements.stdinThroughput(viaRelay, bytes: stdinBytes)
     let stdinMBps = megabytesPerSecond(bytes: stdinBytes, ns: stdinNs)
     report.value("stdin \(stdinBytes >> 20) MiB end to end (sha256 checked)", formatted(stdinMBps, decimals: 0) + " MB/s")
+    let readiness = try await ProcessReadiness.listenToReady(viaRelay, count: quick ? 20 : 100)
+    report.value("process start --wait-port: listen() to ready median", microseconds(readiness.median))
+    report.value("process start --wait-port: listen() to ready p99", microseconds(readiness.p99))
     viaRelay.close()
     let many = try await TetherMeasurements.concurrentSessions(socket: fixture.relaySocket, clients: clientCount, perClient: sessionsPerClient)
     report.value("\(clientCount * sessionsPerClient) concurrent sessions from \(clientCount) clients", formatted(Double(many.ns) / 1e6, decimals: 0) + " ms")
@@ -110,6 +113,7 @@ do {
     report.value("agent peak RSS", megabytes(bytes: streaming.peakKiB * 1024) + " (target <= 8 MB)")
     report.value("agent binary", megabytes(bytes: Int(agentStat.st_size)) + " (target <= 8 MB)")
     if let bootMedian { report.value("namespace boot to hello", microseconds(bootMedian) + " (target <= 50 ms)") }
+    report.value("listen() to process ready p50", microseconds(readiness.median) + " (target <= 50 ms)")
 } catch {
     report.failure("\(error)")
     exit(1)

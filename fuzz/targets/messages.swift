@@ -10,6 +10,10 @@ let checks: [([UInt8]) -> Void] = [
     { check(ListSessions.self, $0) }, { check(SessionList.self, $0) }, { check(Attach.self, $0) },
     { check(Attached.self, $0) }, { check(Detach.self, $0) }, { check(Detached.self, $0) },
     { check(LogsRequest.self, $0) }, { check(SignalSession.self, $0) },
+    { check(ProcessStart.self, $0) }, { check(ProcessReady.self, $0) }, { check(ProcessFailed.self, $0) },
+    { check(ProcessList.self, $0) }, { check(ProcessTable.self, $0) }, { check(ProcessLogs.self, $0) },
+    { check(ProcessLogPosition.self, $0) }, { check(ProcessSignal.self, $0) }, { check(ProcessWait.self, $0) },
+    { check(ProcessEnded.self, $0) }, { check(ProcessRemove.self, $0) },
 ]
 
 func check<M: Message>(_ type: M.Type, _ payload: [UInt8]) {

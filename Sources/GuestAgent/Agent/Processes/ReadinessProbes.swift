@@ -87,6 +87,16 @@ final class HTTPCheck {
         }
     }
 
+    /// An attempt still open when its watch goes (the agent stopped): the loop must not keep a
+    /// handler for an object that is gone, nor the process a socket nobody reads.
+    deinit {
+        if fd >= 0 {
+            if loop.isWatching(fd) { loop.unwatch(fd, "the HTTP readiness probe") }
+            _ = close(fd)
+        }
+        if let timer { loop.cancel(timer) }
+    }
+
     /// Abandons the attempt without reporting.
     func cancel() {
         onResult = nil

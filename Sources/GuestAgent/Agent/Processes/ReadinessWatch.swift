@@ -62,6 +62,8 @@ final class ReadinessWatch {
         self.runExec = runExec
     }
 
+    deinit { stop() }
+
     var isReady: Bool { !held.contains(false) }
     /// The first condition that has not held yet (for `processReadyTimeout`).
     var firstPending: Condition? { held.firstIndex(of: false).map { conditions[$0] } }
