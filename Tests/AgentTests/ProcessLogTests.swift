@@ -79,6 +79,21 @@ import TetherProtocol
         #expect(seen.count >= written.count - 64)
     }
 
+    /// The storage starts small and grows with the output; what it held before survives each growth.
+    @Test func theRingGrowsAsOutputComesUpToItsCapacity() {
+        var log = ProcessLog(capacity: 100_000)
+        var written: [UInt8] = []
+        for i in 0..<20_000 {
+            let text = "\(i) "
+            append(&log, i % 5 == 0 ? .stderr : .stdout, text)
+            written += Array(text.utf8)
+        }
+        #expect(log.end == UInt64(written.count) && written.count > 100_000)
+        #expect(log.start == UInt64(written.count - 100_000))
+        let held = read(log, from: log.start).map(\.1).joined()
+        #expect(held == String(decoding: written.suffix(100_000), as: UTF8.self))
+    }
+
     @Test func streamChangesAreBoundedByDroppingOldBytes() {
         var log = ProcessLog(capacity: ProcessLog.maxMarkers * 4)
         for i in 0..<(ProcessLog.maxMarkers + 10) { append(&log, i % 2 == 0 ? .stdout : .stderr, "x") }

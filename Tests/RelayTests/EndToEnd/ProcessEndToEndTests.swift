@@ -269,7 +269,8 @@ import TetherProtocol
     /// `tether start` and `tether proc ls|logs|kill|wait|rm` as a script uses them.
     @Test func theCLIStartsListsReadsKillsWaitsAndRemoves() throws {
         let live = try LiveRelay("proc-cli")
-        let start = try live.cli(["start", "--name", "svc", "--wait-log", "up", "--", "sh", "-c", "echo up; echo warn >&2; sleep 60"])
+        // The agent reads stdout and stderr as each is readable: the pause puts "up" in the log first.
+        let start = try live.cli(["start", "--name", "svc", "--wait-log", "warn", "--", "sh", "-c", "echo up; sleep 0.2; echo warn >&2; sleep 60"])
         #expect(start.status == 0 && start.stdout == "svc\n", "\(start)")
         let ls = try live.cli(["proc", "ls"])
         #expect(ls.stdout.split(separator: "\n").first?.hasPrefix("NAME ") == true, "\(ls)")

@@ -22,6 +22,8 @@ import TetherProtocol
 final class AgentProcesses: AgentSubsystem, ManagedProcessOwner {
     /// Named processes kept at most (running or ended and not removed).
     static let maxProcesses = 256
+    /// The logs of all processes together may grow to at most this (each grows as output comes).
+    static let maxTotalLogBytes: UInt64 = 256 << 20
     /// The first restart waits this long, each next one twice as long, up to `maxBackoff`.
     static let firstBackoff = Duration.milliseconds(100)
     static let maxBackoffMs: UInt64 = 5_000
@@ -140,6 +142,11 @@ final class AgentProcesses: AgentSubsystem, ManagedProcessOwner {
         }
         guard processes.count < Self.maxProcesses else {
             throw RequestError(.limitReached, "\(Self.maxProcesses) processes exist already; remove some (tether proc rm)")
+        }
+        let logTotal = processes.values.reduce(UInt64(0)) { $0 + UInt64($1.log.capacity) }
+        guard logTotal + request.logBytes <= Self.maxTotalLogBytes else {
+            throw RequestError(.limitReached, "the logs of all processes may hold \(Self.maxTotalLogBytes >> 20) MiB together; "
+                               + "\(logTotal >> 20) MiB are taken (remove ended processes, or ask for a smaller logBytes)")
         }
         guard request.exec.tty == nil else { throw RequestError(.badPayload, "processStart: exec.tty: a process has no terminal") }
         guard request.exec.stdin == .none else { throw RequestError(.badPayload, "processStart: exec.stdin: a process reads no stdin") }

@@ -13,8 +13,12 @@ struct ProcessLog {
     /// Stream changes kept at most: many tiny alternating stdout/stderr writes would otherwise
     /// cost a marker each; beyond this the oldest bytes go, as when the ring is full.
     static let maxMarkers = 65_536
+    /// The storage starts this small and doubles as output comes, up to `capacity`: a quiet
+    /// process costs the agent kilobytes, not its whole ring.
+    static let initialStorageBytes = 16 << 10
 
     let capacity: Int
+    /// Byte `offset` lives at `offset % ring.count`.
     private var ring: [UInt8]
     /// Offset of the oldest byte held, and the offset the next byte will get.
     private(set) var start: UInt64 = 0
@@ -24,7 +28,20 @@ struct ProcessLog {
 
     init(capacity: Int) {
         self.capacity = max(1, capacity)
-        ring = [UInt8](repeating: 0, count: self.capacity)
+        ring = [UInt8](repeating: 0, count: min(self.capacity, Self.initialStorageBytes))
+    }
+
+    /// Grows the storage (doubling, at most to `capacity`) so that `incoming` more bytes fit
+    /// beside what is held; every held byte moves to its place in the larger ring.
+    private mutating func makeRoom(for incoming: Int) {
+        let wanted = min(capacity, Int(end - start) + incoming)
+        guard wanted > ring.count else { return }
+        var size = ring.count
+        while size < wanted { size = min(capacity, size * 2) }
+        let held = tail(Int(end - start))
+        var grown = [UInt8](repeating: 0, count: size)
+        for (i, byte) in held.enumerated() { grown[Int((start + UInt64(i)) % UInt64(size))] = byte }
+        ring = grown
     }
 
     var isEmpty: Bool { start == end }
@@ -35,15 +52,17 @@ struct ProcessLog {
         if markers.isEmpty || markers[markers.count - 1].kind != kind { markers.append((end, kind)) }
         // Only the last `capacity` bytes of a huge write can stay.
         let kept = bytes.count > capacity ? UnsafeRawBufferPointer(rebasing: bytes[(bytes.count - capacity)...]) : bytes
+        makeRoom(for: kept.count)
+        let size = ring.count
         let skipped = UInt64(bytes.count - kept.count)
-        var position = Int((end + skipped) % UInt64(capacity))
+        var position = Int((end + skipped) % UInt64(size))
         var copied = 0
         ring.withUnsafeMutableBytes { storage in
             while copied < kept.count {
-                let n = min(kept.count - copied, capacity - position)
+                let n = min(kept.count - copied, size - position)
                 storage.baseAddress!.advanced(by: position).copyMemory(from: kept.baseAddress!.advanced(by: copied), byteCount: n)
                 copied += n
-                position = (position + n) % capacity
+                position = (position + n) % size
             }
         }
         end += UInt64(bytes.count)
@@ -63,8 +82,8 @@ struct ProcessLog {
         precondition(offset >= start && offset < end, "offset outside the log")
         let index = markerIndex(containing: offset)
         let runEnd = index + 1 < markers.count ? markers[index + 1].offset : end
-        let position = Int(offset % UInt64(capacity))
-        let count = min(limit, Int(runEnd - offset), capacity - position)
+        let position = Int(offset % UInt64(ring.count))
+        let count = min(limit, Int(runEnd - offset), ring.count - position)
         return ring.withUnsafeBytes { storage in
             body(markers[index].kind, UnsafeRawBufferPointer(rebasing: storage[position..<(position + count)]))
         }
