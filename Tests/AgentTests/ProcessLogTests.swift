@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CSys
 import Testing
 import TetherProtocol
 @testable import TetherAgent
@@ -130,5 +134,42 @@ import TetherProtocol
         #expect(HTTPCheck.status(Array("HTTP/1.1 302 Found\r\nLocation: /x\r\n".utf8)) == 302)
         #expect(HTTPCheck.status(Array("HTTP/1.1 404".utf8)) == nil, "not a whole line yet")
         #expect(HTTPCheck.status(Array("SSH-2.0-OpenSSH\r\n".utf8)) == 0, "not HTTP: not ready")
+    }
+
+    /// A listener this test opens (IPv4 loopback, then IPv6 any) is seen by sock_diag and by the
+    /// /proc tables alike, and is gone from both once closed.
+    @Test func listeningPortsAreSeenThroughSockDiagAndProc() throws {
+        for family in [AF_INET, AF_INET6] {
+            let fd = socket(family, Int32(SOCK_STREAM.rawValue), 0)
+            try #require(fd >= 0)
+            var port: UInt16 = 0
+            if family == AF_INET {
+                var address = sockaddr_in()
+                address.sin_family = sa_family_t(AF_INET)
+                address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+                var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+                _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+                _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+                port = UInt16(bigEndian: address.sin_port)
+            } else {
+                var address = sockaddr_in6()
+                address.sin6_family = sa_family_t(AF_INET6)
+                var length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+                guard withUnsafeMutablePointer(to: &address, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }) == 0 else {
+                    close(fd)
+                    continue   // no IPv6 on this host
+                }
+                _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+                port = UInt16(bigEndian: address.sin6_port)
+            }
+            #expect(!ReadinessProbes.isListening(port: port), "bound is not listening")
+            #expect(listen(fd, 1) == 0)
+            #expect(csys_tcp_port_listening(port) == 1, "sock_diag, family \(family)")
+            #expect(ReadinessProbes.isListeningInProcTables(port: port), "/proc/net, family \(family)")
+            #expect(ReadinessProbes.isListening(port: port))
+            close(fd)
+            #expect(csys_tcp_port_listening(port) == 0)
+            #expect(!ReadinessProbes.isListeningInProcTables(port: port))
+        }
     }
 }

@@ -12,11 +12,21 @@ import TetherProtocol
 enum ReadinessProbes {
     /// Whether some TCP socket listens on `port`, on any local address, IPv4 or IPv6.
     ///
-    /// Read from /proc/net/tcp and /proc/net/tcp6 rather than by connecting: a connection is
-    /// seen by the program (a server that accepts one client, like `nc -l`, would take the probe
-    /// as its client and exit; others log it), while the kernel's socket table is not. The
-    /// table is the reading task's network namespace, which the process shares with the agent.
+    /// Asked of the kernel's socket tables, not by connecting: a connection is seen by the
+    /// program (a server that takes one client, like `nc -l`, would take the probe as its client
+    /// and exit; others log it), the tables are not. First through sock_diag(7) restricted to
+    /// LISTEN (`csys_tcp_port_listening`: the kernel walks only its listening hash, microseconds),
+    /// else from /proc/net/tcp and tcp6 (which walk every bucket of the established hash:
+    /// milliseconds on a host with much memory). Either reads the agent's network namespace,
+    /// which the process shares.
     static func isListening(port: UInt16) -> Bool {
+        let asked = csys_tcp_port_listening(port)
+        if asked >= 0 { return asked == 1 }
+        return tableListens("/proc/net/tcp", port: port) || tableListens("/proc/net/tcp6", port: port)
+    }
+
+    /// The /proc fallback, also what tests compare the netlink answer with.
+    static func isListeningInProcTables(port: UInt16) -> Bool {
         tableListens("/proc/net/tcp", port: port) || tableListens("/proc/net/tcp6", port: port)
     }
 
