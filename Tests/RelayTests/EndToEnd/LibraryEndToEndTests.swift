@@ -89,7 +89,9 @@ import TetherProtocol
         #expect(badCwd?.spawn?.errno == ENOENT)
 
         let user = await failure(["true"], ExecOptions(user: "no-such-user-xyz"))
-        #expect(user?.spawn?.kind == .userNotFound)
+        #expect(user?.spawn?.kind == .userSetupFailed)
+        #expect(user?.spawn?.stage == .user)
+        #expect(user?.message.contains("no-such-user-xyz") == true, "\(String(describing: user))")
 
         // One argument longer than the kernel takes (MAX_ARG_STRLEN, 128 KiB).
         let huge = await failure(["echo", String(repeating: "x", count: 200_000)])
