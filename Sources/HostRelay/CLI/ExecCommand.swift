@@ -40,7 +40,7 @@ enum ExecCommand: Command {
                                 (`tether attach N` picks it up; output until then is printed)
         \(seccompHelpLines)
         \(RelayTarget.helpLines)
-          -h, --help            this text
+        \(TetherCLI.commonHelpLines)
 
         SIGINT, SIGTERM and SIGHUP sent to tether go to the command's process group; with a
         terminal in raw mode they end tether (and the command with it).
@@ -172,7 +172,7 @@ enum ExecCommand: Command {
                 }
             }
             guard let status = try await streamSession(handle) else {
-                writeStandardError(ErrorBlock.render(message: "exec: the session ended without an exit status", hint: nil))
+                ErrorBlock.report(TetherError(.protocolError, "the session ended without an exit status", operation: "exec"), operation: "exec")
                 return CLIExit.tetherFailed
             }
             return CLIExit.status(status, timeout: exec.timeout.map { Duration.describe(milliseconds: $0.milliseconds) })
