@@ -70,7 +70,7 @@ let package = Package(
         .testTarget(name: "RelayTests", dependencies: ["TetherRelay", "TetherClient", "TestSupport"],
                     path: "Tests/RelayTests"),
         // The CLI's own logic (argument parsing, detach keys), imported from the executable.
-        .testTarget(name: "CLITests", dependencies: ["tether"], path: "Tests/CLITests"),
+        .testTarget(name: "CLITests", dependencies: ["tether", "TetherSandbox"], path: "Tests/CLITests"),
         // Stub/ holds the C stub libkrun the krun tests compile with cc; Probes/ the static C
         // programs the confinement tests copy into sandboxes.
         .testTarget(name: "BootTests", dependencies: ["TetherBoot", "TetherClient", "TetherSandbox", "TestSupport"],

@@ -174,8 +174,7 @@ final class RelayConnection: Sendable {
                 // sessions stay). The client's next call opens a new connection.
                 end(TetherError(.remote(.agentUnresponsive),
                                 "the agent did not answer for \(Duration.describe(milliseconds: silence.milliseconds)) (limit \(Duration.describe(milliseconds: agentTimeout.milliseconds)))",
-                                operation: "connection", context: ["socket": address.description],
-                                suggestion: "the sandbox is frozen or overloaded: check it (tether ls, tether ping), or raise --agent-timeout"))
+                                operation: "connection", context: ["socket": address.description]))
             })
         }
         _ = loop.schedule(after: helloTimeout) { [self] in

@@ -188,7 +188,7 @@ public struct TetherError: Error, Sendable, Equatable, Codable, CustomStringConv
         case .timedOut: return "the relay or agent did not become ready in time; raise the retry budget or check the sandbox"
         case .remote(.agentNotReady): return "the sandbox is still starting or restarting; try again shortly"
         case .remote(.agentGone): return "the sandbox's agent went away (the VM stopped or crashed); check the sandbox and the relay's log"
-        case .remote(.agentUnresponsive): return "the sandbox is overloaded or frozen; check it, or wait and retry"
+        case .remote(.agentUnresponsive): return "the sandbox is overloaded or frozen; check it (tether ls, tether ping), wait and retry, or allow more time (--agent-timeout)"
         case .remote(.unknownSession): return "list sessions with `tether ps`"
         case .remote(.sessionInUse): return "only detached sessions that nobody watches can be attached"
         case .remote(.unsupported): return "use a client, relay and agent from the same release"
