@@ -8,6 +8,21 @@ import TestSupport
 /// `tether ps`, `kill`, `logs`, `ping`, `exec --detach` and `attach` through a real relay
 /// process to a real agent.
 @Suite(.serialized, .timeLimit(.minutes(3))) struct CLISessionTests {
+    /// A command line holding ESC and newlines is one escaped line of `tether ps`: the table
+    /// keeps its shape and nothing reaches the terminal raw.
+    @Test func psPrintsAControlCharacterCommandOnOneEscapedLine() throws {
+        let live = try LiveRelay("ps-escape")
+        let started = try live.cli(["exec", "--detach", "--", "sh", "-c", "sleep 1000 # \u{1B}[31mred\nsecond line"])
+        let number = try #require(UInt32(started.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), "\(started)")
+        let ps = try live.cli(["ps"])
+        #expect(!ps.stdout.contains("\u{1B}"), "\(ps)")
+        let lines = ps.stdout.split(separator: "\n")
+        #expect(lines.count == 2, "\(ps)")
+        let row = try #require(lines.first { $0.split(separator: " ").first == Substring(String(number)) }, "\(ps)")
+        #expect(row.hasSuffix(#"sh -c 'sleep 1000 # \e[31mred\nsecond line'"#), "\(row)")
+        _ = try live.cli(["kill", "--signal", "KILL", String(number)])
+    }
+
     @Test func detachPsKillAndAttach() throws {
         let live = try LiveRelay()
         let started = try live.cli(["exec", "--detach", "--", "sh", "-c", "sleep 0.2; echo later; sleep 1000"])
