@@ -129,5 +129,5 @@ public enum SandboxError: Error, Equatable, Sendable, CustomStringConvertible {
         }
     }
 
-    public var description: String { message + (hint.map { "\n-> " + $0 } ?? "") }
+    public var description: String { message + (hint.map { "\n  -> " + $0 } ?? "") }
 }
