@@ -33,6 +33,15 @@ import Testing
         #expect(!mentions("  --replace-grace D   the grace", "--replace"))
     }
 
+    @Test func jsonIsFoundAmongTheOptionsButNotInTheCommandToRun() {
+        #expect(TetherCLI.wantsJSONErrors(["--json", "--", "x"], command: ExecCommand.self))
+        #expect(TetherCLI.wantsJSONErrors(["-w", "/tmp", "--json", "--", "x"], command: ExecCommand.self))
+        #expect(!TetherCLI.wantsJSONErrors(["echo", "--json"], command: ExecCommand.self))
+        #expect(!TetherCLI.wantsJSONErrors(["--", "echo", "--json"], command: ExecCommand.self))
+        #expect(!TetherCLI.wantsJSONErrors(["sh", "--json"], command: RunCommand.self))
+        #expect(TetherCLI.wantsJSONErrors(["dev", "--json"], command: StopCommand.self))
+    }
+
     /// `name` as a word of the help text: followed by a space, comma, '=', ']' or the end of a
     /// line, so `--replace` is not found inside `--replace-grace`.
     func mentions(_ help: String, _ name: String) -> Bool {

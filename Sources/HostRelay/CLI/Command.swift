@@ -60,11 +60,19 @@ enum TetherCLI {
 
     /// Whether the command line asks for JSON errors: `--json` before the command, or among its
     /// options (before `--`, and before the command to run of exec, shell and run).
+    /// Option values are skipped by the command's table, so `-w DIR` is not taken for the
+    /// command to run; this is read before parsing, so that a usage mistake is JSON too.
     static func wantsJSONErrors(_ arguments: ArraySlice<String>, command: (any Command.Type)?) -> Bool {
-        for argument in arguments {
+        let takingValues = Set((command?.options ?? []).filter(\.takesValue).flatMap(\.names))
+        var rest = arguments
+        while let argument = rest.popFirst() {
             if argument == "--json" { return true }
             if argument == "--" { return false }
-            if command?.stopsAtFirstPositional == true && !argument.hasPrefix("-") { return false }
+            if takingValues.contains(argument) {
+                _ = rest.popFirst()
+            } else if command?.stopsAtFirstPositional == true && !argument.hasPrefix("-") {
+                return false
+            }
         }
         return false
     }
@@ -107,10 +115,10 @@ enum TetherCLI {
     }
 
     /// Parses, and handles `--help`: nil means help was printed.
-    static func parse(_ arguments: ArraySlice<String>, command: any Command.Type, options: [OptionSpec],
-                      stopAtFirstPositional: Bool = false) throws -> ParsedArguments? {
+    static func parse(_ arguments: ArraySlice<String>, command: any Command.Type, options: [OptionSpec]) throws -> ParsedArguments? {
         let parsed = try parseArguments(arguments, command: command.name, options: options + commonOptions,
-                                        stopAtFirstPositional: stopAtFirstPositional)
+                                        stopAtFirstPositional: command.stopsAtFirstPositional)
+        if parsed.has("json") { ErrorBlock.json = true }
         if parsed.has("help") {
             writeStandardOutput(command.help)
             return nil

@@ -52,6 +52,7 @@ enum ExecCommand: Command {
 
         """
 
+    static let stopsAtFirstPositional = true
     static let options: [OptionSpec] = [
         OptionSpec("-e", "--env", value: true), OptionSpec("-w", "--workdir", value: true),
         OptionSpec("-u", "--user", value: true), OptionSpec("--timeout", value: true),
@@ -62,7 +63,7 @@ enum ExecCommand: Command {
 
     static func run(_ arguments: ArraySlice<String>) -> Int32 {
         TetherCLI.guarded(name, .program) {
-            guard let parsed = try TetherCLI.parse(arguments, command: self, options: options, stopAtFirstPositional: true) else {
+            guard let parsed = try TetherCLI.parse(arguments, command: self, options: options) else {
                 return 0
             }
             guard !parsed.positionals.isEmpty else { throw UsageError(message: "no command to run", command: name) }

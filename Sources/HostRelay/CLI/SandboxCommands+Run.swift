@@ -31,7 +31,7 @@ enum RunCommand: Command {
 
     static func run(_ arguments: ArraySlice<String>) -> Int32 {
         TetherCLI.guarded(name, .program) {
-            guard let parsed = try TetherCLI.parse(arguments, command: self, options: options, stopAtFirstPositional: true) else {
+            guard let parsed = try TetherCLI.parse(arguments, command: self, options: options) else {
                 return 0
             }
             guard !parsed.positionals.isEmpty else { throw UsageError(message: "no command to run", command: name) }
