@@ -115,9 +115,11 @@ enum TetherCLI {
     }
 
     /// Parses, and handles `--help`: nil means help was printed.
-    static func parse(_ arguments: ArraySlice<String>, command: any Command.Type, options: [OptionSpec]) throws -> ParsedArguments? {
+    /// `stopAtFirstPositional` is the command's own `stopsAtFirstPositional` unless given.
+    static func parse(_ arguments: ArraySlice<String>, command: any Command.Type, options: [OptionSpec],
+                      stopAtFirstPositional: Bool? = nil) throws -> ParsedArguments? {
         let parsed = try parseArguments(arguments, command: command.name, options: options + commonOptions,
-                                        stopAtFirstPositional: command.stopsAtFirstPositional)
+                                        stopAtFirstPositional: stopAtFirstPositional ?? command.stopsAtFirstPositional)
         if parsed.has("json") { ErrorBlock.json = true }
         if parsed.has("help") {
             writeStandardOutput(command.help)

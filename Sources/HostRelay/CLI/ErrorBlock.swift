@@ -40,6 +40,11 @@ enum ErrorBlock {
         writeStandardError(LocalTerminal.isRaw ? text.replacingOccurrences(of: "\n", with: "\r\n") : text)
     }
 
+    /// The spellings commands used before `report`; each is the same one path.
+    static func print(_ error: TetherError) { report(error, operation: error.operation) }
+    static func print(_ error: CLIError) { report(error, operation: "tether") }
+    static func print(_ error: UsageError) { report(error, operation: error.command ?? "tether") }
+
     /// `tether: warning: TEXT`, with the hint on its own indented line. In raw terminal mode
     /// lines end in CR LF.
     static func warning(_ text: String, hint: String? = nil) {

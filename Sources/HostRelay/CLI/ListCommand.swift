@@ -18,7 +18,7 @@ enum ListCommand: Command {
         TetherCLI.guarded(name) {
             guard let parsed = try TetherCLI.parse(arguments, command: self, options: options) else { return 0 }
             guard parsed.positionals.isEmpty else { throw UsageError(message: "tether ls takes no arguments", command: name) }
-            let sandboxes = SandboxOptions().sandboxes
+            let sandboxes = SandboxCommands.sandboxes()
             do throws(SandboxError) { try sandboxes.home.check() } catch {
                 // No $TETHER_HOME yet: no sandboxes. Anything else about it is worth refusing.
                 guard case .unsafeState(let unsafe) = error, case .failed(_, let cause) = unsafe.problem, cause == .noEntry else {

@@ -21,6 +21,9 @@ enum SandboxCommands {
         OptionSpec("--seccomp", value: true),
     ]
 
+    /// The sandboxes of `$TETHER_HOME`, with the tools beside this executable.
+    static func sandboxes() -> Sandboxes { SandboxOptions().sandboxes }
+
     /// The library's options from `boot`'s and `run`'s command line.
     static func sandboxOptions(_ parsed: ParsedArguments, command: String) throws -> SandboxOptions {
         var options = SandboxOptions(name: parsed.value("name"))
@@ -183,7 +186,7 @@ enum StopCommand: Command {
             guard let parsed = try TetherCLI.parse(arguments, command: self, options: options) else { return 0 }
             let sandbox = try SandboxCommands.sandboxName(parsed, command: name)
             let grace = try parsed.value("grace").map { try parseDuration($0, option: "--grace", command: name) } ?? .seconds(10)
-            switch try Sandbox.stop(sandbox, grace: grace, sandboxes: SandboxOptions().sandboxes) {
+            switch try Sandbox.stop(sandbox, grace: grace, sandboxes: SandboxCommands.sandboxes()) {
             case .stopped(let exit):
                 writeStandardOutput("sandbox \(sandbox) stopped" + (exit.map { ": \($0)" } ?? "") + "\n")
             case .killed:
@@ -214,7 +217,7 @@ enum RemoveCommand: Command {
             guard let parsed = try TetherCLI.parse(arguments, command: self, options: options) else { return 0 }
             let sandbox = try SandboxCommands.sandboxName(parsed, command: name)
             let grace = try parsed.value("grace").map { try parseDuration($0, option: "--grace", command: name) } ?? .seconds(10)
-            try SandboxOptions().sandboxes.remove(sandbox, stopFirst: parsed.has("force"), graceMs: grace.milliseconds)
+            try SandboxCommands.sandboxes().remove(sandbox, stopFirst: parsed.has("force"), graceMs: grace.milliseconds)
             writeStandardOutput("sandbox \(sandbox) removed\n")
             return 0
         }

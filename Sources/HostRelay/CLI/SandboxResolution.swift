@@ -9,7 +9,7 @@ enum SandboxResolution {
             throw CLIError(message: "--sandbox: '\(name)' is not a sandbox name", hint: "see `tether ls`", exitStatus: CLIExit.usage,
                            code: "invalidName")
         }
-        let entry = SandboxOptions().sandboxes.entry(name)
+        let entry = SandboxCommands.sandboxes().entry(name)
         if let problem = entry.problem {
             throw CLIError(message: "sandbox \(name): \(problem.message)", hint: problem.hint ?? "see `tether ls`", exitStatus: CLIExit.tetherFailed,
                            code: problem.code)
