@@ -84,6 +84,13 @@ do {
     let afterLoad = try ResidentSet(pid: fixture.agent.processIdentifier)
     report.value("agent RSS after the concurrent sessions", mebibytes(kib: afterLoad.currentKiB))
 
+    // Last of the relay fixture's measurements: it freezes the agent (SIGSTOP) several times.
+    let agentTimeout = Duration.milliseconds(500)
+    let frozen = try await AgentTimeoutMeasurement.detection(socket: fixture.relaySocket, agentPid: fixture.agent.processIdentifier,
+                                                             timeout: agentTimeout, count: quick ? 3 : 10)
+    report.value("frozen agent reported (agentTimeout 500ms) median", microseconds(frozen.median))
+    report.value("frozen agent reported (agentTimeout 500ms) p99", microseconds(frozen.p99))
+
     var bootMedian: UInt64?
     do {
         let rootfs = try BootTiming.bundledRootfs(agent: binaries.agent)
@@ -110,6 +117,8 @@ do {
     report.value("agent peak RSS", megabytes(bytes: streaming.peakKiB * 1024) + " (target <= 8 MB)")
     report.value("agent binary", megabytes(bytes: Int(agentStat.st_size)) + " (target <= 8 MB)")
     if let bootMedian { report.value("namespace boot to hello", microseconds(bootMedian) + " (target <= 50 ms)") }
+    report.value("frozen agent reported / agentTimeout", formatted(Double(frozen.median) / Double(agentTimeout.nanoseconds), decimals: 2)
+                 + "x (design: just above 1x; the silence is counted from the agent's last frame, at most a ping interval before the freeze)")
 } catch {
     report.failure("\(error)")
     exit(1)

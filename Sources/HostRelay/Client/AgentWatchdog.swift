@@ -42,15 +42,17 @@ final class AgentWatchdog {
         watched.insert(id)
         if !ticking {
             ticking = true
-            schedule()
+            schedule(afterNs: pingIntervalNs)
         }
     }
 
     func unwatch(_ id: UInt32) { watched.remove(id) }
 
-    private func schedule() {
-        let tick = Duration.nanoseconds(Int64(max(timeoutNs / 4, 20_000_000)))
-        _ = loop.schedule(after: tick) { [weak self] in self?.tick() }
+    /// A quarter of the timeout (at least 20 ms): an answer is asked for four times per deadline.
+    private var pingIntervalNs: UInt64 { max(timeoutNs / 4, 20_000_000) }
+
+    private func schedule(afterNs delay: UInt64) {
+        _ = loop.schedule(after: .nanoseconds(Int64(clamping: delay))) { [weak self] in self?.tick() }
     }
 
     private func tick() {
@@ -67,6 +69,8 @@ final class AgentWatchdog {
         }
         sendPing(Ping(nonce: nextNonce))
         nextNonce = nextNonce == .max ? 1 << 63 : nextNonce + 1
-        schedule()
+        // The next look is at the next ping, or just after the deadline if that comes first,
+        // so a silent agent is reported at the deadline rather than up to a ping later.
+        schedule(afterNs: min(pingIntervalNs, timeoutNs - silentNs + 1_000_000))
     }
 }
