@@ -74,6 +74,17 @@ class TimedOutError(TetherError, builtins.TimeoutError):
     code = "timedOut"
 
 
+class ExecTimedOutError(TimedOutError):
+    """``exec``'s program ran past its ``timeout`` and the agent ended it: ``timeout`` is the
+    limit in seconds, ``output`` what it printed and how it ended (``context["timeoutMs"]`` and
+    ``context["stdoutTail"]`` say the same for logs)."""
+
+    def __init__(self, message: str, *, timeout: float, output: Any, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.timeout = timeout
+        self.output = output
+
+
 class ProtocolError(TetherError):
     """The peer sent something this client cannot read."""
     code = "protocolError"
