@@ -126,7 +126,7 @@ import Testing
     }
 
     @Test(.timeLimit(.minutes(5)))
-    func nameInUseIsAnErrorSuggestingReplaceAndReplaceStopsTheOldOne() throws {
+    func aNameConflictIsAnErrorSuggestingReplaceAndReplaceStopsTheOldOne() throws {
         try Fixtures.requireRoot()
         let rootfs = try Fixtures.busyboxRootfs()
         defer { cleanUp(["dup"]) }
