@@ -80,9 +80,7 @@ import Testing
         // The refused boot left the first one serving.
         #expect(try await first.shell("echo still").stdoutText == "still\n")
 
-        var replacing = options("lib-dup", rootfs: rootfs)
-        replacing.onConflict = .replace(grace: .seconds(2))
-        let second = try await Sandbox.boot(replacing)
+        let second = try await Sandbox.replace(options("lib-dup", rootfs: rootfs), grace: .seconds(2))
         #expect(second.state.supervisorPid != first.state.supervisorPid)
         #expect(!Fixtures.isRunning(first.state.supervisorPid))
         #expect(try await second.exec(["echo", "new"]).stdoutText == "new\n")

@@ -61,6 +61,14 @@ public final class Sandbox: Sendable {
         }
     }
 
+    /// Boots a sandbox under `options.name`, first stopping one that runs under that name
+    /// (shutdown, then SIGKILL after `grace`): `tether boot --replace --replace-grace`.
+    public static func replace(_ options: SandboxOptions, grace: Duration = .seconds(10)) async throws(SandboxError) -> Sandbox {
+        var replacing = options
+        replacing.onConflict = .replace(grace: grace)
+        return try await boot(replacing)
+    }
+
     /// Boots without connecting a client and returns what the supervisor recorded, blocking
     /// the calling thread meanwhile: `tether boot`, which leaves the sandbox to other clients.
     /// A sandbox whose relay did not start is still running (its state says why, in
