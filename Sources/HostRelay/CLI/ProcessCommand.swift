@@ -33,7 +33,8 @@ enum ProcCommand: Command {
         rm     forgets a process that will not run again, and its log
 
         Options:
-              --json            (ls) one JSON array instead of a table
+              --json            (ls) one JSON array instead of a table; for every action, an
+                                error is one JSON object on stderr
           -f, --follow          (logs) keep reading new output
               --from OFFSET     (logs) start at this byte offset
               --tail BYTES      (logs) start this many bytes before the end (64k, 1M, ...)
@@ -48,8 +49,9 @@ enum ProcCommand: Command {
 
         """
 
+    /// --json (ls as JSON) is one of `TetherCLI.commonOptions`.
     static let options: [OptionSpec] = [
-        OptionSpec("--json"), OptionSpec("-f", "--follow"), OptionSpec("--from", value: true), OptionSpec("--tail", value: true),
+        OptionSpec("-f", "--follow"), OptionSpec("--from", value: true), OptionSpec("--tail", value: true),
         OptionSpec("--print-offset"), OptionSpec("-s", "--signal", value: true),
     ] + RelayTarget.options
 

@@ -50,7 +50,7 @@ enum StartCommand: Command {
               --rlimit N=S[:H]  a resource limit (repeatable; see tether exec --help)
         \(seccompHelpLines)
         \(RelayTarget.helpLines)
-          -h, --help            this text
+        \(TetherCLI.commonHelpLines)
 
         Exit status: 0 when it is ready; 124 when the conditions did not hold within
         --wait-timeout (the process goes on); 127 when the program was not found, 126 when it
@@ -170,10 +170,12 @@ enum StartCommand: Command {
 
     /// The error block, with the process's last output below it rather than on one line.
     static func printNotReady(_ error: TetherError) {
+        // As JSON the tail stays in `context` (one object); as text it goes below the block.
+        if ErrorBlock.json { return ErrorBlock.print(error) }
         var shown = error
         let tail = shown.context.removeValue(forKey: "outputTail")
         ErrorBlock.print(shown)
-        guard let tail, !tail.isEmpty, ProcessInfo.processInfo.environment["TETHER_ERRORS"] != "json" else { return }
+        guard let tail, !tail.isEmpty, !ErrorBlock.json else { return }
         var text = "  its last output:\n"
         for line in tail.split(separator: "\n", omittingEmptySubsequences: false).dropLast(tail.hasSuffix("\n") ? 1 : 0) {
             text += "  | " + escapeControls(line) + "\n"
