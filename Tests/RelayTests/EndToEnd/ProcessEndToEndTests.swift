@@ -238,6 +238,37 @@ import TetherProtocol
         try await again.signal(SIGKILL)
     }
 
+    /// A follower gets every line as it is written and ends when the process has ended and
+    /// everything was sent; a reader of a full ring starts at the oldest byte held and is told
+    /// how much it missed.
+    @Test func followingEndsWithTheProcessAndDroppedOutputIsCounted() async throws {
+        let live = try LiveRelay("proc-follow")
+        let client = try await live.client()
+        defer { client.close() }
+        let counter = try await client.processes.start("counter", ["sh", "-c", "for i in 1 2 3 4 5; do echo line $i; sleep 0.05; done"])
+        try await counter.waitUntilReady()
+        var followed: [UInt8] = []
+        var next: UInt64 = 0
+        for try await chunk in try await counter.logs(follow: true) {
+            #expect(chunk.offset == next && chunk.droppedBefore == 0)
+            followed += chunk.bytes
+            next = chunk.nextOffset
+        }
+        #expect(String(decoding: followed, as: UTF8.self) == "line 1\nline 2\nline 3\nline 4\nline 5\n")
+        #expect(try await counter.info().state == .exited)
+
+        // 64 KiB through a 4 KiB log: the reader from 0 starts where the ring begins.
+        let flood = try await client.processes.start("flood", ["sh", "-c", "head -c 65536 /dev/zero | tr '\\0' x"], ExecOptions(),
+                                                     ProcessOptions(logBytes: 4096))
+        _ = try await flood.wait()
+        let chunks = try await Self.readLog(flood, from: 0)
+        let first = try #require(chunks.first)
+        #expect(first.offset == 65536 - 4096 && first.droppedBefore == 65536 - 4096, "\(first.offset) \(first.droppedBefore)")
+        #expect(chunks.flatMap(\.bytes) == Array(repeating: UInt8(ascii: "x"), count: 4096))
+        let info = try await flood.info()
+        #expect(info.logStart == 61440 && info.logEnd == 65536 && info.droppedBytes == 61440)
+    }
+
     @Test func restartOnFailureRestartsTwiceThenStaysFailed() async throws {
         let live = try LiveRelay("proc-restart")
         let client = try await live.client()
