@@ -216,6 +216,13 @@ final class AgentExec: AgentSubsystem, SessionOwner {
         onProgress()
     }
 
+    /// Ends the session `number` if it completed and waits, unread, for an attach: a named
+    /// process that is removed takes its finished runs with it.
+    func forgetUnread(_ number: UInt32) {
+        guard let session = sessions[number], unread.contains(where: { $0 === session }) else { return }
+        end(session)
+    }
+
     /// Ends every session (the agent stopped serving).
     func endAll() {
         for session in Array(sessions.values) { end(session) }

@@ -249,6 +249,7 @@ final class AgentProcesses: AgentSubsystem, ManagedProcessOwner {
             throw RequestError(.processRunning, "process '\(process.name)' is \(process.state.rawValue); stop it first (tether proc kill \(process.name))")
         }
         processes[process.name] = nil
+        for number in process.runSessions { exec.forgetUnread(number) }
         for (id, request) in requests {
             if case .logs(let reader) = request, reader.process === process { finish(id) }
         }

@@ -40,6 +40,8 @@ final class ManagedProcess: SessionTap {
     /// The current run's session (nil between runs); its number and pid stay for `info`.
     private(set) weak var session: Session?
     private(set) var sessionNumber: UInt32 = 0
+    /// The exec session of every run so far (the finished ones may wait, unread, for an attach).
+    private(set) var runSessions: [UInt32] = []
     private(set) var pid: Int32 = 0
     var watch: ReadinessWatch?
     /// The first condition that had not held when the last run ended (for `processFailed`).
@@ -67,6 +69,9 @@ final class ManagedProcess: SessionTap {
     func runStarted(_ session: Session) {
         self.session = session
         sessionNumber = session.number
+        runSessions.append(session.number)
+        // The agent keeps at most this many finished sessions anyway (AgentExec.maxUnreadSessions).
+        if runSessions.count > AgentExec.maxUnreadSessions { runSessions.removeFirst() }
         pid = session.pid
         outputClosed = false
         signalled = false
