@@ -12,8 +12,9 @@
 // | 0x38 | fsRead    | to server, START | -> `fsInfo`, `stdout` data (acked), `fsDone{bytes, sha256}` |
 // | 0x39 | fsWrite   | to server, START | then `stdin` data (acked by the server), END on the last  |
 // |      |           |                  | -> `fsDone{bytes, sha256}` once the file is in place      |
-// | 0x3A | fsArchive | reserved         | a directory as a tar stream (not served in fs/1)          |
-// | 0x3B | fsExtract | reserved         | a tar stream into a directory (not served in fs/1)        |
+// | 0x3A | fsArchive | to server, START | -> a directory as a tar stream in `stdout` data, `fsDone`  |
+// | 0x3B | fsExtract | to server, START | then a tar stream in `stdin` data, END on the last        |
+// |      |           |                  | -> `fsDone{bytes, sha256}` once every entry is in place   |
 // | 0x3C | fsWatch   | to server, START | -> `fsEvents` until the client's `kill`, then `fsDone`    |
 // | 0x3D | fsEvents  | from server      | `{events}`: a batch of inotify events, coalesced          |
 // | 0x3E | fsDone    | reply, END       | `{bytes?, sha256?}`                                       |
@@ -33,6 +34,8 @@ extension FrameKind {
     public static let fsSetattr = FrameKind(rawValue: 0x37)
     public static let fsRead = FrameKind(rawValue: 0x38)
     public static let fsWrite = FrameKind(rawValue: 0x39)
+    public static let fsArchive = FrameKind(rawValue: 0x3A)
+    public static let fsExtract = FrameKind(rawValue: 0x3B)
     public static let fsWatch = FrameKind(rawValue: 0x3C)
     public static let fsEvents = FrameKind(rawValue: 0x3D)
     public static let fsDone = FrameKind(rawValue: 0x3E)
@@ -40,7 +43,7 @@ extension FrameKind {
 
     static let fileKinds: [FrameKind] = [
         .fsStat, .fsInfo, .fsList, .fsEntries, .fsMkdir, .fsRemove, .fsRename, .fsSetattr, .fsRead, .fsWrite,
-        .fsWatch, .fsEvents, .fsDone, .fsError,
+        .fsArchive, .fsExtract, .fsWatch, .fsEvents, .fsDone, .fsError,
     ]
 
     var fileKindName: String? {
@@ -55,6 +58,8 @@ extension FrameKind {
         case .fsSetattr: "fsSetattr"
         case .fsRead: "fsRead"
         case .fsWrite: "fsWrite"
+        case .fsArchive: "fsArchive"
+        case .fsExtract: "fsExtract"
         case .fsWatch: "fsWatch"
         case .fsEvents: "fsEvents"
         case .fsDone: "fsDone"

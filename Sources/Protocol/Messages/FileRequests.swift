@@ -185,3 +185,32 @@ public struct FsWrite: Message {
     }
 }
 
+
+/// A directory (and everything below it) as a tar stream.
+public struct FsArchive: Message {
+    public static let kind = FrameKind.fsArchive
+    public var scope: FileScope
+    public init(_ scope: FileScope) { self.scope = scope }
+    public func encode(to map: inout CBORWriter.MapWriter) { scope.encode(to: &map) }
+    public init(from r: MessageReader) throws(MessageError) { scope = try FileScope(from: r) }
+}
+
+/// A tar stream unpacked into a directory (made, with its parents, if missing).
+public struct FsExtract: Message {
+    public static let kind = FrameKind.fsExtract
+    public var scope: FileScope
+    /// Give entries the archive's uid and gid (else they belong to the request's user).
+    public var owners: Bool
+    public init(_ scope: FileScope, owners: Bool = false) {
+        self.scope = scope
+        self.owners = owners
+    }
+    public func encode(to map: inout CBORWriter.MapWriter) {
+        scope.encode(to: &map)
+        map.entry("owners", owners ? true : nil)
+    }
+    public init(from r: MessageReader) throws(MessageError) {
+        scope = try FileScope(from: r)
+        owners = try r.optionalBool("owners") ?? false
+    }
+}

@@ -24,7 +24,8 @@ final class AgentFiles: AgentSubsystem {
 
     init(loop: EventLoop) { self.loop = loop }
 
-    let startKinds: [FrameKind] = [.fsStat, .fsList, .fsMkdir, .fsRemove, .fsRename, .fsSetattr, .fsRead, .fsWrite, .fsWatch]
+    let startKinds: [FrameKind] = [.fsStat, .fsList, .fsMkdir, .fsRemove, .fsRename, .fsSetattr, .fsRead, .fsWrite, .fsArchive,
+                                   .fsExtract, .fsWatch]
 
     func start(_ frame: FrameView, on link: FramedConnection) throws(RequestError) {
         let id = frame.header.id
@@ -80,6 +81,24 @@ final class AgentFiles: AgentSubsystem {
                 let (path, user) = try resolve(request.scope)
                 transfers[id] = try FileWriteTransfer(id: id, link: link, request: request, target: path, user: user, identity: identity,
                                                       onEnd: { [unowned self] in transfers[id] = nil })
+            }
+        case .fsArchive:
+            let request = try FsArchive(frame, as: "fsArchive")
+            try checkRoom()
+            answer(id, on: link) { () throws(FileFailure) in
+                let (path, user) = try resolve(request.scope)
+                let transfer = try FileArchiveTransfer(id: id, link: link, root: path, identity: identity, user: user,
+                                                       onEnd: { [unowned self] in transfers[id] = nil })
+                transfers[id] = transfer
+                transfer.pump()
+            }
+        case .fsExtract:
+            let request = try FsExtract(frame, as: "fsExtract")
+            try checkRoom()
+            answer(id, on: link) { () throws(FileFailure) in
+                let (path, user) = try resolve(request.scope)
+                transfers[id] = try FileExtractTransfer(id: id, link: link, root: path, owners: request.owners, identity: identity,
+                                                        user: user, onEnd: { [unowned self] in transfers[id] = nil })
             }
         case .fsWatch:
             let request = try FsWatch(frame, as: "fsWatch")
