@@ -6,7 +6,7 @@ import TetherProtocol
 ///
 /// Holds the client only; each call is one request session on its connection.
 public struct Files: Sendable {
-    let client: TetherClient
+    public let client: TetherClient
     public let scope: FileScopeOptions
 
     init(client: TetherClient, scope: FileScopeOptions) {
