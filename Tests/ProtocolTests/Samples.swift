@@ -40,7 +40,7 @@ enum Samples {
         Detached(session: 5),
         LogsRequest(session: 12, follow: true), LogsRequest(),
         SignalSession(session: 12, number: 9),
-    ]
+    ] + Array(InteropTests.fileMessages.values)
 
     /// Every known kind has at least one sample (data kinds are raw bytes, not messages).
     static var kindsCovered: Set<FrameKind> { Set(messages.map { type(of: $0).kind }) }
