@@ -142,7 +142,8 @@ final class AgentFiles: AgentSubsystem {
     private func startRead(_ request: FsRead, id: UInt32, on link: FramedConnection) throws(FileFailure) {
         let (path, user) = try resolve(request.scope)
         let raw = try identity.run(as: user) { () throws(FileFailure) in
-            try fileCall("open", path.given) { open(path.c, O_RDONLY | O_CLOEXEC) }
+            // O_NONBLOCK: opening a FIFO must not wait for a writer (the agent has one thread).
+            try fileCall("open", path.given) { open(path.c, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC) }
         }
         var st = Glibc.stat()
         let info: FsInfo
@@ -152,6 +153,10 @@ final class AgentFiles: AgentSubsystem {
             guard info.type != .dir else {
                 throw FileFailure(.isDirectory, op: "read", path: path.given, errno: EISDIR, "\(path.given) is a directory")
             }
+            // A FIFO, socket or device could block the agent's one thread or never end.
+            guard info.type == .file else {
+                throw FileFailure(.invalidArgument, op: "read", path: path.given, "\(path.given) is not a regular file")
+            }
             if let limit = request.limit, info.size > limit {
                 throw FileFailure(.fileTooLarge, op: "read", path: path.given, "\(info.size) bytes is more than the limit of \(limit)")
             }
@@ -159,9 +164,8 @@ final class AgentFiles: AgentSubsystem {
             close(raw)
             throw error
         }
-        // A regular file is read to the size it has now; anything else (a pipe, /dev/zero) to
-        // its end or `length`.
-        let available = info.type == .file ? info.size &- min(info.size, request.offset) : UInt64.max
+        // Read to the size the file has now: one that grows meanwhile does not hold the read open.
+        let available = info.size &- min(info.size, request.offset)
         let length = min(request.length ?? UInt64.max, available)
         link.send(info, id: id)
         let transfer = FileReadTransfer(id: id, link: link, path: path.given, fd: raw, offset: request.offset, length: length,

@@ -188,7 +188,7 @@ final class FileArchiveTransfer: FileTransfer {
                 stack.append((dir, relative))
                 header.type = .directory
             case .file:
-                let fd = try fileCall("open", root.child(relative).os) { openat(parent, name.cString, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }
+                let fd = try fileCall("open", root.child(relative).os) { openat(parent, name.cString, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) }
                 header.size = UInt64(max(0, st.st_size))
                 file = (fd, header.size, header.size, 0, relative)
             case .symlink:

@@ -138,8 +138,11 @@ final class FileExtractTransfer: FileTransfer {
             if existingType == .dir {
                 throw FileFailure(.isDirectory, op: "extract", path: path.os, errno: EISDIR, "\(path.os) is a directory")
             }
-            if existingType == .symlink { try fileCall("unlink", path.os) { unlink(path.c) } }
-            let fd = try fileCall("open", path.os) { open(path.c, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode_t(0o600)) }
+            // A symlink is replaced, not followed; so is a FIFO or socket (opening one would block).
+            if existingType == .symlink || existingType == .other { try fileCall("unlink", path.os) { unlink(path.c) } }
+            let fd = try fileCall("open", path.os) {
+                open(path.c, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, mode_t(0o600))
+            }
             current = (fd, entry, path)
         case .symlink:
             if existingType == .dir {

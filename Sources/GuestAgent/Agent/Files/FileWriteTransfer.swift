@@ -64,7 +64,11 @@ final class FileWriteTransfer: FileTransfer {
             }
             let mode = mode_t(request.mode ?? 0o644)
             if request.append || request.offset != nil {
-                let flags = O_WRONLY | O_CREAT | O_CLOEXEC | (request.append ? O_APPEND : 0)
+                if found && FileOperations.type(of: st.st_mode) != .file {
+                    throw FileFailure(.invalidArgument, op: "open", path: target.given, "\(target.given) is not a regular file")
+                }
+                // O_NONBLOCK: a FIFO put there meanwhile must not block the agent's one thread.
+                let flags = O_WRONLY | O_CREAT | O_NONBLOCK | O_CLOEXEC | (request.append ? O_APPEND : 0)
                 opened = try fileCall("open", target.given) { open(target.c, flags, mode) }
                 if let offset = request.offset {
                     try fileCall("lseek", target.given) { lseek(opened, off_t(offset), SEEK_SET) }
