@@ -26,7 +26,7 @@ import Testing
     }
 
     func sha256(_ path: String) throws -> String {
-        String(try Fixtures.run(["sha256sum", path]).stdout.prefix(64))
+        String(try Fixtures.run(["/usr/bin/sha256sum", path]).stdout.prefix(64))
     }
 
     @Test(.timeLimit(.minutes(10)))
@@ -60,13 +60,13 @@ import Testing
             mkdir -p '\(local)/tree/empty' '\(local)/tree/sub' && printf hi > '\(local)/tree/sub/a' &&
             chmod 600 '\(local)/tree/sub/a' && chmod 700 '\(local)/tree/empty' && ln -s sub/a '\(local)/tree/link'
             """])
-        let treeUp = try tether(["cp", "--no-progress", local + "/tree", "fs:/srv"])
+        let treeUp = try tether(["cp", "--no-progress", local + "/tree", "fs:/tmp"])
         #expect(treeUp.status == 0, "stderr: \(treeUp.stderr)")
-        let listing = try tether(["exec", "--sandbox", "fs", "--", "sh", "-c", "cd /srv/tree && ls -ln sub/a && readlink link && ls -ld empty"])
+        let listing = try tether(["exec", "--sandbox", "fs", "--", "sh", "-c", "cd /tmp/tree && ls -ln sub/a && readlink link && ls -ld empty"])
         #expect(listing.stdout.contains("-rw-------"), "\(listing.stdout)")
         #expect(listing.stdout.contains("sub/a\n"), "\(listing.stdout)")
         #expect(listing.stdout.contains("drwx------"), "\(listing.stdout)")
-        let treeDown = try tether(["cp", "--no-progress", "fs:/srv/tree", local + "/tree-back"])
+        let treeDown = try tether(["cp", "--no-progress", "fs:/tmp/tree", local + "/tree-back"])
         #expect(treeDown.status == 0, "stderr: \(treeDown.stderr)")
         #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: local + "/tree-back/link")) == "sub/a")
         #expect(FileManager.default.fileExists(atPath: local + "/tree-back/empty"))
@@ -82,7 +82,7 @@ import Testing
         let json = try tether(["fs", "--sandbox", "fs", "--json", "rm", "/no/such/file"])
         #expect(json.status == 1)
         #expect(json.stderr.contains("\"code\":\"fileNotFound\""), "\(json.stderr)")
-        let ls = try tether(["fs", "--sandbox", "fs", "ls", "/srv/tree"])
+        let ls = try tether(["fs", "--sandbox", "fs", "ls", "/tmp/tree"])
         #expect(ls.stdout == "empty/\nlink\nsub/\n" || Set(ls.stdout.split(separator: "\n")) == ["empty/", "link", "sub/"], "\(ls.stdout)")
     }
 }

@@ -62,6 +62,11 @@ import Testing
             try await files.write(file, [1], FileWriteOptions(ifAbsent: true))
         }
         #expect(try String(contentsOfFile: file, encoding: .utf8) == "0123456789")
+        _ = try FilesSupport.shell("mkfifo '\(dir.file("fifo"))'")
+        await FilesSupport.expectFailure(.invalidArgument, "a read of a FIFO (which would block the agent)") {
+            _ = try await files.read(dir.file("fifo"))
+        }
+        #expect(try await files.stat(dir.file("fifo"), follow: false).type == .other)   // the agent still answers
         await FilesSupport.expectFailure(.invalidPath, "an empty path") { _ = try await files.stat("") }
         await FilesSupport.expectFailure(.invalidPath, "a NUL byte") { _ = try await files.stat("/tmp/a\u{0}b") }
         await FilesSupport.expectFailure(.userNotFound, "an unknown user") {

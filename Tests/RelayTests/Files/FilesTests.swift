@@ -195,24 +195,33 @@ import Testing
         let root = live.directory.file("watched")
         try FileManager.default.createDirectory(atPath: root + "/old", withIntermediateDirectories: true)
         let watch = try await files.watch(root, recursive: true, exclude: ["ignored"])
-        // A stat through the same agent orders the script after the watch is in place.
-        _ = try await files.stat(root)
-        _ = try FilesSupport.shell("""
-            cd '\(root)' && mkdir new && printf x > new/file && printf y >> new/file && mv new/file new/moved &&
-            mkdir ignored && : > ignored/quiet && : > old/inner && rm new/moved && chmod 700 old
-            """)
-        var seen: [String] = []
-        let wanted = ["create new", "create new/file", "modify new/file", "moveFrom new/file", "moveTo new/moved",
-                      "create old/inner", "delete new/moved", "attrib old"]
-        while let event = try await watch.next() {
-            seen.append("\(event.type.rawValue) \(event.path)")
-            if wanted.allSatisfy(seen.contains) { break }
+        // Should an event never come, the watch ends and the expectations below say which.
+        let deadline = Task {
+            try await Task.sleep(for: .seconds(60))
+            watch.cancel()
         }
+        defer { deadline.cancel() }
+        var seen: [String] = []
+        /// Runs a step in the tree, then reads events until `wanted` are all seen. One step at a
+        /// time: a directory's watch exists once its `create` has arrived, not before.
+        func step(_ script: String, _ wanted: [String]) async throws {
+            _ = try FilesSupport.shell("cd '\(root)' && " + script)
+            while !wanted.allSatisfy(seen.contains), let event = try await watch.next() {
+                seen.append("\(event.type.rawValue) \(event.path)")
+            }
+            for event in wanted { #expect(seen.contains(event), "\(event) missing after `\(script)`: \(seen)") }
+        }
+        // A stat through the same agent orders the first step after the watch is in place.
+        _ = try await files.stat(root)
+        try await step("mkdir new", ["create new"])
+        try await step("printf x > new/file && printf y >> new/file", ["create new/file", "modify new/file"])
+        try await step("mv new/file new/moved", ["moveFrom new/file", "moveTo new/moved"])
+        try await step("mkdir ignored && : > ignored/quiet && : > old/inner", ["create old/inner"])
+        try await step("rm new/moved && chmod 700 old", ["delete new/moved", "attrib old"])
         watch.cancel()
-        for event in wanted { #expect(seen.contains(event), "\(event) missing from \(seen)") }
         #expect(!seen.contains { $0.contains("ignored") }, "\(seen)")
         let moves = seen.filter { $0.hasPrefix("move") }
-        #expect(moves.count == 2)
+        #expect(moves.count == 2, "\(seen)")
         while try await watch.next() != nil {}   // ends after the cancel
     }
 }
