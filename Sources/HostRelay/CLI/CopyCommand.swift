@@ -31,9 +31,8 @@ enum CopyCommand: Command {
           -u, --user USER       act as USER in the guest (name, uid, name:group, uid:gid;
                                 default root), so the guest's permissions apply
               --no-progress     no progress line (shown on a terminal for long copies)
-              --json            errors as one JSON object on stderr
         \(RelayTarget.helpLines)
-          -h, --help            this text
+        \(TetherCLI.commonHelpLines)
 
         Exit status: 0 copied; 1 the copy failed (the message names the kind, such as
         fileNotFound, permissionDenied, noSpace, readOnly, checksumMismatch, with the
@@ -42,7 +41,7 @@ enum CopyCommand: Command {
         """
 
     static let options: [OptionSpec] = [
-        OptionSpec("-a", "--archive"), FileCommands.userOption, OptionSpec("--no-progress"), FileCommands.jsonOption,
+        OptionSpec("-a", "--archive"), FileCommands.userOption, OptionSpec("--no-progress"),
     ] + RelayTarget.options
 
     static func run(_ arguments: ArraySlice<String>) -> Int32 {
@@ -71,7 +70,7 @@ enum CopyCommand: Command {
                 clientOptions = try RelayTarget.clientOptions(parsed, command: name)
             }
             let copy = Copy(user: parsed.value("user"), keepOwners: parsed.has("archive"), progress: !parsed.has("no-progress"))
-            return FileCommands.run(clientOptions, json: parsed.has("json")) { client async throws(FileError) -> Int32 in
+            return FileCommands.run(clientOptions, command: name) { client async throws(FileError) -> Int32 in
                 let files = client.files(as: copy.user)
                 switch (source, destination) {
                 case (.guest(_, let path), _): try await copy.download(files, from: path, to: destination)

@@ -17,11 +17,9 @@ enum FileCommands {
     static let fileFailed: Int32 = 1
 
     static let userOption = OptionSpec("-u", "--user", value: true)
-    static let jsonOption = OptionSpec("--json")
 
-    /// Connects and runs `body`; a `FileError` is printed (`tether: KIND: ...`, or one JSON
-    /// object with --json or TETHER_ERRORS=json) and becomes the exit status.
-    static func run(_ options: ClientOptions, json: Bool,
+    /// Connects and runs `body`; a `FileError` is reported (`report`) and becomes the exit status.
+    static func run(_ options: ClientOptions, command: String,
                     _ body: @escaping @Sendable (TetherClient) async throws(FileError) -> Int32) -> Int32 {
         runAsync {
             do throws(FileError) {
@@ -30,25 +28,23 @@ enum FileCommands {
                 defer { client.close() }
                 return try await body(client)
             } catch {
-                report(error, json: json)
+                report(error, command: command)
                 return status(for: error)
             }
         }
     }
 
-    static func report(_ error: FileError, json: Bool) {
-        if json || ProcessInfo.processInfo.environment["TETHER_ERRORS"] == "json" {
-            writeStandardError(error.json + "\n")
-            return
-        }
+    /// As every CLI error (text, or JSON with --json or TETHER_ERRORS=json): the guest's kind is
+    /// the code, with the failed call and the path.
+    static func report(_ error: FileError, command: String) {
         switch error {
-        case .client(let error): ErrorBlock.print(error)
+        case .client(let error): ErrorBlock.report(error, operation: error.operation)
         case .file(let f):
-            var details: [(String, String)] = [("operation", f.op)]
-            if let path = f.path { details.append(("path", path.description)) }
-            if let errno = f.errno, errno != 0 { details.append(("errno", "\(errno) (\(String(cString: strerror(errno))))")) }
-            writeStandardError(ErrorBlock.render(message: "\(f.kind): \(f.message.isEmpty ? f.op : f.message)", details: details,
-                                                 hint: hint(f.kind)))
+            var context = ["call": f.op]
+            if let path = f.path { context["path"] = path.description }
+            let report = ErrorReport(code: f.kind.rawValue, message: "\(f.kind): \(f.message.isEmpty ? f.op : f.message)",
+                                     operation: command, context: context, suggestion: hint(f.kind), errno: f.errno)
+            writeStandardError(ErrorBlock.json ? report.json + "\n" : report.text)
         }
     }
 

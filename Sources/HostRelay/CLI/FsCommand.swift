@@ -30,10 +30,18 @@ enum FsCommand: Command {
                                 overflow) as lines, until interrupted
 
         Options:
+          -r, --recursive       ls: everything below PATH; rm: a directory and what it holds;
+                                watch: the directories below PATH too
+          -l, --long            ls: type, mode, size and modification time
+          -L, --follow          stat: follow a final symlink
+          -p, --parents         mkdir: make missing parents; an existing directory is fine
+          -m, --mode MODE       mkdir: the mode, octal (default 755)
+          -f, --force           rm: a missing PATH is not an error; mv: replace TO
+              --exclude NAME    watch: leave out NAME and what is below it (repeatable)
           -u, --user USER       act as USER in the guest (default root)
-              --json            output and errors as JSON
         \(RelayTarget.helpLines)
-          -h, --help            this text
+        \(TetherCLI.commonHelpLines)
+                                (for ls, stat and watch, --json prints the output as JSON too)
 
         Exit status: 0 done; 1 the operation failed (the kind, operation, path and errno are
         printed); 2 usage; 125 tether failed (no relay, agent gone).
@@ -41,7 +49,7 @@ enum FsCommand: Command {
         """
 
     static let options: [OptionSpec] = [
-        FileCommands.userOption, FileCommands.jsonOption, OptionSpec("-r", "--recursive"), OptionSpec("-l", "--long"),
+        FileCommands.userOption, OptionSpec("-r", "--recursive"), OptionSpec("-l", "--long"),
         OptionSpec("-L", "--follow"), OptionSpec("-p", "--parents"), OptionSpec("-m", "--mode", value: true),
         OptionSpec("-f", "--force"), OptionSpec("--exclude", value: true),
     ] + RelayTarget.options
@@ -69,7 +77,7 @@ enum FsCommand: Command {
                          parents: parsed.has("parents"), force: parsed.has("force"), exclude: parsed.all("exclude"))
             let clientOptions = try RelayTarget.clientOptions(parsed, command: name)
             let user = parsed.value("user")
-            return FileCommands.run(clientOptions, json: json) { client async throws(FileError) -> Int32 in
+            return FileCommands.run(clientOptions, command: "fs " + sub) { client async throws(FileError) -> Int32 in
                 let files = client.files(as: user)
                 let path = paths[0]
                 switch sub {
