@@ -1,8 +1,14 @@
+import CSys
+
 /// SHA-256 (FIPS 180-4), incremental: both ends of a file transfer hash the bytes as they
-/// pass, so a file of any size is checked without being held. Written here because the
-/// protocol needs it on both sides and no third-party code is used.
+/// pass, so a file of any size is checked without being held. Written here because the agent
+/// and the host both need it and no third-party code is used. The block compression runs on
+/// the CPU's SHA extensions when it has them (`csys_sha256_blocks`, several times faster: a
+/// transfer would otherwise be capped near 300 MB/s by its checksum), else in Swift.
 public struct SHA256: Sendable {
     public static let digestBytes = 32
+    /// Whether this CPU has the SHA extensions (CPUID, asked once).
+    public static let accelerated = csys_sha256_accelerated() == 1
     private static let k: [UInt32] = [
         0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
         0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
@@ -19,8 +25,15 @@ public struct SHA256: Sendable {
     /// A partial block waiting for more bytes.
     private var pending: [UInt8] = []
     private var totalBytes: UInt64 = 0
+    private let useExtensions: Bool
 
-    public init() { pending.reserveCapacity(64) }
+    public init() { self.init(portable: false) }
+
+    /// `portable`: the Swift compression even where the CPU's would do (tests compare the two).
+    public init(portable: Bool) {
+        useExtensions = !portable && Self.accelerated
+        pending.reserveCapacity(64)
+    }
 
     public mutating func update(_ bytes: UnsafeRawBufferPointer) {
         guard !bytes.isEmpty else { return }
@@ -79,6 +92,14 @@ public struct SHA256: Sendable {
     private static func rotr(_ x: UInt32, _ n: UInt32) -> UInt32 { (x >> n) | (x << (32 &- n)) }
 
     private mutating func compress(blocks: UnsafeRawBufferPointer) {
+        if useExtensions {
+            // The eight words of `h` are contiguous (a homogeneous tuple).
+            withUnsafeMutableBytes(of: &h) { state in
+                csys_sha256_blocks(state.baseAddress!.assumingMemoryBound(to: UInt32.self),
+                                   blocks.baseAddress!.assumingMemoryBound(to: UInt8.self), blocks.count / 64)
+            }
+            return
+        }
         var w = (UInt32(0), UInt32(0), UInt32(0), UInt32(0), UInt32(0), UInt32(0), UInt32(0), UInt32(0),
                  UInt32(0), UInt32(0), UInt32(0), UInt32(0), UInt32(0), UInt32(0), UInt32(0), UInt32(0),
                  UInt32(0), UInt32(0), UInt32(0), UInt32(0), UInt32(0), UInt32(0), UInt32(0), UInt32(0),

@@ -1,30 +1,9 @@
 import Testing
 import TetherProtocol
 
-/// The pieces of the files subsystem both sides share: SHA-256, tar streams, the messages'
+/// The pieces of the files subsystem both sides share: tar streams, the messages'
 /// checks of what a peer sends.
 struct FileProtocolTests {
-    @Test func sha256MatchesTheStandardsVectorsWhateverTheSplit() {
-        #expect(SHA256.hex(SHA256.hash([])) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
-        #expect(SHA256.hex(SHA256.hash(Array("abc".utf8))) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
-        let long = Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8)
-        #expect(SHA256.hex(SHA256.hash(long)) == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
-        let million = [UInt8](repeating: UInt8(ascii: "a"), count: 1_000_000)
-        #expect(SHA256.hex(SHA256.hash(million)) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
-        // Fed in pieces of every size from 1 to 130 bytes: the same digest.
-        let bytes = (0..<3000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
-        let whole = SHA256.hash(bytes)
-        for step in 1...130 {
-            var hasher = SHA256()
-            var offset = 0
-            while offset < bytes.count {
-                hasher.update(Array(bytes[offset..<min(bytes.count, offset + step)]))
-                offset += step
-            }
-            #expect(hasher.finish() == whole, "pieces of \(step)")
-        }
-    }
-
     @Test func aTarStreamReadsBackEntryForEntryFedAtEveryGranularity() throws {
         let longName = Array(String(repeating: "d", count: 150).utf8) + Array("/file".utf8)
         let entries = [

@@ -1,4 +1,5 @@
 import Foundation
+import TetherPosix
 import TetherProtocol
 
 /// Why a files call failed: the guest's file system refused (`file`: kind, operation, path and

@@ -1,3 +1,4 @@
+import TetherPosix
 import TetherProtocol
 
 /// A file being read: `info` (its attributes when the read began), then its bytes in chunks

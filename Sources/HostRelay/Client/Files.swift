@@ -1,3 +1,4 @@
+import TetherPosix
 import TetherProtocol
 
 /// The sandbox's files (`fs/1`): `client.files.stat("/etc/hostname")`, `read`, `write`, `list`,

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import Synchronization
+import TetherPosix
 import TestSupport
 import TetherClient
 import TetherProtocol
