@@ -31,15 +31,19 @@ final class ChunkHandOff: Sendable {
 
     func resumeWaiter() { state.withLock { s in defer { s.waiter = nil }; return s.waiter }?.resume() }
 
-    /// Suspends the task until `ready` holds (checked under the lock).
+    /// Suspends the task until `ready` holds (checked under the lock). The thread resumes the
+    /// waiter whenever something changed, not only when `ready` became true (a wait for the
+    /// thread's end is woken by each chunk it takes), so the condition is checked again.
     func wait(until ready: @escaping @Sendable (State) -> Bool) async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let now = state.withLock { s -> Bool in
-                if ready(s) { return true }
-                s.waiter = continuation
-                return false
+        while !state.withLock({ ready($0) }) {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now = state.withLock { s -> Bool in
+                    if ready(s) { return true }
+                    s.waiter = continuation
+                    return false
+                }
+                if now { continuation.resume() }
             }
-            if now { continuation.resume() }
         }
     }
 
