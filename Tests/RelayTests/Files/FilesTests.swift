@@ -12,10 +12,9 @@ import Testing
 /// `client.files` and `tether cp` through a real relay to a real agent: bytes, trees,
 /// atomicity, watches.
 @Suite struct FilesTests {
-    /// The issue asks for 1 GiB; the test process and the CLI are debug builds, whose SHA-256
-    /// runs at ~12 MB/s, so the default here is 256 MiB (TETHER_FILES_TEST_MIB=1024 for the
-    /// full size; tether-bench measures 1 GiB with release builds).
-    static let largeMiB = Int(ProcessInfo.processInfo.environment["TETHER_FILES_TEST_MIB"] ?? "") ?? 256
+    /// 1 GiB, as the issue asks (about 17 s here: the checksums run on the CPU's SHA
+    /// extensions); TETHER_FILES_TEST_MIB sets another size.
+    static let largeMiB = Int(ProcessInfo.processInfo.environment["TETHER_FILES_TEST_MIB"] ?? "") ?? 1024
 
     @Test(.timeLimit(.minutes(15)))
     func aLargeRandomFileRoundTripsBothWaysWithEqualSHA256() throws {
