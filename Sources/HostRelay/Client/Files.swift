@@ -103,20 +103,19 @@ public struct Files: Sendable {
         return try outcome.get()
     }
 
+    /// Runs `body` again while it fails for a transient reason of the connection (the relay
+    /// not there yet, its agent not ready: nothing reached the agent); the guest's answers,
+    /// failures included, come back as they are.
     static func retrying<T>(_ options: ClientOptions, op: String, _ body: () async throws(FileError) -> T) async -> Result<T, FileError> {
-        var fileError: FileError?
         do throws(TetherError) {
-            let value = try await Retry(options, operation: op).run { () async throws(TetherError) -> T in
-                do throws(FileError) { return try await body() } catch {
-                    if case .client(let client) = error { throw client }
-                    fileError = error
-                    // Not transient: Retry hands it straight back.
-                    throw TetherError(.invalidArgument, "", operation: op)
+            return try await Retry(options, operation: op).run { () async throws(TetherError) -> Result<T, FileError> in
+                do throws(FileError) { return .success(try await body()) } catch {
+                    if case .client(let client) = error { throw client }   // Retry decides whether it is transient
+                    return .failure(error)
                 }
             }
-            return .success(value)
         } catch {
-            return .failure(fileError ?? .client(error))
+            return .failure(.client(error))
         }
     }
 
