@@ -28,7 +28,7 @@ enum BootTiming {
             var warnings: [String] = []
             let config = SandboxConfig(name: name, rootfs: rootfs, ephemeral: ephemeral)
             let start = Clock.monotonicNs()
-            let (pid, cgroup) = try NamespaceBackend.start(config, paths: paths, warnings: &warnings)
+            let (pid, cgroup, _) = try NamespaceBackend.start(config, paths: paths, warnings: &warnings)
             let pidfd = csys_pidfd_open(pid, 0)
             defer {
                 kill(pid, SIGKILL)

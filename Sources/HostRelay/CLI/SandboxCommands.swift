@@ -12,7 +12,7 @@ import TetherPosix
 enum SandboxCommands {
     static let bootUsage = """
         usage: tether boot --name NAME [--rootfs DIR] [--backend namespace|krun] [--cpus N] [--memory MiB]
-                           [--init PATH|auto] [--network none|host] [--ephemeral] [--disk MiB] [--pids N]
+                           [--init PATH|auto] [--network none|egress|host] [--allow-net CIDR]... [--ephemeral] [--disk MiB] [--pids N]
                            [--replace [--replace-grace D]] [--handshake-timeout D] [--hostname NAME] [--log-stdin]
                            [--seccomp default|restricted|none]
         Boots a sandbox from DIR (default: the bundled guest tree, as `tether run` uses) and leaves
@@ -23,8 +23,15 @@ enum SandboxCommands {
                                memory defaults to 1024 MiB)
           --pids N             at most N processes and threads (namespace; default 4096)
           --init PATH|auto     hand PID 1 to an init (systemd, OpenRC, busybox init); the agent keeps serving
-          --network none|host  loopback only (default), or the host's network stack (warns: the
-                               sandbox then reaches the host's 127.0.0.1 services)
+          --network MODE       none: loopback only (default); egress: outbound TCP, UDP and DNS
+                               through pasta (namespace backend; Debian's passt and nftables),
+                               with the host's loopback, 169.254.0.0/16 (cloud metadata), private
+                               ranges (RFC 1918, fc00::/7) and the like refused; host: the host's
+                               network stack (warns: the sandbox then reaches the host's
+                               127.0.0.1 services)
+          --allow-net CIDR     with egress: let the guest reach this range although it is refused
+                               by default (repeatable; a range holding 127.0.0.1 opens the
+                               host's loopback at the gateway address 10.0.2.2)
           --ephemeral          the sandbox's writable layer is a tmpfs dropped at stop (namespace);
                                otherwise it stays with the name until `tether rm NAME`
           --disk MiB           the bound of the writable layer (default 1024; namespace)
@@ -153,8 +160,12 @@ enum SandboxCommands {
             config.initSystem = text
         case "--network":
             let text = try parser.value(for: option)
-            guard let network = NetworkMode(rawValue: text) else { throw UsageError("--network must be host or none, not '\(text)'") }
+            guard let network = NetworkMode(rawValue: text) else { throw UsageError("--network must be none, egress or host, not '\(text)'") }
             config.network = network
+        case "--allow-net":
+            let text = try parser.value(for: option)
+            do { _ = try NetworkRange(parsing: text) } catch { throw UsageError("--allow-net: \(error)") }
+            config.allowNet = (config.allowNet ?? []) + [text]
         case "--ephemeral":
             config.ephemeral = true
         case "--disk":
