@@ -84,6 +84,13 @@ public final class EgressNetwork {
                               message: "--network egress needs pasta (Debian's passt package) and nft (nftables) on the host",
                               hint: "apt-get install passt nftables (scripts/deps.sh installs both)")
         }
+        if geteuid() != 0 && access("/dev/net/tun", R_OK | W_OK) != 0 {
+            // pasta makes its tap device through /dev/net/tun as the user; Debian's udev rules
+            // make it 0666, a host that closed it refuses rootless user-mode networking.
+            throw BootFailure(stage: .network, errno: errno,
+                              message: "rootless --network egress needs /dev/net/tun to be readable and writable by you (\(Errno.current))",
+                              hint: "chmod 0666 /dev/net/tun (Debian's default), or boot as root")
+        }
         let loopbackOpen = ranges.contains { $0.contains("127.0.0.1") }
         let rules = EgressRules(allowed: ranges + (loopbackOpen ? [try! NetworkRange(parsing: gateway)] : []),
                                 nameserver: nameserver)
