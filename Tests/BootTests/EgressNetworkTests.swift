@@ -205,6 +205,24 @@ import Testing
     }
 
     @Test(.timeLimit(.minutes(5)))
+    func pastaEndsWhenItsSupervisorIsKilled() throws {
+        try Fixtures.requireRoot()
+        try Self.requireEgressPrograms()
+        defer { cleanUp("orphan") }
+        try boot("orphan", [])
+        let state = try #require(sandboxes.entry("orphan").state)
+        let pasta = try ProcessHandle(pid: try #require(state.egress?.pid))
+        let sandbox = try ProcessHandle(pid: try #require(state.sandboxPid))
+        // pasta changes its credentials, which clears a parent-death signal: its keeper is what
+        // ends it when the supervisor goes without a word.
+        #expect(kill(state.supervisorPid, SIGKILL) == 0)
+        let pastaEnded = pasta.waitForExit(timeoutMs: 10_000)
+        #expect(pastaEnded, "pasta outlived its killed supervisor")
+        let sandboxEnded = sandbox.waitForExit(timeoutMs: 10_000)
+        #expect(sandboxEnded, "the sandbox outlived its killed supervisor")
+    }
+
+    @Test(.timeLimit(.minutes(5)))
     func rootlessEgressAsNobody() throws {
         try Fixtures.requireRoot()   // to become nobody, and to give it a /dev/net/tun of its own
         try Self.requireEgressPrograms()

@@ -45,8 +45,11 @@ public final class EgressNetwork {
     /// A range given to `--allow-net` holds 127.0.0.1: the gateway address then leads to the
     /// host's loopback (pasta's gateway mapping), and is allowed.
     public let loopbackOpen: Bool
+    /// pasta's own pid (state.json shows it), and its keeper's: the supervisor's child, which
+    /// ends as pasta ends (see `startPasta`).
     public private(set) var pastaPid: pid_t = 0
-    /// A pidfd of pasta: readable once it ended (the supervisor watches it).
+    var keeperPid: pid_t = 0
+    /// A pidfd of the keeper: readable once pasta ended (the supervisor watches it).
     public private(set) var pastaFD: CInt = -1
     let logPath: String
 
@@ -182,22 +185,28 @@ public final class EgressNetwork {
         return arguments
     }
 
+    /// pasta runs under a keeper (csys_spawn_kept): pasta changes its credentials (root:
+    /// `--runas`; rootless: joining the user namespace), which clears a parent-death signal, and
+    /// it must still end when the supervisor does, however the supervisor ends.
     private func startPasta(_ pasta: String) throws(BootFailure) {
         let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
         defer { if devNull >= 0 { close(devNull) } }
-        var launcher = NamespaceLauncher(path: pasta, arguments: pastaArguments(pasta),
-                                         environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
-        launcher.namespaces = []
-        launcher.newSession = true
-        launcher.parentDeathSignal = SIGKILL
-        launcher.descriptors = [(devNull, 0), (2, 1), (2, 2), (networkFD, 3)]
-        if ownerFD >= 0 { launcher.descriptors.append((ownerFD, 4)) }
-        do {
-            pastaPid = try launcher.launch()
-        } catch {
-            throw BootFailure(stage: .network, errno: error.errno.rawValue, message: "starting pasta (\(pasta)) failed: \(error.errno)")
+        var map: [CInt] = [devNull, 0, 2, 1, 2, 2, networkFD, 3]
+        if ownerFD >= 0 { map += [ownerFD, 4] }
+        var program: pid_t = 0
+        let keeper = CStringArray.with(pastaArguments(pasta)) { argv in
+            CStringArray.with(["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]) { envp in
+                map.withUnsafeBufferPointer { pairs in
+                    csys_spawn_kept(pasta, argv, envp, pairs.baseAddress, CInt(map.count / 2), &program)
+                }
+            }
         }
-        pastaFD = csys_pidfd_open(pastaPid, 0)
+        guard keeper > 0 else {
+            throw BootFailure(stage: .network, errno: -keeper, message: "starting pasta (\(pasta)) failed: \(Errno(rawValue: -keeper))")
+        }
+        keeperPid = keeper
+        pastaPid = program
+        pastaFD = csys_pidfd_open(keeper, 0)
     }
 
     /// Waits until pasta has configured the guest's interface: the sandbox's first process
@@ -227,8 +236,9 @@ public final class EgressNetwork {
     /// Reaps pasta after its pidfd became readable; how it ended.
     @discardableResult
     public func reap() -> String {
-        guard pastaPid > 0 else { return "was not running" }
-        let status = HostProgram.reap(pastaPid)
+        guard keeperPid > 0 else { return "was not running" }
+        let status = HostProgram.reap(keeperPid)
+        keeperPid = 0
         pastaPid = 0
         if pastaFD >= 0 { close(pastaFD) }
         pastaFD = -1
@@ -239,11 +249,15 @@ public final class EgressNetwork {
         csys_wifexited(status) != 0 ? "exited with status \(csys_wexitstatus(status))" : "was killed by signal \(csys_wtermsig(status))"
     }
 
-    /// Ends pasta (SIGTERM, then SIGKILL after a second) and reaps it.
+    /// Ends pasta (SIGTERM to its keeper, which passes it on and SIGKILLs pasta after a second)
+    /// and reaps the keeper.
     public func stop() {
-        guard pastaPid > 0 else { return }
-        kill(pastaPid, SIGTERM)
-        if pastaFD < 0 || Handshake.wait(fds: [pastaFD], timeoutMs: 1_000) != 0 { kill(pastaPid, SIGKILL) }
+        guard keeperPid > 0 else { return }
+        kill(keeperPid, SIGTERM)
+        if pastaFD < 0 || Handshake.wait(fds: [pastaFD], timeoutMs: 3_000) != 0 {
+            kill(pastaPid, SIGKILL)
+            kill(keeperPid, SIGKILL)
+        }
         reap()
     }
 }

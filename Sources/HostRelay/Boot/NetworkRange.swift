@@ -70,6 +70,7 @@ public struct NetworkRange: Hashable, Sendable, CustomStringConvertible {
         let result = bytes.withUnsafeBytes { raw in
             inet_ntop(family == .v4 ? AF_INET : AF_INET6, raw.baseAddress, &text, socklen_t(text.count))
         }
-        return result == nil ? "?" : String(cString: text)
+        guard result != nil else { return "?" }
+        return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
