@@ -220,6 +220,8 @@ import Testing
         #expect(pastaEnded, "pasta outlived its killed supervisor")
         let sandboxEnded = sandbox.waitForExit(timeoutMs: 10_000)
         #expect(sandboxEnded, "the sandbox outlived its killed supervisor")
+        // What a killed supervisor leaves: its sandbox's (now empty) cgroups.
+        for directory in state.cgroups ?? [] { rmdir(directory) }
     }
 
     @Test(.timeLimit(.minutes(5)))
