@@ -13,7 +13,8 @@ import TetherProtocol
 /// Tasks talk to it through `shared` (commands, under a mutex held only briefly) and wait
 /// for answers on continuations the thread resumes.
 ///
-/// Owns: the thread, its `EventLoop` and the socket (closed when the thread ends). Ends when
+/// Owns: the thread, its `EventLoop` and the socket, through a `FramedConnection` (closed when
+/// the thread ends). Ends when
 /// the peer closes, on a socket error, or on `close()`; every open session then ends with
 /// `connectionClosed`.
 final class RelayConnection: Sendable {
@@ -42,14 +43,21 @@ final class RelayConnection: Sendable {
     private let waker: EventLoop.Waker
     private let core: Core
 
-    /// The thread's own state: the loop, the socket and the sessions by id.
+    /// The thread's own state: the loop, the connection and the sessions by id.
     private final class Core: @unchecked Sendable {
         let loop: EventLoop
-        var socket: FrameSocket?
+        var link: FramedConnection?
         var channels: [UInt32: SessionChannel] = [:]
-        var wantsWrite = false
         init(loop: EventLoop) { self.loop = loop }
     }
+
+    /// Reads of up to 4 MiB per readiness event: the client has one peer and streams output.
+    private static let limits: FramedConnection.Limits = {
+        var limits = FramedConnection.Limits()
+        limits.readChunkBytes = 256 << 10
+        limits.readLimitBytes = 4 << 20
+        return limits
+    }()
 
     private init(address: Address, name: String, helloTimeout: Duration, onNotice: (@Sendable (TetherError) -> Void)?) throws(TetherError) {
         self.address = address
@@ -133,9 +141,9 @@ final class RelayConnection: Sendable {
 
     private func threadMain() {
         let loop = core.loop
+        let socket: FrameSocket
         do {
-            let fd = try Socket.connect(address)
-            core.socket = try FrameSocket(adopting: fd)
+            socket = try FrameSocket(adopting: try Socket.connect(address))
         } catch let error as SocketError {
             // Nobody listens yet (no socket, refused, backlog full): waiting can fix it.
             let transient = [.noEntry, .connectionRefused, .again].contains(error.errno)
@@ -148,16 +156,17 @@ final class RelayConnection: Sendable {
                             context: ["socket": address.description]))
             return
         }
-        guard let socket = core.socket else { return }
-        socket.encoder.append(id: 0, Hello(role: .client, name: name, pid: getpid()))
-        loop.onWake { [self] in runCommands() }
-        do {
-            try loop.watch(socket.fd, events: EventLoop.readable | EventLoop.peerClosed) { [self] events in socketEvent(events) }
-        } catch {
-            end(TetherError(.internal, "epoll: \(error)", operation: "connect", errno: error.rawValue))
-            return
+        let link = FramedConnection(socket: socket, loop: loop, limits: Self.limits)
+        core.link = link
+        link.onFrame = { [self] view in handle(Frame(view)) }
+        link.onFramingError = { [self] error in
+            end(TetherError(.protocolError, "the relay sent bytes that are not frames: \(error.description)",
+                            operation: "receive", context: ["socket": address.description]))
         }
-        flush()
+        link.onClosed = { [self] reason in connectionClosed(reason) }
+        link.send(Hello(role: .client, name: name, pid: getpid()), id: 0)
+        loop.onWake { [self] in runCommands() }
+        link.start()
         _ = loop.schedule(after: helloTimeout) { [self] in
             guard shared.withLock({ $0.hello == nil }) else { return }
             end(TetherError(.timedOut, "\(address) accepted the connection but sent no hello within \(helloTimeout)",
@@ -167,11 +176,8 @@ final class RelayConnection: Sendable {
         do { try loop.run() } catch {
             end(TetherError(.internal, "epoll_wait: \(error)", operation: "connection", errno: error.rawValue))
         }
-        if let socket = core.socket {
-            loop.unwatch(socket.fd)
-            socket.close()
-        }
-        core.socket = nil
+        core.link?.close()
+        core.link = nil
     }
 
     private func runCommands() {
@@ -179,78 +185,39 @@ final class RelayConnection: Sendable {
             defer { shared.commands.removeAll(keepingCapacity: true) }
             return shared.commands
         }
-        guard let socket = core.socket else { return }
+        guard let link = core.link else { return }
         for command in commands {
             switch command {
             case .start(let channel, let frame):
                 core.channels[channel.id] = channel
-                socket.encoder.append(frame)
+                link.send(frame)
             case .frame(let frame, let channel):
                 if let channel, core.channels[channel.id] !== channel { continue }
-                socket.encoder.append(frame)
+                link.send(frame)
             case .close:
                 end(TetherError(.connectionClosed, "the client closed the connection", operation: "close"))
                 return
             }
         }
-        flush()
     }
 
-    private func flush() {
-        guard let socket = core.socket else { return }
-        let drained: Bool
-        do { drained = try socket.flush() } catch {
-            // A relay that turns a client away says why and closes; a write after that close
-            // fails (EPIPE), but the reason is still there to read.
-            readWhatIsLeft(socket)
-            guard core.socket != nil else { return }
-            end(TetherError(.connectionClosed, "the relay closed the connection (write: \(error))", operation: "send",
-                            context: ["socket": address.description], errno: error.rawValue))
-            return
+    /// The connection ended under the client: the relay closed it (a relay that turns a
+    /// client away says why first, and that frame was handled before this), or the socket
+    /// failed.
+    private func connectionClosed(_ reason: FramedConnection.CloseReason) {
+        guard core.link != nil else { return }
+        let context = ["socket": address.description]
+        switch reason {
+        case .closed:
+            end(TetherError(.connectionClosed, "the relay closed the connection (end of stream)", operation: "receive", context: context))
+        case .ioError(let errno):
+            end(TetherError(.connectionClosed, "the relay closed the connection (\(errno))", operation: "receive",
+                            context: context, errno: errno.rawValue))
+        case .watchFailed(let errno):
+            // Without epoll the rest of the queue would never be written: the connection cannot go on.
+            end(TetherError(.internal, "epoll_ctl on the relay connection failed: \(errno)", operation: "send",
+                            context: context, errno: errno.rawValue))
         }
-        if drained == core.wantsWrite {
-            core.wantsWrite = !drained
-            do {
-                try core.loop.modify(socket.fd, events: EventLoop.readable | EventLoop.peerClosed | (drained ? 0 : EventLoop.writable))
-            } catch {
-                // Without the interest change the rest of the queue would never be written (or
-                // the loop would spin on writable): the connection cannot go on.
-                end(TetherError(.internal, "epoll_ctl on the relay connection failed: \(error)", operation: "send",
-                                context: ["socket": address.description], errno: error.rawValue))
-            }
-        }
-    }
-
-    /// Handles the frames still readable on a connection that is about to end.
-    private func readWhatIsLeft(_ socket: FrameSocket) {
-        _ = socket.read(chunk: 64 << 10, limit: 1 << 20)
-        while core.socket != nil, let frame = try? socket.decoder.next() { handle(frame) }
-    }
-
-    private func socketEvent(_ events: UInt32) {
-        guard let socket = core.socket else { return }
-        if events & EventLoop.writable != 0 { flush() }
-        guard core.socket != nil, events & ~EventLoop.writable != 0 else { return }
-        let outcome = socket.read(chunk: 256 << 10, limit: 4 << 20)
-        while core.socket != nil {
-            do {
-                guard let frame = try socket.decoder.next() else { break }
-                handle(frame)
-            } catch {
-                end(TetherError(.protocolError, "the relay sent bytes that are not frames: \(error.description)",
-                                operation: "receive", context: ["socket": address.description]))
-                return
-            }
-        }
-        guard core.socket != nil else { return }
-        if outcome.closed {
-            let how = outcome.failure.map { "read: \($0)" } ?? "end of stream"
-            end(TetherError(.connectionClosed, "the relay closed the connection (\(how))", operation: "receive",
-                            context: ["socket": address.description], errno: outcome.failure?.rawValue))
-        } else if outcome.bytes >= 4 << 20 {
-            core.loop.soon { [self] in socketEvent(EventLoop.readable) }
-        }
-        flush()
     }
 
     private func handle(_ frame: Frame) {
@@ -319,7 +286,7 @@ final class RelayConnection: Sendable {
                 waiting.continuation.resume(returning: .success(.nanoseconds(Int64(elapsed))))
             }
         case .ping:
-            if let ping = try? frame.decode(Ping.self), let socket = core.socket { socket.encoder.append(id: 0, Pong(nonce: ping.nonce)) }
+            if let ping = try? frame.decode(Ping.self) { core.link?.send(Pong(nonce: ping.nonce), id: 0) }
         case .error:
             guard let message = try? frame.decode(ErrorMessage.self) else { return }
             let error = TetherError(.remote(message.code), message.message, operation: "ping",
@@ -359,11 +326,9 @@ final class RelayConnection: Sendable {
                                                context: channel.context.merging(error.context) { a, _ in a }, errno: error.errno)))
         }
         core.channels.removeAll()
-        if let socket = core.socket {
-            core.loop.unwatch(socket.fd)
-            socket.close()
-        }
-        core.socket = nil
+        let link = core.link
+        core.link = nil
+        link?.close()
         core.loop.stopping = true
     }
 }
