@@ -211,7 +211,7 @@ public final class EgressNetwork {
 
     /// Waits until pasta has configured the guest's interface: the sandbox's first process
     /// (`pid`, in the namespace) sees a default route. Nil when it has; the failure otherwise.
-    func waitUntilConfigured(sandboxPid pid: pid_t) -> BootFailure? {
+    public func waitUntilConfigured(sandboxPid pid: pid_t) -> BootFailure? {
         let deadline = Clock.monotonicNs() + Self.configureTimeoutMs * 1_000_000
         while Clock.monotonicNs() < deadline {
             if hasDefaultRoute(pid) { return nil }
