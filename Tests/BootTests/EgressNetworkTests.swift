@@ -139,6 +139,24 @@ import Testing
     }
 
     @Test(.timeLimit(.minutes(5)))
+    func allowingLoopbackOpensTheHostsLoopbackAtTheGatewayWithAWarning() throws {
+        try Fixtures.requireRoot()
+        try Self.requireEgressPrograms()
+        let loopback = try EgressSupport.Listener("127.0.0.1")
+        defer { cleanUp("lo-open") }
+        let boot = try tether(["boot", "--name", "lo-open", "--rootfs", try Fixtures.busyboxRootfs(), "--network", "egress",
+                               "--allow-net", "127.0.0.1/32"])
+        try #require(boot.status == 0, "\(boot.stderr)")
+        #expect(boot.stderr.contains("warning:") && boot.stderr.contains(EgressNetwork.gateway), "\(boot.stderr)")
+        let probe = try installProbe(in: "lo-open")
+        let result = try guest("lo-open", "echo \"gateway $(\(probe) \(EgressNetwork.gateway) \(loopback.port))\"; echo \"metadata $(\(probe) 169.254.169.254 80 2)\"")
+        let report = Self.results(result.stdout)
+        #expect(report["gateway"] == "connected", "--allow-net 127.0.0.1/32 did not open the host's loopback: \(result.stdout)")
+        #expect(loopback.acceptedAConnection())
+        #expect(report["metadata"] == "failed EHOSTUNREACH", "opening the loopback opened more: \(result.stdout)")
+    }
+
+    @Test(.timeLimit(.minutes(5)))
     func guestRootCannotUndoTheBlock() throws {
         try Fixtures.requireRoot()
         try Self.requireEgressPrograms()
