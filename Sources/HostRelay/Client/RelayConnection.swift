@@ -22,6 +22,8 @@ final class RelayConnection: Sendable {
     let name: String
     let helloTimeout: Duration
     let onNotice: (@Sendable (TetherError) -> Void)?
+    /// How long a session may wait on a silent agent before it fails (nil: for ever).
+    let agentTimeout: Duration?
 
     enum Command: Sendable {
         case start(SessionChannel, Frame)
@@ -48,6 +50,7 @@ final class RelayConnection: Sendable {
         let loop: EventLoop
         var link: FramedConnection?
         var channels: [UInt32: SessionChannel] = [:]
+        var watchdog: AgentWatchdog?
         init(loop: EventLoop) { self.loop = loop }
     }
 
@@ -59,11 +62,13 @@ final class RelayConnection: Sendable {
         return limits
     }()
 
-    private init(address: Address, name: String, helloTimeout: Duration, onNotice: (@Sendable (TetherError) -> Void)?) throws(TetherError) {
+    private init(address: Address, name: String, helloTimeout: Duration, onNotice: (@Sendable (TetherError) -> Void)?,
+                 agentTimeout: Duration?) throws(TetherError) {
         self.address = address
         self.name = name
         self.helloTimeout = helloTimeout
         self.onNotice = onNotice
+        self.agentTimeout = agentTimeout
         let loop: EventLoop
         do { loop = try EventLoop() } catch {
             throw TetherError(.internal, "cannot create an event loop: \(error)", operation: "connect", errno: error.rawValue)
@@ -74,8 +79,9 @@ final class RelayConnection: Sendable {
 
     /// Connects and waits for the server's hello. One attempt; `TetherClient` retries.
     static func open(_ address: Address, name: String, helloTimeout: Duration = .seconds(10),
-                     onNotice: (@Sendable (TetherError) -> Void)? = nil) async throws(TetherError) -> RelayConnection {
-        let connection = try RelayConnection(address: address, name: name, helloTimeout: helloTimeout, onNotice: onNotice)
+                     onNotice: (@Sendable (TetherError) -> Void)? = nil, agentTimeout: Duration? = nil) async throws(TetherError) -> RelayConnection {
+        let connection = try RelayConnection(address: address, name: name, helloTimeout: helloTimeout, onNotice: onNotice,
+                                             agentTimeout: agentTimeout)
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Hello, TetherError>, Never>) in
             connection.shared.withLock { $0.opened = continuation }
             DedicatedThread.start(named: "tether-client") { connection.threadMain() }
@@ -167,6 +173,18 @@ final class RelayConnection: Sendable {
         link.send(Hello(role: .client, name: name, pid: getpid()), id: 0)
         loop.onWake { [self] in runCommands() }
         link.start()
+        if let agentTimeout {
+            core.watchdog = AgentWatchdog(timeout: agentTimeout, loop: loop, sendPing: { [self] ping in
+                core.link?.send(ping, id: 0)
+            }, expire: { [self] silence in
+                // Every session on this connection waits on the same agent: end them all, and
+                // the connection with them (the relay then kills what they started; detached
+                // sessions stay). The client's next call opens a new connection.
+                end(TetherError(.remote(.agentUnresponsive),
+                                "the agent did not answer for \(Duration.describe(milliseconds: silence.milliseconds)) (limit \(Duration.describe(milliseconds: agentTimeout.milliseconds)))",
+                                operation: "connection", context: ["socket": address.description]))
+            })
+        }
         _ = loop.schedule(after: helloTimeout) { [self] in
             guard shared.withLock({ $0.hello == nil }) else { return }
             end(TetherError(.timedOut, "\(address) accepted the connection but sent no hello within \(helloTimeout)",
@@ -176,6 +194,7 @@ final class RelayConnection: Sendable {
         do { try loop.run() } catch {
             end(TetherError(.internal, "epoll_wait: \(error)", operation: "connection", errno: error.rawValue))
         }
+        core.watchdog = nil   // its closures hold this connection
         core.link?.close()
         core.link = nil
     }
@@ -190,6 +209,7 @@ final class RelayConnection: Sendable {
             switch command {
             case .start(let channel, let frame):
                 core.channels[channel.id] = channel
+                if AgentWatchdog.watches(frame.kind) { core.watchdog?.watch(channel.id) }
                 link.send(frame)
             case .frame(let frame, let channel):
                 if let channel, core.channels[channel.id] !== channel { continue }
@@ -221,6 +241,8 @@ final class RelayConnection: Sendable {
     }
 
     private func handle(_ frame: Frame) {
+        // Any frame but an error on the control channel is the far side answering.
+        if frame.id != 0 || frame.kind == .pong { core.watchdog?.heard() }
         if frame.id == 0 {
             handleControl(frame)
             return
@@ -261,6 +283,7 @@ final class RelayConnection: Sendable {
         if frame.flags.contains(.end) {
             channel.finish(.done)  // no-op when a specific end was set above
             core.channels[frame.id] = nil
+            core.watchdog?.unwatch(frame.id)
             _ = shared.withLock { $0.live.remove(frame.id) }
         }
     }
