@@ -8,6 +8,7 @@
 import Glibc
 #endif
 import Foundation
+import TetherBoot
 import TetherClient
 
 var quick = false
@@ -128,6 +129,14 @@ do {
         report.value("namespace first boot of a name p99", microseconds(first.p99))
     } catch {
         report.value("namespace boot to hello", "not measured: \(error)")
+    }
+    do {
+        let rootfs = try BootTiming.bundledRootfs(agent: binaries.agent)
+        let egress = try BootTiming.namespaceBootToHello(rootfs: rootfs, count: bootCount, ephemeral: true, network: .egress)
+        report.value("namespace boot to hello, --network egress (nft rules, pasta configured), median", microseconds(egress.median))
+        report.value("namespace boot to hello, --network egress, p99", microseconds(egress.p99))
+    } catch {
+        report.value("namespace boot to hello, --network egress", "not measured: \(error)")
     }
 
     report.section("ratios")
