@@ -124,6 +124,23 @@ MESSAGES = [
     ("msg-processEnded", {"process": {"name": "web", "session": 3, "pid": 77, "state": "exited", "startedNs": 1,
                                       "exited": {"code": 0}}}),
     ("msg-processRemove", {"name": "web"}),
+    ("msg-fsStat", {"path": "/etc/hostname", "follow": False}),
+    ("msg-fsInfo", {"type": "symlink", "size": 8, "mode": 511, "uid": 0, "gid": 0, "mtimeNs": 5, "atimeNs": 6,
+                    "ctimeNs": 7, "ino": 99, "nlink": 1, "target": "hostname"}),
+    ("msg-fsList", {"path": "/var", "recursive": True, "limit": 10, "cursor": b"\x00\x01"}),
+    ("msg-fsEntries", {"entries": [{"name": b"caf\xe9", "type": "file", "size": 5, "mode": 420, "mtimeNs": 1}]}),
+    ("msg-fsMkdir", {"path": "/srv/app", "mode": 448, "parents": True}),
+    ("msg-fsRemove", {"path": "/srv/old", "recursive": True}),
+    ("msg-fsRename", {"from": "a", "to": "b", "cwd": "/srv", "overwrite": True}),
+    ("msg-fsSetattr", {"path": "/srv/b", "mode": 384, "uid": 1000}),
+    ("msg-fsRead", {"path": "/var/log/app.log", "user": "app", "offset": 1024, "length": 4096, "limit": 1 << 40}),
+    ("msg-fsWrite", {"path": "/srv/x", "mode": 420, "uid": 1, "gid": 2, "ifAbsent": True, "sha256": bytes(32)}),
+    ("msg-fsArchive", {"path": "/srv/app"}),
+    ("msg-fsExtract", {"path": "/srv/copy", "owners": True}),
+    ("msg-fsWatch", {"path": "/srv/app", "recursive": True, "exclude": [".git"]}),
+    ("msg-fsEvents", {"events": [{"type": "moveTo", "path": "b", "cookie": 7}, {"type": "overflow", "path": ""}]}),
+    ("msg-fsDone", {"bytes": 3, "sha256": bytes(32)}),
+    ("msg-fsError", {"kind": "noSpace", "op": "write", "path": "/full/x", "errno": 28, "message": "no space"}),
 ]
 
 

@@ -21,6 +21,10 @@ import Testing
         .processList: ProcessList.self, .processTable: ProcessTable.self, .processLogs: ProcessLogs.self,
         .processLogPosition: ProcessLogPosition.self, .processSignal: ProcessSignal.self, .processWait: ProcessWait.self,
         .processEnded: ProcessEnded.self, .processRemove: ProcessRemove.self,
+        .fsStat: FsStat.self, .fsInfo: FsInfo.self, .fsList: FsList.self, .fsEntries: FsEntries.self, .fsMkdir: FsMkdir.self,
+        .fsRemove: FsRemove.self, .fsRename: FsRename.self, .fsSetattr: FsSetattr.self, .fsRead: FsRead.self,
+        .fsWrite: FsWrite.self, .fsArchive: FsArchive.self, .fsExtract: FsExtract.self, .fsWatch: FsWatch.self,
+        .fsEvents: FsEvents.self, .fsDone: FsDone.self, .fsError: FsError.self,
     ]
 
     struct Vector: CustomStringConvertible {

@@ -40,7 +40,7 @@ enum Samples {
         Detached(session: 5),
         LogsRequest(session: 12, follow: true), LogsRequest(),
         SignalSession(session: 12, number: 9),
-    ] + processMessages
+    ] + Array(InteropTests.fileMessages.values) + processMessages
 
     static let sampleProcess = ProcessEntry(name: "web", session: 3, pid: 77, state: .ready, argv: ["httpd", "-f"], restarts: 1,
                                             startedNs: 1_700_000_000_000_000_000, readyNs: 1_700_000_000_020_000_000,

@@ -45,6 +45,7 @@ public struct Sandboxes: Sendable {
     /// keeps running after this returns, under its supervisor, until `stop`.
     public func boot(_ config: SandboxConfig, onConflict: Conflict = .fail) throws(SandboxError) -> SandboxState {
         guard SandboxName.isValid(config.name) else { throw .invalidName(config.name) }
+        if let problem = config.networkProblem { throw .bootFailed(problem) }
         guard FileManager.default.isExecutableFile(atPath: supervisorExecutable) else {
             throw .missingProgram(path: supervisorExecutable)
         }

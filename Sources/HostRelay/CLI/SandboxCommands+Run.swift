@@ -20,7 +20,7 @@ enum RunCommand: Command {
         Without --name the sandbox is called run-XXXXXX and its state is removed afterwards;
         a named one stays in `tether ls` as stopped. BOOT OPTIONS are `tether boot`'s:
           --rootfs DIR, --name NAME, --backend B, --cpus N, --memory M, --pids N, --init PATH|auto,
-          --network none|host, --ephemeral, --disk MiB, --replace, --replace-grace D,
+          --network none|egress|host, --allow-net CIDR, --ephemeral, --disk MiB, --replace, --replace-grace D,
           --handshake-timeout D, --hostname NAME, --log-stdin, --seccomp P (the profile CMD runs
           under); see `tether boot --help`
         \(TetherCLI.commonHelpLines)

@@ -15,7 +15,8 @@ enum SandboxCommands {
     static let bootOptions: [OptionSpec] = [
         OptionSpec("--rootfs", value: true), OptionSpec("--name", value: true), OptionSpec("--backend", value: true),
         OptionSpec("--cpus", value: true), OptionSpec("--memory", value: true), OptionSpec("--pids", value: true),
-        OptionSpec("--init", value: true), OptionSpec("--network", value: true), OptionSpec("--ephemeral"),
+        OptionSpec("--init", value: true), OptionSpec("--network", value: true), OptionSpec("--allow-net", value: true),
+        OptionSpec("--ephemeral"),
         OptionSpec("--disk", value: true), OptionSpec("--replace"), OptionSpec("--replace-grace", value: true),
         OptionSpec("--handshake-timeout", value: true), OptionSpec("--hostname", value: true), OptionSpec("--log-stdin"),
         OptionSpec("--seccomp", value: true),
@@ -62,9 +63,15 @@ enum SandboxCommands {
         }
         if let text = parsed.value("network") {
             guard let network = NetworkMode(rawValue: text) else {
-                throw UsageError(message: "--network must be host or none, not '\(text)'", command: command)
+                throw UsageError(message: "--network must be none, egress or host, not '\(text)'", command: command)
             }
             config.network = network
+        }
+        for text in parsed.all("allow-net") {
+            do { _ = try NetworkRange(parsing: text) } catch {
+                throw UsageError(message: "--allow-net: \(error)", command: command)
+            }
+            config.allowNet = (config.allowNet ?? []) + [text]
         }
         config.ephemeral = parsed.has("ephemeral")
         if let text = parsed.value("handshake-timeout") {
@@ -120,7 +127,8 @@ enum BootCommand: Command {
     static let summary = "boot a sandbox and leave it running"
     static let help = """
         usage: tether boot --name NAME [--rootfs DIR] [--backend namespace|krun] [--cpus N] [--memory MiB]
-                           [--init PATH|auto] [--network none|host] [--ephemeral] [--disk MiB] [--pids N]
+                           [--init PATH|auto] [--network none|egress|host] [--allow-net CIDR]... [--ephemeral]
+                           [--disk MiB] [--pids N]
                            [--replace [--replace-grace D]] [--handshake-timeout D] [--hostname NAME] [--log-stdin]
                            [--seccomp default|restricted|none] [--json]
         Boots a sandbox from DIR (default: the bundled guest tree, as `tether run` uses) and leaves
@@ -134,8 +142,15 @@ enum BootCommand: Command {
                                memory defaults to 1024 MiB)
           --pids N             at most N processes and threads (namespace; default 4096)
           --init PATH|auto     hand PID 1 to an init (systemd, OpenRC, busybox init); the agent keeps serving
-          --network none|host  loopback only (default), or the host's network stack (warns: the
-                               sandbox then reaches the host's 127.0.0.1 services)
+          --network MODE       none: loopback only (default); egress: outbound TCP, UDP and DNS
+                               through pasta (namespace backend; Debian's passt and nftables),
+                               with the host's loopback, 169.254.0.0/16 (cloud metadata), private
+                               ranges (RFC 1918, fc00::/7) and the like refused; host: the host's
+                               network stack (warns: the sandbox then reaches the host's
+                               127.0.0.1 services)
+          --allow-net CIDR     with egress: let the guest reach this range although it is refused
+                               by default (repeatable; a range holding 127.0.0.1 opens the
+                               host's loopback at the gateway address 10.0.2.2)
           --ephemeral          the sandbox's writable layer is a tmpfs dropped at stop (namespace);
                                otherwise it stays with the name until `tether rm NAME`
           --disk MiB           the bound of the writable layer (default 1024; namespace)

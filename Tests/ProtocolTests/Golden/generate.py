@@ -24,6 +24,9 @@ KINDS = {
     "processStart": 0x50, "processReady": 0x51, "processFailed": 0x52, "processList": 0x53,
     "processTable": 0x54, "processLogs": 0x55, "processLogPosition": 0x56, "processSignal": 0x57,
     "processWait": 0x58, "processEnded": 0x59, "processRemove": 0x5A,
+    "fsStat": 0x30, "fsInfo": 0x31, "fsList": 0x32, "fsEntries": 0x33, "fsMkdir": 0x34, "fsRemove": 0x35,
+    "fsRename": 0x36, "fsSetattr": 0x37, "fsRead": 0x38, "fsWrite": 0x39, "fsArchive": 0x3A, "fsExtract": 0x3B,
+    "fsWatch": 0x3C, "fsEvents": 0x3D, "fsDone": 0x3E, "fsError": 0x3F,
 }
 FLAGS = {"end": 0x01, "start": 0x02}
 DATA = {"stdout", "stderr", "stdin"}
@@ -162,6 +165,40 @@ VECTORS = [
         "name": "web", "session": 3, "pid": 77, "state": "exited", "argv": ["true"], "restarts": 0, "startedNs": 1,
         "exited": {"code": 0, "coreDumped": False}, "logStart": 0, "logEnd": 0}}),
     v("processRemove", "processRemove", 16, ["start"], {"name": "web"}),
+    # files (fs/1)
+    v("fsStat", "fsStat", 20, ["start"], {"path": "/etc/hostname"}),
+    v("fsStat-relative-as-user-lstat", "fsStat", 21, ["start"],
+      {"path": "hostname", "cwd": "/etc", "user": "app", "follow": False}),
+    v("fsInfo-file", "fsInfo", 20, ["end"], {"type": "file", "size": 13, "mode": 420, "uid": 0, "gid": 0,
+                                             "mtimeNs": 1700000000123456789, "atimeNs": 1700000000000000000,
+                                             "ctimeNs": 1700000000123456789, "ino": 1234, "nlink": 1}),
+    v("fsInfo-symlink", "fsInfo", 21, ["end"], {"type": "symlink", "size": 8, "mode": 511, "uid": 0, "gid": 0,
+                                                "mtimeNs": 0, "atimeNs": 0, "ctimeNs": 0, "ino": 99, "nlink": 1,
+                                                "target": "hostname"}),
+    v("fsList", "fsList", 22, ["start"], {"path": "/var/log", "recursive": True, "limit": 1000,
+                                          "cursor": b("0000000000000007000000000000000000030003617070")}),
+    v("fsEntries", "fsEntries", 22, ["end"], {"entries": [
+        {"name": "app", "type": "dir", "size": 4096, "mode": 493, "mtimeNs": 1700000000000000000},
+        {"name": "app/out.log", "type": "file", "size": 5, "mode": 420, "mtimeNs": 1700000000000000000}],
+        "nextCursor": b("00000000000000090000")}),
+    v("fsMkdir", "fsMkdir", 23, ["start"], {"path": "/srv/app", "mode": 493, "parents": True}),
+    v("fsRemove", "fsRemove", 24, ["start"], {"path": "/srv/old", "recursive": True}),
+    v("fsRename", "fsRename", 25, ["start"], {"from": "/srv/a", "to": "/srv/b", "overwrite": True}),
+    v("fsSetattr", "fsSetattr", 26, ["start"], {"path": "/srv/b", "mode": 384, "uid": 1000, "gid": 1000}),
+    v("fsRead", "fsRead", 27, ["start"], {"path": "/var/log/app.log", "offset": 1024, "length": 4096}),
+    v("fsWrite", "fsWrite", 28, ["start"], {"path": "/srv/app/config.json", "mode": 420, "parents": True,
+                                            "sha256": b("ca3d163bab055381827226140568f3bef7eaac187cebd76878e0b63e9e442356")}),
+    v("fsArchive", "fsArchive", 29, ["start"], {"path": "/srv/app"}),
+    v("fsExtract", "fsExtract", 30, ["start"], {"path": "/srv/copy", "owners": True}),
+    v("fsWatch", "fsWatch", 31, ["start"], {"path": "/srv/app", "recursive": True, "exclude": ["node_modules"]}),
+    v("fsEvents", "fsEvents", 31, [], {"events": [{"type": "create", "path": "src/main.swift"},
+                                                  {"type": "moveFrom", "path": "a", "cookie": 7},
+                                                  {"type": "moveTo", "path": "b", "cookie": 7},
+                                                  {"type": "overflow", "path": ""}]}),
+    v("fsDone-write", "fsDone", 28, ["end"], {"bytes": 3, "sha256": b("ca3d163bab055381827226140568f3bef7eaac187cebd76878e0b63e9e442356")}),
+    v("fsDone-empty", "fsDone", 23, ["end"], {}),
+    v("fsError", "fsError", 32, ["end"], {"kind": "permissionDenied", "op": "open", "path": "/root/secret",
+                                          "errno": 13, "message": "open /root/secret: Permission denied"}),
 ]
 
 

@@ -44,6 +44,9 @@ KINDS: dict[str, int] = {
     "processStart": 0x50, "processReady": 0x51, "processFailed": 0x52, "processList": 0x53,
     "processTable": 0x54, "processLogs": 0x55, "processLogPosition": 0x56, "processSignal": 0x57,
     "processWait": 0x58, "processEnded": 0x59, "processRemove": 0x5A,
+    "fsStat": 0x30, "fsInfo": 0x31, "fsList": 0x32, "fsEntries": 0x33, "fsMkdir": 0x34, "fsRemove": 0x35,
+    "fsRename": 0x36, "fsSetattr": 0x37, "fsRead": 0x38, "fsWrite": 0x39, "fsArchive": 0x3A, "fsExtract": 0x3B,
+    "fsWatch": 0x3C, "fsEvents": 0x3D, "fsDone": 0x3E, "fsError": 0x3F,
 }
 KIND_NAMES: dict[int, str] = {code: name for name, code in KINDS.items()}
 #: Kinds whose payload is raw bytes instead of one CBOR map.
@@ -56,6 +59,9 @@ LIST_SESSIONS, SESSION_LIST, ATTACH, ATTACHED, DETACH, DETACHED = 0x20, 0x21, 0x
 LOGS, SIGNAL_SESSION = 0x26, 0x27
 PROCESS_START, PROCESS_READY, PROCESS_FAILED, PROCESS_LIST, PROCESS_TABLE = 0x50, 0x51, 0x52, 0x53, 0x54
 PROCESS_LOGS, PROCESS_LOG_POSITION, PROCESS_SIGNAL, PROCESS_WAIT, PROCESS_ENDED, PROCESS_REMOVE = 0x55, 0x56, 0x57, 0x58, 0x59, 0x5A
+#: The files subsystem (capability fs/1, docs/PROTOCOL.md "Files"). This package has no files
+#: API yet; it knows the kinds, and `encode_message` writes their maps.
+FS_KINDS = frozenset(code for name, code in KINDS.items() if name.startswith("fs"))
 
 _HEADER = struct.Struct(">IIBB")
 
