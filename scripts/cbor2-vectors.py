@@ -106,6 +106,14 @@ MESSAGES = [
     ("msg-logs", {"session": 12, "follow": True}),
     ("msg-logs-empty", {}),
     ("msg-signalSession", {"session": 12, "number": 9}),
+    ("msg-exposePort", {"guestPort": 8080, "hostPort": 18080, "hostAddr": "::1", "name": "web", "check": False}),
+    ("msg-portExposed", {"port": {"guestPort": 8080, "hostAddr": "127.0.0.1", "hostPort": 18080}}),
+    ("msg-unexposePort", {"guestPort": 8080}),
+    ("msg-listPorts", {}),
+    ("msg-portList", {"ports": [{"guestPort": 3000, "hostAddr": "::1", "hostPort": 3000, "listening": False,
+                                 "problem": "portInUse", "connections": 2, "refusals": 1, "lastRefusal": "x"}]}),
+    ("msg-tunnelOpen", {"guestPort": 8080, "request": 2**64 - 1, "probe": True}),
+    ("msg-tunnelOpened", {"address": "127.0.0.1:8080", "listeners": ["[::]:8080"]}),
 ]
 
 

@@ -17,6 +17,8 @@ import Testing
         .listSessions: ListSessions.self, .sessionList: SessionList.self, .attach: Attach.self,
         .attached: Attached.self, .detach: Detach.self, .detached: Detached.self,
         .logs: LogsRequest.self, .signalSession: SignalSession.self,
+        .exposePort: ExposePort.self, .portExposed: PortExposed.self, .unexposePort: UnexposePort.self,
+        .listPorts: ListPorts.self, .portList: PortList.self, .tunnelOpen: TunnelOpen.self, .tunnelOpened: TunnelOpened.self,
     ]
 
     struct Vector: CustomStringConvertible {

@@ -21,6 +21,8 @@ KINDS = {
     "signal": 0x1A, "kill": 0x1B, "ack": 0x1C,
     "listSessions": 0x20, "sessionList": 0x21, "attach": 0x22, "attached": 0x23,
     "detach": 0x24, "detached": 0x25, "logs": 0x26, "signalSession": 0x27,
+    "exposePort": 0x40, "portExposed": 0x41, "unexposePort": 0x42, "listPorts": 0x43, "portList": 0x44,
+    "tunnelOpen": 0x45, "tunnelOpened": 0x46,
 }
 FLAGS = {"end": 0x01, "start": 0x02}
 DATA = {"stdout", "stderr", "stdin"}
@@ -118,6 +120,24 @@ VECTORS = [
     v("logs-follow", "logs", 7, ["start"], {"session": 12, "follow": True}),
     v("logs-all", "logs", 7, ["start"], {"follow": False}),
     v("signalSession", "signalSession", 8, ["start"], {"session": 12, "number": 9}),
+    # exposed ports: relay requests
+    v("exposePort", "exposePort", 9, ["start"], {"guestPort": 8080, "hostPort": 18080, "hostAddr": "127.0.0.1", "name": "web"}),
+    v("exposePort-unchecked", "exposePort", 9, ["start"], {"guestPort": 3000, "check": False},
+      note="expose even though nothing listens on the guest port yet"),
+    v("portExposed", "portExposed", 9, ["end"], {"port": {"guestPort": 8080, "hostAddr": "127.0.0.1", "hostPort": 18080,
+                                                          "name": "web"}}),
+    v("unexposePort", "unexposePort", 10, ["start"], {"guestPort": 8080}),
+    v("listPorts", "listPorts", 11, ["start"], {}),
+    v("portList", "portList", 11, ["end"], {"ports": [
+        {"guestPort": 3000, "hostAddr": "::1", "hostPort": 3000, "listening": False,
+         "problem": "portInUse: [::1]:3000 is in use on the host"},
+        {"guestPort": 8080, "hostAddr": "127.0.0.1", "hostPort": 18080, "name": "web", "connections": 3, "refusals": 1,
+         "lastRefusal": "connectionRefused: guest port 8080: tried 127.0.0.1:8080 (ECONNREFUSED)"}]}),
+    # exposed ports: the preamble of a tunnel connection (its own socket, id 0)
+    v("tunnelOpen", "tunnelOpen", 0, [], {"guestPort": 8080, "request": 7}),
+    v("tunnelOpen-probe", "tunnelOpen", 0, [], {"guestPort": 8080, "request": 8, "probe": True}),
+    v("tunnelOpened", "tunnelOpened", 0, [], {"address": "127.0.0.1:8080"}),
+    v("tunnelOpened-probe", "tunnelOpened", 0, [], {"listeners": ["127.0.0.1:8080", "[::]:8080"]}),
 ]
 
 
