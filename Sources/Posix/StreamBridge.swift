@@ -3,14 +3,15 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import CSys
 
 /// Copies bytes both ways between two connected stream sockets on an `EventLoop`, for as
 /// long as either direction has something to carry: a tunnelled TCP connection (the relay
 /// between a host client and the agent's tunnel socket; the agent between that socket and the
 /// guest's service).
 ///
-/// Flow control: each direction has one bounded buffer; the bridge reads a side only while the
-/// buffer it fills has room, so a slow reader stops its writer through the kernel's socket
+/// Flow control: each direction has one bounded buffer (a pipe the bytes are spliced through,
+/// or memory of the process); the bridge reads a side only while the buffer it fills has room, so a slow reader stops its writer through the kernel's socket
 /// buffers, and nothing is ever dropped. Half-close: when one side's reading half ends (EOF),
 /// the bridge writes out what it holds for the other side and then shuts that side's writing
 /// half (shutdown(2) SHUT_WR); the other direction goes on until it ends too. An error on
@@ -26,22 +27,55 @@ public final class StreamBridge {
         case failed(operation: String, Errno)
     }
 
-    /// One direction: bytes read from `source`, waiting to be written to `sink`.
+    /// One direction: bytes taken from `source`, waiting to be given to `sink`. They wait in
+    /// a pipe, moved with splice(2) (the kernel passes pages from one socket to the other
+    /// without copying them through the process), or, when no pipe could be made (out of
+    /// descriptors), in a buffer of the process, with read(2) and write(2).
     private struct Direction {
         let source: CInt
         let sink: CInt
-        var buffer: UnsafeMutableRawBufferPointer
+        var pipeRead: CInt = -1
+        var pipeWrite: CInt = -1
+        var buffer: UnsafeMutableRawBufferPointer?
         var start = 0
         var end = 0
-        /// The source said EOF; once the buffer is written out, the sink's writing half is shut.
+        /// Bytes the pipe (or the buffer) holds at most, and holds now.
+        var capacity: Int
+        var held = 0
+        /// The source said EOF; once everything held is given, the sink's writing half is shut.
         var sourceEnded = false
         var sinkShut = false
         var bytesCarried: UInt64 = 0
 
-        var hasRoom: Bool { !sourceEnded && end < buffer.count }
-        var hasPending: Bool { start < end }
+        init(source: CInt, sink: CInt, capacity: Int) {
+            self.source = source
+            self.sink = sink
+            self.capacity = capacity
+            do {
+                let pipe = try Pipe(nonBlocking: true)
+                let size = csys_set_pipe_size(pipe.writeEnd.raw, CInt(capacity))
+                // Without the size asked for (above fs.pipe-max-size), a pipe holds 16 pages.
+                self.capacity = size > 0 ? Int(size) : 16 * 4096
+                pipeWrite = pipe.writeEnd.release()
+                pipeRead = pipe.readEnd.release()
+            } catch {
+                buffer = .allocate(byteCount: capacity, alignment: 16)
+            }
+        }
+
+        var hasRoom: Bool { !sourceEnded && (buffer == nil ? held < capacity : end < capacity) }
+        var hasPending: Bool { held > 0 }
         var isDone: Bool { sinkShut }
+
+        func release() {
+            if pipeRead >= 0 { _ = Glibc.close(pipeRead) }
+            if pipeWrite >= 0 { _ = Glibc.close(pipeWrite) }
+            buffer?.deallocate()
+        }
     }
+
+    /// Rounds of moving bytes one event may take before the loop serves other descriptors.
+    private static let roundsPerTurn = 8
 
     private let loop: EventLoop
     private var directions: [Direction]
@@ -62,14 +96,14 @@ public final class StreamBridge {
         let b = second.release()
         sides = [a, b]
         directions = [
-            Direction(source: a, sink: b, buffer: .allocate(byteCount: bufferBytes, alignment: 16)),
-            Direction(source: b, sink: a, buffer: .allocate(byteCount: bufferBytes, alignment: 16)),
+            Direction(source: a, sink: b, capacity: bufferBytes),
+            Direction(source: b, sink: a, capacity: bufferBytes),
         ]
     }
 
     deinit {
         closeDescriptors()
-        for direction in directions { direction.buffer.deallocate() }
+        for direction in directions { direction.release() }
     }
 
     /// Starts watching both sides; bytes a side already holds are carried at once.
@@ -90,12 +124,17 @@ public final class StreamBridge {
     }
 
     /// Bytes that arrived with a preamble, before the bridge took the socket: they go first.
+    /// A few KiB at most (what followed a preamble), so the empty pipe or buffer takes them.
     private func seed(_ bytes: [UInt8]) {
-        let count = min(bytes.count, directions[0].buffer.count)
-        bytes.withUnsafeBytes { raw in
-            directions[0].buffer.baseAddress!.copyMemory(from: raw.baseAddress!, byteCount: count)
+        if let buffer = directions[0].buffer {
+            let count = min(bytes.count, buffer.count)
+            bytes.withUnsafeBytes { raw in buffer.baseAddress!.copyMemory(from: raw.baseAddress!, byteCount: count) }
+            directions[0].end = count
+            directions[0].held = count
+        } else if let written = try? FileIO.write(directions[0].pipeWrite, UnsafeRawBufferPointer(start: bytes, count: bytes.count)),
+                  case .wrote(let count) = written {
+            directions[0].held = count
         }
-        directions[0].end = count
     }
 
     private func sideReady(_ fd: CInt, events: UInt32) {
@@ -117,7 +156,15 @@ public final class StreamBridge {
     private func pump() -> Bool {
         var progressed = false
         var moved = true
+        var rounds = 0
         while moved && !ended {
+            if rounds == Self.roundsPerTurn {
+                // Still moving: let the loop's other descriptors (exec traffic, other tunnels)
+                // have their turn, then carry on.
+                loop.afterReadyEvents { [weak self] in self?.pump() }
+                break
+            }
+            rounds += 1
             moved = false
             for index in directions.indices {
                 do throws(BridgeFailure) {
@@ -143,47 +190,26 @@ public final class StreamBridge {
         let errno: Errno
     }
 
-    /// One read into and one write out of a direction's buffer; true when a byte moved or a
-    /// state changed.
+    /// One take from the source and one give to the sink; true when a byte moved or a state
+    /// changed.
     private func step(_ index: Int) throws(BridgeFailure) -> Bool {
         var changed = false
         if directions[index].hasRoom {
-            let direction = directions[index]
-            let room = UnsafeMutableRawBufferPointer(rebasing: direction.buffer[direction.end...])
-            do {
-                switch try FileIO.read(direction.source, into: room) {
-                case .bytes(let count):
-                    directions[index].end += count
-                    changed = true
-                case .endOfFile:
-                    directions[index].sourceEnded = true
-                    changed = true
-                case .wouldBlock:
-                    break
-                }
-            } catch {
-                throw BridgeFailure(operation: "read", errno: error)
+            switch try take(index) {
+            case .bytes(let count):
+                directions[index].held += count
+                changed = true
+            case .endOfFile:
+                directions[index].sourceEnded = true
+                changed = true
+            case .wouldBlock:
+                break
             }
         }
-        if directions[index].hasPending {
-            let direction = directions[index]
-            let pending = UnsafeRawBufferPointer(rebasing: direction.buffer[direction.start..<direction.end])
-            do {
-                switch try FileIO.write(direction.sink, pending) {
-                case .wrote(let count):
-                    directions[index].start += count
-                    directions[index].bytesCarried += UInt64(count)
-                    if directions[index].start == directions[index].end {
-                        directions[index].start = 0
-                        directions[index].end = 0
-                    }
-                    changed = true
-                case .wouldBlock:
-                    break
-                }
-            } catch {
-                throw BridgeFailure(operation: "write", errno: error)
-            }
+        if directions[index].hasPending, let count = try give(index) {
+            directions[index].held -= count
+            directions[index].bytesCarried += UInt64(count)
+            changed = true
         }
         if directions[index].sourceEnded, !directions[index].hasPending, !directions[index].sinkShut {
             directions[index].sinkShut = true
@@ -193,6 +219,48 @@ public final class StreamBridge {
             changed = true
         }
         return changed
+    }
+
+    private func take(_ index: Int) throws(BridgeFailure) -> ReadResult {
+        let direction = directions[index]
+        guard let buffer = direction.buffer else {
+            let result = csys_splice(direction.source, direction.pipeWrite, UInt(direction.capacity - direction.held))
+            if result > 0 { return .bytes(Int(result)) }
+            if result == 0 { return .endOfFile }
+            if result == -Int(EAGAIN) { return .wouldBlock }
+            throw BridgeFailure(operation: "splice from the socket", errno: Errno(rawValue: CInt(-result)))
+        }
+        let room = UnsafeMutableRawBufferPointer(rebasing: buffer[direction.end...])
+        do {
+            let result = try FileIO.read(direction.source, into: room)
+            if case .bytes(let count) = result { directions[index].end += count }
+            return result
+        } catch {
+            throw BridgeFailure(operation: "read", errno: error)
+        }
+    }
+
+    /// The bytes given to the sink, nil when it takes none now.
+    private func give(_ index: Int) throws(BridgeFailure) -> Int? {
+        let direction = directions[index]
+        guard let buffer = direction.buffer else {
+            let result = csys_splice(direction.pipeRead, direction.sink, UInt(direction.held))
+            if result > 0 { return Int(result) }
+            if result == -Int(EAGAIN) || result == 0 { return nil }
+            throw BridgeFailure(operation: "splice to the socket", errno: Errno(rawValue: CInt(-result)))
+        }
+        let pending = UnsafeRawBufferPointer(rebasing: buffer[direction.start..<direction.end])
+        do {
+            guard case .wrote(let count) = try FileIO.write(direction.sink, pending) else { return nil }
+            directions[index].start += count
+            if directions[index].start == directions[index].end {
+                directions[index].start = 0
+                directions[index].end = 0
+            }
+            return count
+        } catch {
+            throw BridgeFailure(operation: "write", errno: error)
+        }
     }
 
     /// Readable while the buffer it fills has room; writable while the buffer it drains holds

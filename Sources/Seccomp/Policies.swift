@@ -134,6 +134,8 @@ extension SeccompPolicy {
         "getsockopt", "setsockopt", "getsockname", "getpeername", "socketpair",
         // Exposed ports: a TCP listener on the host per port (`tether port expose`).
         "bind", "listen",
+        // Their tunnels: bytes spliced socket -> pipe -> socket without copying them.
+        "splice",
         // Readiness, timers, signals, wake-ups.
         "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll",
         "select", "pselect6", "eventfd2", "timerfd_create", "timerfd_settime", "timerfd_gettime",

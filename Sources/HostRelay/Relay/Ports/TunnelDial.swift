@@ -136,7 +136,11 @@ final class TunnelDial {
         timer = nil
         if let fd = socket?.raw, loop.isWatching(fd) { loop.unwatch(fd) }
         if case .refused = answer { socket = nil }
-        onAnswer(answer)
+        // The owner's closure may hold this dial (to take its connection): let go of it once
+        // it ran, so the two do not keep each other alive.
+        let callback = onAnswer
+        onAnswer = { _ in }
+        callback(answer)
     }
 
     private func release() {
