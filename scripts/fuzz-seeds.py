@@ -23,11 +23,14 @@ import cbor2
 KINDS = {"hello": 0x01, "error": 0x02, "ping": 0x03, "pong": 0x04, "shutdown": 0x05, "exec": 0x10,
          "started": 0x11, "stdinError": 0x15, "exited": 0x16, "done": 0x17, "failed": 0x18, "resize": 0x19,
          "signal": 0x1A, "kill": 0x1B, "ack": 0x1C, "listSessions": 0x20, "sessionList": 0x21,
-         "attach": 0x22, "attached": 0x23, "detach": 0x24, "detached": 0x25}
+         "attach": 0x22, "attached": 0x23, "detach": 0x24, "detached": 0x25,
+         "exposePort": 0x40, "portExposed": 0x41, "unexposePort": 0x42, "listPorts": 0x43, "portList": 0x44,
+         "tunnelOpen": 0x45, "tunnelOpened": 0x46}
 # The order of `checks` in fuzz/targets/messages.swift.
 MESSAGE_ORDER = ["hello", "error", "ping", "pong", "shutdown", "exec", "started", "stdinError", "exited",
                  "done", "failed", "resize", "signal", "kill", "ack", "listSessions", "sessionList", "attach",
-                 "attached", "detach", "detached", "logs", "signalSession"]
+                 "attached", "detach", "detached", "logs", "signalSession", "exposePort", "portExposed",
+                 "unexposePort", "listPorts", "portList", "tunnelOpen", "tunnelOpened"]
 START, END = 2, 1
 
 
@@ -99,6 +102,9 @@ def relay_streams():
         (frame(7, 0, 0x12, b"stray") + struct.pack(">I", 3), client_hello),
         (b"", struct.pack(">I", (1 << 20) + 7)),
         (frame(0, 0, "error", {"code": "internal", "message": "x"}), client_hello + frame(1, START, 0x7F, b"")),
+        # Port requests the relay answers itself (the fuzzed relay has no tunnel endpoint).
+        (b"", client_hello + frame(1, START, "listPorts", {}) + frame(2, START, "exposePort", {"guestPort": 8080})
+         + frame(3, START, "unexposePort", {"guestPort": 70000})),
     ]
     return [struct.pack(">H", len(a)) + a + c for a, c in pairs]
 

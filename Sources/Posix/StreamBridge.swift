@@ -75,7 +75,7 @@ public final class StreamBridge {
     }
 
     /// Rounds of moving bytes one event may take before the loop serves other descriptors.
-    private static let roundsPerTurn = 8
+    private static let roundsPerTurn = 4
 
     private let loop: EventLoop
     private var directions: [Direction]

@@ -201,7 +201,7 @@ final class PortForwards {
                 loop.unwatch(listener)
                 loop.schedule(after: .milliseconds(100)) { [weak self, weak port] in
                     guard let self, let port, let fd = port.listenerFD, !loop.isWatching(fd) else { return }
-                    try? loop.watch(fd, events: EventLoop.readable) { [unowned self, unowned port] _ in accept(port) }
+                    try? loop.watch(fd, events: EventLoop.readable) { [unowned self, unowned port] _ in self.accept(port) }
                 }
                 return
             }
