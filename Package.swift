@@ -10,6 +10,9 @@ let package = Package(
         .library(name: "TetherProtocol", targets: ["TetherProtocol"]),
         .library(name: "TetherClient", targets: ["TetherClient"]),
         .library(name: "TetherRelay", targets: ["TetherRelay"]),
+        // Sandboxes from Swift: boot, exec, stop (`Sandbox`, `withSandbox`); re-exports
+        // TetherBoot's configuration and TetherClient's exec API.
+        .library(name: "TetherSandbox", targets: ["TetherSandbox"]),
         .executable(name: "tether-agent", targets: ["tether-agent"]),
         .executable(name: "tether", targets: ["tether"]),
         .executable(name: "tether-bench", targets: ["tether-bench"]),
@@ -44,7 +47,11 @@ let package = Package(
                 path: "Sources/HostRelay/Client"),
         .target(name: "TetherBoot", dependencies: ["TetherProtocol", "TetherPosix", "CSys", "CKrun"],
                 path: "Sources/HostRelay/Boot"),
-        .executableTarget(name: "tether", dependencies: ["TetherRelay", "TetherClient", "TetherBoot"],
+        // Above Boot and Client, which stay unaware of each other: a sandbox's lifecycle (Boot)
+        // joined to a client of its relay (Client). The CLI's boot, run and stop call it.
+        .target(name: "TetherSandbox", dependencies: ["TetherBoot", "TetherClient", "TetherPosix", "TetherProtocol"],
+                path: "Sources/HostRelay/SandboxLibrary"),
+        .executableTarget(name: "tether", dependencies: ["TetherRelay", "TetherClient", "TetherBoot", "TetherSandbox"],
                           path: "Sources/HostRelay/CLI"),
         // One per sandbox, started by `tether boot`: holds the name, reaps the sandbox, stops it;
         // also the krun backend's VMM process (krun_start_enter takes over the process that calls it).
@@ -63,10 +70,10 @@ let package = Package(
         .testTarget(name: "RelayTests", dependencies: ["TetherRelay", "TetherClient", "TestSupport"],
                     path: "Tests/RelayTests"),
         // The CLI's own logic (argument parsing, detach keys), imported from the executable.
-        .testTarget(name: "CLITests", dependencies: ["tether"], path: "Tests/CLITests"),
+        .testTarget(name: "CLITests", dependencies: ["tether", "TetherSandbox"], path: "Tests/CLITests"),
         // Stub/ holds the C stub libkrun the krun tests compile with cc; Probes/ the static C
         // programs the confinement tests copy into sandboxes.
-        .testTarget(name: "BootTests", dependencies: ["TetherBoot", "TetherClient", "TestSupport"],
+        .testTarget(name: "BootTests", dependencies: ["TetherBoot", "TetherClient", "TetherSandbox", "TestSupport"],
                     path: "Tests/BootTests", exclude: ["Stub", "Probes"]),
         // Faults end to end (killed agent or relay, floods, limits, a long soak): real processes.
         .testTarget(name: "ReliabilityTests", dependencies: ["TetherClient", "TetherPosix", "TetherProtocol", "TestSupport"],

@@ -11,6 +11,8 @@ packages=(
   tmux                # drives the CLI in a real terminal in the PTY tests
   util-linux procps   # unshare, nsenter, ps, setpriv (the rootless tests)
   e2fsprogs           # mkfs.ext4: a persistent sandbox's writable layer is a sized ext4 image
+  passt               # pasta: --network egress carries the guest's TCP, UDP and DNS out (user-mode, rootless too)
+  nftables            # nft: --network egress installs its destination rules in the sandbox's network namespace
 )
 missing=()
 for p in "${packages[@]}"; do

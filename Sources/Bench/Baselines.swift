@@ -92,6 +92,50 @@ enum Baselines {
     }
 }
 
+extension Baselines {
+    /// 64 bytes each way over an AF_UNIX stream socketpair, a thread echoing: the floor under
+    /// any ping over a unix socket (two context switches and two copies each way).
+    static func unixRoundTrip(count: Int, size: Int = 64) throws -> Timings {
+        let pair = try Socket.pair()
+        let echoFD = pair.second.raw
+        let fd = pair.first.raw
+        let total = count + min(100, count)
+        DedicatedThread.start(named: "bench-echo") {
+            var buffer = [UInt8](repeating: 0, count: size)
+            for _ in 0..<total {
+                guard readFully(echoFD, &buffer), writeFully(echoFD, buffer) else { return }
+            }
+        }
+        var buffer = [UInt8](repeating: 0x5A, count: size)
+        var timings = Timings(reserving: count)
+        for i in 0..<total {
+            let start = Clock.monotonicNs()
+            guard writeFully(fd, buffer), readFully(fd, &buffer) else { throw BenchError.failed("unix round trip: \(Errno.current)") }
+            if i >= total - count { timings.add(Clock.monotonicNs() - start) }
+        }
+        _ = pair
+        return timings
+    }
+
+    private static func readFully(_ fd: CInt, _ buffer: inout [UInt8]) -> Bool {
+        var got = 0
+        while got < buffer.count {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + got, $0.count - got) }
+            if n > 0 { got += n } else if n < 0 && errno == EINTR { continue } else { return false }
+        }
+        return true
+    }
+
+    private static func writeFully(_ fd: CInt, _ buffer: [UInt8]) -> Bool {
+        var sent = 0
+        while sent < buffer.count {
+            let n = buffer.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + sent, $0.count - sent) }
+            if n > 0 { sent += n } else if n < 0 && errno == EINTR { continue } else { return false }
+        }
+        return true
+    }
+}
+
 enum BenchError: Error, CustomStringConvertible {
     case shortRead(expected: Int, got: Int)
     case missing(String)

@@ -12,7 +12,9 @@ import TetherPosix
 /// the idmapped overlay root, /proc, /sys and /dev with their masks, pivot_root) and the static
 /// agent as PID 1, to the agent's hello read on the host side.
 enum BootTiming {
-    static func namespaceBootToHello(rootfs: String, count: Int, ephemeral: Bool) throws -> Timings {
+    /// With `network` `.egress` the time includes making the network namespace with its rules
+    /// (the host's nft) and pasta configuring the guest's interface.
+    static func namespaceBootToHello(rootfs: String, count: Int, ephemeral: Bool, network: NetworkMode = .none) throws -> Timings {
         guard geteuid() == 0 else { throw BenchError.missing("root (the namespace backend needs namespaces and mounts)") }
         var template = Array("/tmp/tether-bench-home-XXXXXX".utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
@@ -26,9 +28,9 @@ enum BootTiming {
             let paths = home.sandbox(name)
             try FileManager.default.createDirectory(at: paths.directory, withIntermediateDirectories: true)
             var warnings: [String] = []
-            let config = SandboxConfig(name: name, rootfs: rootfs, ephemeral: ephemeral)
+            let config = SandboxConfig(name: name, rootfs: rootfs, network: network, ephemeral: ephemeral)
             let start = Clock.monotonicNs()
-            let (pid, cgroup) = try NamespaceBackend.start(config, paths: paths, warnings: &warnings)
+            let (pid, cgroup, egress) = try NamespaceBackend.start(config, paths: paths, warnings: &warnings)
             let pidfd = csys_pidfd_open(pid, 0)
             defer {
                 kill(pid, SIGKILL)
@@ -38,6 +40,7 @@ enum BootTiming {
                 cgroup?.remove()
             }
             guard pidfd >= 0 else { throw BenchError.failed("pidfd_open: \(Errno.current)") }
+            if let failure = egress?.waitUntilConfigured(sandboxPid: pid) { throw BenchError.failed("boot \(index): \(failure)") }
             let outcome = Handshake.waitForAgent(socketPath: paths.agentSocket.path, pidfd: pidfd,
                                                  deadlineNs: start + 30_000_000_000)
             guard case .hello = outcome else {

@@ -150,5 +150,23 @@ struct ResidentSet {
     }
 }
 
+/// CPU time a process has used so far (user + system, /proc/PID/stat fields 14 and 15).
+struct ProcessCPU {
+    let seconds: Double
+
+    init(pid: pid_t) throws {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else {
+            throw BenchError.failed("cannot read /proc/\(pid)/stat")
+        }
+        // Fields after the command name (which may hold spaces), from field 3 (state) on.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else {
+            throw BenchError.failed("/proc/\(pid)/stat has no utime/stime")
+        }
+        seconds = (user + system) / Double(sysconf(CInt(_SC_CLK_TCK)))
+    }
+}
+
 func mebibytes(kib: Int) -> String { formatted(Double(kib) / 1024, decimals: 1) + " MiB" }
 func megabytes(bytes: Int) -> String { formatted(Double(bytes) / 1e6, decimals: 2) + " MB (\(bytes) bytes)" }

@@ -14,6 +14,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <grp.h>
 #include <linux/mount.h>
@@ -89,6 +91,20 @@ static void join(char *dst, size_t size, const char *a, const char *b) {
     for (; *a && i + 1 < size; a++) dst[i++] = *a;
     for (; *b && i + 1 < size; b++) dst[i++] = *b;
     dst[i] = 0;
+}
+
+/* Writes `text` to an existing file (a /proc knob) in one write(2); 0 or -1 with errno. */
+static int write_file(const char *path, const char *text) {
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    size_t length = strlen(text);
+    ssize_t n;
+    do { n = write(fd, text, length); } while (n < 0 && errno == EINTR);
+    int e = errno;
+    close(fd);
+    if (n == (ssize_t)length) return 0;
+    errno = n < 0 ? e : EIO;
+    return -1;
 }
 
 /* A file the sandbox must not read: the host's /dev/null bound over it (if it exists). */
@@ -241,6 +257,8 @@ static void child_main(const struct csys_sandbox_spec *spec, int go_read, int st
         if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) child_fail(status_write, CSYS_BOOT_STAGE_NAMESPACE, errno);
         close(s);
     }
+    for (int i = 0; spec->sysctls && spec->sysctls[i] && spec->sysctls[i + 1]; i += 2)
+        if (write_file(spec->sysctls[i], spec->sysctls[i + 1]) < 0) child_fail(status_write, CSYS_BOOT_STAGE_NAMESPACE, errno);
 
     if (spec->rootfs || root_fd >= 0) {
         /* Private first, so nothing below propagates back to the host's mount table. */
@@ -332,6 +350,103 @@ static void child_main(const struct csys_sandbox_spec *spec, int go_read, int st
     child_fail(status_write, CSYS_BOOT_STAGE_EXEC, errno);
 }
 
+/* Clones the sandbox's child (child_main); `extra` is added to the clone flags. */
+static long clone_child(const struct csys_sandbox_spec *spec, int go[2], int status[2], unsigned long extra) {
+    /* Raw clone without a new stack behaves like fork(2) (the child runs on a copy of this
+     * stack); glibc's clone() wrapper would need a separate stack and a function. The other
+     * arguments are NULL, so their order (which differs between architectures) does not matter. */
+    long pid = syscall(SYS_clone, (unsigned long)(spec->clone_flags | SIGCHLD) | extra, NULL, NULL, NULL, NULL);
+    if (pid == 0) {
+        close(go[0]);
+        close(status[0]);
+        child_main(spec, go[1], status[1]);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* What the intermediate reports: the child's pid (0: none) and the errno of a failed step. */
+struct joined_child { int32_t pid; int32_t error; };
+
+/* Writes /proc/PID/NAME (an id map). */
+static int write_proc_file(long pid, const char *name, const char *text) {
+    char digits[24], path[64];
+    int length = 0;
+    do { digits[length++] = (char)('0' + pid % 10); pid /= 10; } while (pid > 0 && length < 20);
+    char number[24];
+    for (int i = 0; i < length; i++) number[i] = digits[length - 1 - i];
+    number[length] = 0;
+    join(path, sizeof path, "/proc/", number);
+    char full[96];
+    join(full, sizeof full, path, name);
+    return write_file(full, text);
+}
+
+/* The intermediate (a fresh, single-threaded clone of the caller): joins the namespaces, clones
+ * the child as the caller's child (CLONE_PARENT), writes its maps, reports, exits. setns(2) into
+ * a user namespace is refused to a multithreaded process and cannot be undone, which is why the
+ * caller does not do this itself. */
+static void intermediate_main(const struct csys_sandbox_spec *spec, int go[2], int status[2], int report) {
+    struct joined_child result = { 0, 0 };
+    if (spec->join_userns_fd >= 0 && setns(spec->join_userns_fd, CLONE_NEWUSER) < 0) result.error = errno;
+    else if (setns(spec->join_netns_fd, CLONE_NEWNET) < 0) result.error = errno;
+    else {
+        long pid = clone_child(spec, go, status, CLONE_PARENT);
+        if (pid < 0) result.error = errno;
+        else {
+            result.pid = (int32_t)pid;
+            /* setgroups: a namespace made inside one whose setgroups is "deny" inherits it. */
+            if (spec->inner_uid_map && write_proc_file(pid, "/uid_map", spec->inner_uid_map) < 0) result.error = errno;
+            else if (spec->inner_gid_map && write_proc_file(pid, "/gid_map", spec->inner_gid_map) < 0) result.error = errno;
+        }
+    }
+    ssize_t n;
+    do { n = write(report, &result, sizeof result); } while (n < 0 && errno == EINTR);
+    _exit(0);
+}
+
+/* Runs the intermediate and returns the child's pid, or -errno (the child, if one was made
+ * before a later step failed, is killed and reaped). */
+static long clone_joined(const struct csys_sandbox_spec *spec, int go[2], int status[2]) {
+    int report[2];
+    if (pipe2(report, O_CLOEXEC) < 0) return -errno;
+    long middle = syscall(SYS_clone, (unsigned long)SIGCHLD, NULL, NULL, NULL, NULL);
+    if (middle == 0) {
+        close(report[0]);
+        intermediate_main(spec, go, status, report[1]);
+        _exit(127);
+    }
+    int e = errno;
+    close(report[1]);
+    if (middle < 0) { close(report[0]); return -e; }
+    struct joined_child result = { 0, EIO };
+    size_t got = 0;
+    while (got < sizeof result) {
+        ssize_t n = read(report[0], (char *)&result + got, sizeof result - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got += (size_t)n;
+    }
+    close(report[0]);
+    while (waitpid((pid_t)middle, NULL, 0) < 0 && errno == EINTR) {}
+    /* Its SIGCHLD would read as "something happened" to a caller that waits on a signalfd for
+     * SIGCHLD (the supervisor): take it out of the queue, as for any helper we reap ourselves. */
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    struct timespec none = { 0, 0 };
+    sigtimedwait(&chld, NULL, &none);
+    if (got != sizeof result) { result.pid = 0; result.error = EIO; }
+    if (result.error != 0) {
+        if (result.pid > 0) {
+            kill(result.pid, SIGKILL);
+            while (waitpid(result.pid, NULL, 0) < 0 && errno == EINTR) {}
+        }
+        return -result.error;
+    }
+    return result.pid;
+}
+
 pid_t csys_sandbox_clone(const struct csys_sandbox_spec *spec, int *go_fd, int *status_fd) {
     int saved = errno;
     int go[2], status[2];
@@ -348,17 +463,8 @@ pid_t csys_sandbox_clone(const struct csys_sandbox_spec *spec, int *go_fd, int *
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    /* Raw clone without a new stack behaves like fork(2) (the child runs on a copy of this
-     * stack); glibc's clone() wrapper would need a separate stack and a function. The other
-     * arguments are NULL, so their order (which differs between architectures) does not matter. */
-    long pid = syscall(SYS_clone, (unsigned long)(spec->clone_flags | SIGCHLD), NULL, NULL, NULL, NULL);
-    if (pid == 0) {
-        close(go[0]);
-        close(status[0]);
-        child_main(spec, go[1], status[1]);
-        _exit(127);
-    }
-    int e = errno;
+    long pid = spec->join_netns_fd >= 0 ? clone_joined(spec, go, status) : clone_child(spec, go, status, 0);
+    int e = spec->join_netns_fd >= 0 ? (int)-pid : errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     close(go[1]);
     close(status[1]);

@@ -74,4 +74,24 @@ public final class WakeGate: Sendable {
         var count: UInt64 = 0
         while Glibc.read(fd, &count, 8) < 0 && errno == EINTR {}
     }
+
+    /// Blocks until woken or until `timeout` passed; consumes every wake so far. Returns
+    /// whether it was woken. One sleeper per gate: only then is the eventfd still readable
+    /// when poll(2) said so.
+    @discardableResult
+    public func sleep(timeout: Duration) -> Bool {
+        var ready = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let deadline = Clock.monotonicNs() &+ timeout.nanoseconds
+        while true {
+            let now = Clock.monotonicNs()
+            guard now < deadline else { return false }
+            // Rounded up, so a wait shorter than a millisecond is not a busy poll(0).
+            let ms = CInt(clamping: (deadline - now + 999_999) / 1_000_000)
+            let n = poll(&ready, 1, ms)
+            if n > 0 { break }
+            if n < 0 && errno != EINTR { return false }
+        }
+        sleep()
+        return true
+    }
 }

@@ -5,16 +5,17 @@ import Musl
 #endif
 import TetherProtocol
 
-/// A `FrameSocket` driven by an `EventLoop`: frames in (read, then decode in a loop), frames
-/// out (append, flush at the end of the turn or at once above `eagerFlushBytes`), the epoll
-/// interest kept in step with both, and backpressure on what is queued to the peer.
+/// One framed connection with a loop to itself (the agent's link to the host, the client
+/// library's link to the relay), on a `FramedLink`: frames in (read, then decode), frames out
+/// (append, flush at the end of the turn or at once above `eagerFlushBytes`), and
+/// backpressure on what is queued to the peer.
 ///
 /// Backpressure: above `highWaterBytes` queued the connection is `congested`; producers that
 /// see it stop feeding it, and `onDrained` runs once the queue is back below `lowWaterBytes`.
 /// Above `inputPauseBytes` (a peer that sends but does not read even control replies) the
 /// connection also stops reading from the peer until the queue halves.
 ///
-/// Owns the socket (through `FrameSocket`) and closes it in `close()`. Touched only by the
+/// Owns the socket (through its `FramedLink`) and closes it in `close()`. Touched only by the
 /// loop's thread. Ends when the peer closes, on a read or write error, when an `epoll_ctl`
 /// fails (the connection can no longer be waited for, so it is closed rather than left
 /// deaf), after `closeAfterFlush` has written what was queued (or its timeout passed), or on
@@ -47,7 +48,8 @@ public final class FramedConnection {
 
     public let loop: EventLoop
     public let limits: Limits
-    private let socket: FrameSocket
+    private let link: ReadingLink
+    private var socket: FrameSocket { link.socket }
 
     /// Runs for every frame read; the view is valid only during the call.
     public var onFrame: (FrameView) -> Void = { _ in }
@@ -62,14 +64,23 @@ public final class FramedConnection {
     public private(set) var isClosed = false
     /// Flushing what is queued, then closing; nothing more is read.
     public private(set) var isClosing = false
-    private var readingPaused = false
+    private var readingPaused: Bool {
+        get { link.paused }
+        set { link.paused = newValue }
+    }
     private var flushScheduled = false
     private var flushing = false
-    private var registered: UInt32 = 0
+
+    /// A link that reads unless paused or closing.
+    private final class ReadingLink: FramedLink {
+        var paused = false
+        var closing = false
+        override var wantsInput: Bool { !paused && !closing }
+    }
 
     /// Takes the socket over; nothing happens until `start()`.
     public init(socket: FrameSocket, loop: EventLoop, limits: Limits = Limits()) {
-        self.socket = socket
+        self.link = ReadingLink(socket: socket, loop: loop)
         self.loop = loop
         self.limits = limits
     }
@@ -81,7 +92,11 @@ public final class FramedConnection {
 
     /// Starts waiting for the peer (and for room to write what is already queued).
     public func start() {
-        updateInterest()
+        do { try link.watch { [unowned self] ready in handle(ready) } } catch {
+            guard case .epoll(let errno) = error else { return }
+            close(.watchFailed(errno))
+            return
+        }
         if !socket.encoder.isEmpty { flush() }
     }
 
@@ -90,6 +105,13 @@ public final class FramedConnection {
     public func send<M: Message>(_ message: M, id: UInt32, flags: FrameFlags = []) {
         guard !isClosed else { return }
         socket.encoder.append(id: id, flags: flags, message)
+        queued()
+    }
+
+    /// A frame built elsewhere (the client library's tasks build theirs off the loop thread).
+    public func send(_ frame: Frame) {
+        guard !isClosed else { return }
+        socket.encoder.append(frame)
         queued()
     }
 
@@ -135,24 +157,33 @@ public final class FramedConnection {
     public func flush() {
         guard !isClosed, !flushing else { return }
         flushing = true
+        defer { flushing = false }
         let drained: Bool
-        do { drained = try socket.flush() } catch {
-            flushing = false
-            close(.ioError(error))   // EPIPE, ECONNRESET: the peer is gone
+        do { drained = try link.flush() } catch {
+            switch error {
+            case .write(let errno):
+                // The peer is gone (EPIPE, ECONNRESET). What it sent before going may say why
+                // (an error frame): hand that out first.
+                readWhatIsLeft()
+                close(.ioError(errno))
+            case .epoll(let errno):
+                close(.watchFailed(errno))
+            }
             return
         }
         if drained && isClosing {
-            flushing = false
             close(.closed)
             return
         }
         let pending = socket.encoder.pendingBytes
-        if readingPaused && pending < limits.inputPauseBytes / 2 { readingPaused = false }
-        updateInterest()
-        flushing = false
+        if readingPaused && pending < limits.inputPauseBytes / 2 {
+            readingPaused = false
+            updateInterest()
+        }
         if congested && pending <= limits.lowWaterBytes {
             congested = false
             // Producers resume here and may append (and flush) again.
+            flushing = false
             onDrained()
         }
     }
@@ -161,23 +192,8 @@ public final class FramedConnection {
 
     private func updateInterest() {
         guard !isClosed else { return }
-        var events: UInt32 = 0
-        if !readingPaused && !isClosing { events |= EventLoop.readable | EventLoop.peerClosed }
-        if !socket.encoder.isEmpty { events |= EventLoop.writable }
-        guard events != registered else { return }
-        do throws(Errno) {
-            // A descriptor with nothing to wait for leaves epoll: EPOLLHUP is reported whatever
-            // the mask, and a level-triggered hang-up nobody reads would spin the loop.
-            if events == 0 {
-                if let failure = loop.unwatch(socket.fd) { throw failure }
-            } else if registered == 0 {
-                try loop.watch(socket.fd, events: events) { [unowned self] ready in handle(ready) }
-            } else {
-                try loop.modify(socket.fd, events: events)
-            }
-            registered = events
-        } catch {
-            close(.watchFailed(error))
+        do { try link.updateInterest() } catch {
+            if case .epoll(let errno) = error { close(.watchFailed(errno)) }
         }
     }
 
@@ -197,8 +213,9 @@ public final class FramedConnection {
     private func readAndDecode() {
         let outcome = socket.read(chunk: limits.readChunkBytes, limit: limits.readLimitBytes)
         do {
-            while !isClosed && !isClosing && !readingPaused {
-                guard try socket.decoder.nextView({ frame in onFrame(frame) }) != nil else { break }
+            try link.handleFrames { frame in
+                onFrame(frame)
+                return !isClosed && !isClosing && !readingPaused
             }
         } catch {
             onFramingError(error)
@@ -213,12 +230,22 @@ public final class FramedConnection {
         socket.decoder.releaseStorageIfIdle()
     }
 
+    /// After a failed write: the frames the peer sent before it went, as far as they decode.
+    private func readWhatIsLeft() {
+        _ = socket.read(chunk: limits.readChunkBytes, limit: limits.readLimitBytes)
+        _ = try? link.handleFrames { frame in
+            onFrame(frame)
+            return !isClosed
+        }
+    }
+
     // MARK: closing
 
     /// Stops reading, writes what is queued (for at most `closeFlushTimeout`), then closes.
     public func closeAfterFlush() {
         guard !isClosing, !isClosed else { return }
         isClosing = true
+        link.closing = true
         updateInterest()
         loop.schedule(after: limits.closeFlushTimeout) { [weak self] in self?.close(.closed) }
         flush()
@@ -230,10 +257,7 @@ public final class FramedConnection {
         isClosed = true
         var reason = reason
         // EPOLL_CTL_DEL fails only if the descriptor was closed under the connection: say so.
-        if registered != 0, let failure = loop.unwatch(socket.fd), reason == .closed { reason = .watchFailed(failure) }
-        registered = 0
-        socket.close()
-        socket.encoder.reset()
+        if let failure = link.close(), reason == .closed { reason = .watchFailed(failure) }
         onClosed(reason)
     }
 }

@@ -42,11 +42,32 @@ public enum Socket {
             let fd = try open(AF_UNIX, address)
             var st = stat()
             if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
-            try withUnixAddress(path) { (addr, len) throws(SocketError) in
+            // Bound under a temporary name and renamed into place once it listens: between
+            // bind(2) and listen(2) a connect to the path is refused (ECONNREFUSED), and a
+            // peer that waits for the path to appear would see that refusal.
+            // A path too long for the suffix is bound in place.
+            let staging = path.utf8.count + 1 < MemoryLayout.size(ofValue: sockaddr_un().sun_path) ? path + "~" : path
+            if staging != path && lstat(staging, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(staging) }
+            try withUnixAddress(staging) { (addr, len) throws(SocketError) in
                 try call("bind", address) { bind(fd.raw, addr, len) }
             }
-            try call("listen", address) { Glibc.listen(fd.raw, backlog) }
-            try call("fcntl", address) { () throws(Errno) in try FileIO.setNonBlocking(fd.raw) }
+            do throws(SocketError) {
+                try call("listen", address) { Glibc.listen(fd.raw, backlog) }
+                try call("fcntl", address) { () throws(Errno) in try FileIO.setNonBlocking(fd.raw) }
+                if staging != path {
+                    // link(2), not rename(2): it never replaces what is at the path (EEXIST),
+                    // so a file that is not a stale socket stays, as bind(2) would leave it.
+                    if Glibc.link(staging, path) != 0 {
+                        let failure = Errno.current
+                        throw SocketError.system(operation: "bind", address: address.description,
+                                                 failure.rawValue == EEXIST ? Errno(rawValue: EADDRINUSE) : failure)
+                    }
+                    unlink(staging)
+                }
+            } catch {
+                unlink(staging)
+                throw error
+            }
             return fd
         case .vsock(let cid, let port):
             let fd = try open(AF_VSOCK, address)

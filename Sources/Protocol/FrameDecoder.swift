@@ -30,6 +30,13 @@ public struct FrameView {
     public var payload: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: encoded[Frame.headerBytes...]) }
 }
 
+extension Frame {
+    /// A copy of the frame a view shows, to keep beyond the view's closure.
+    public init(_ view: FrameView) {
+        self.init(id: view.header.id, flags: view.header.flags, kind: view.header.kind, payload: Array(view.payload))
+    }
+}
+
 /// Splits a byte stream into frames, whatever the reads' boundaries: one byte at a time or
 /// many frames at once yield the same frames. Bytes can be read straight into its buffer
 /// (`readInto`) so the receive path copies nothing until a payload is taken.

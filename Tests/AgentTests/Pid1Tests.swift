@@ -205,8 +205,13 @@ import TetherProtocol
             """, mode: 0o755)
         let (agent, hello) = try boot(root, ["--listen", "fd:3", "--init", "/sbin/fake-init"])
         #expect(hello.pid != 1)
-        let cmdline = try run(agent, sh("cat /proc/1/cmdline | tr '\\0' ' '"), id: 1).stdoutText
-        #expect(cmdline.hasPrefix("/bin/sh /sbin/fake-init"), "\(cmdline)")
+        // The agent's child says hello while PID 1 may still be on its way to exec the init.
+        var cmdline = "", id: UInt32 = 100
+        #expect(eventually {
+            id += 1
+            cmdline = (try? run(agent, sh("cat /proc/1/cmdline | tr '\\0' ' '"), id: id).stdoutText) ?? ""
+            return cmdline.hasPrefix("/bin/sh /sbin/fake-init")
+        }, "\(cmdline)")
         #expect(eventually { root.read(".tether/init-pid") == "1\n" })
         // Exec still works, orphans go to the agent (a subreaper), not to the init.
         #expect(try run(agent, sh("(sleep 0.05 &); echo ok"), id: 2).stdoutText == "ok\n")

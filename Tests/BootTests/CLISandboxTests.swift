@@ -126,7 +126,7 @@ import Testing
     }
 
     @Test(.timeLimit(.minutes(5)))
-    func nameInUseIsAnErrorSuggestingReplaceAndReplaceStopsTheOldOne() throws {
+    func aNameConflictIsAnErrorSuggestingReplaceAndReplaceStopsTheOldOne() throws {
         try Fixtures.requireRoot()
         let rootfs = try Fixtures.busyboxRootfs()
         defer { cleanUp(["dup"]) }
@@ -136,8 +136,17 @@ import Testing
 
         let conflict = try tether(["boot", "--rootfs", rootfs, "--name", "dup"])
         #expect(conflict.status == 1)
-        #expect(conflict.stderr.contains("dup"))
-        #expect(conflict.stderr.contains("--replace"), "stderr: \(conflict.stderr)")
+        #expect(conflict.stderr.hasPrefix("tether: boot: a sandbox named 'dup' is already running (supervisor pid \(old.supervisorPid))\n"),
+                "stderr: \(conflict.stderr)")
+        #expect(conflict.stderr.contains("  -> use --replace"), "stderr: \(conflict.stderr)")
+        // The same as one JSON object, for scripts.
+        let json = try tether(["boot", "--json", "--rootfs", rootfs, "--name", "dup"])
+        #expect(json.status == 1)
+        let fields = try JSONSerialization.jsonObject(with: Data(json.stderr.utf8)) as? [String: Any]
+        #expect(fields?["code"] as? String == "nameConflict", "stderr: \(json.stderr)")
+        #expect((fields?["context"] as? [String: String]) == ["name": "dup", "pid": String(old.supervisorPid)])
+        #expect(fields?["operation"] as? String == "boot")
+        #expect(fields?["suggestion"] is String && fields?["message"] is String && fields?["timestamp"] is String)
         #expect(Fixtures.isRunning(old.supervisorPid), "a refused boot must not touch the running sandbox")
         let stillServed = try tether(["exec", "--sandbox", "dup", "--", "echo", "still here"])
         #expect(stillServed.stdout == "still here\n")
@@ -175,9 +184,21 @@ import Testing
         let boot = try tether(["boot", "--rootfs", try Fixtures.rootfsWithoutAgent(), "--name", "noagent"])
         defer { cleanUp(["noagent"]) }
         #expect(boot.status == 1)
-        #expect(boot.stderr.hasPrefix("error: the sandbox did not boot (stage agent-exec, ENOENT"), "stderr: \(boot.stderr)")
-        #expect(boot.stderr.contains("/sbin/tether-agent"))
-        #expect(boot.stderr.contains("\n-> "), "no hint line: \(boot.stderr)")
+        #expect(boot.stderr.hasPrefix("tether: boot: the sandbox did not boot (stage agent-exec): the agent /sbin/tether-agent is not in the rootfs "),
+                "stderr: \(boot.stderr)")
+        // The errno once, not twice.
+        #expect(boot.stderr.components(separatedBy: "ENOENT").count == 2, "stderr: \(boot.stderr)")
+        #expect(boot.stderr.contains("\n  -> "), "no hint line: \(boot.stderr)")
+        // --json: one object, with boot-error.json's stage and errno.
+        let json = try tether(["boot", "--json", "--rootfs", "/no/such/rootfs", "--name", "norootfs"])
+        #expect(json.status == 1)
+        #expect(json.stderr.split(separator: "\n").count == 1, "stderr: \(json.stderr)")
+        let fields = try JSONSerialization.jsonObject(with: Data(json.stderr.utf8)) as? [String: Any]
+        #expect(fields?["code"] as? String == "bootFailed", "stderr: \(json.stderr)")
+        #expect((fields?["context"] as? [String: String])?["stage"] == "rootfs")
+        #expect(fields?["errno"] as? Int == Int(ENOENT))
+        #expect((fields?["message"] as? String)?.contains("/no/such/rootfs") == true)
+        #expect(fields?["operation"] as? String == "boot" && fields?["timestamp"] is String && fields?.keys.contains("suggestion") == true)
         let recorded = try #require(BootFailure.read(from: sandboxes.home.sandbox("noagent").bootError))
         #expect(recorded.stage == .agentExec && recorded.errno == ENOENT)
         #expect(!sandboxes.entry("noagent").isLive)

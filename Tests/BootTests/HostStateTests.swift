@@ -233,7 +233,7 @@ import Testing
             exit 3
             """.write(toFile: agent, atomically: false, encoding: .utf8)
         chmod(agent, 0o755)
-        #expect(throws: SandboxError.failed(BootFailure(stage: BootStage(rawValue: "init"), errno: 5, message: "the agent: from the guest"))) {
+        #expect(throws: SandboxError.bootFailed(BootFailure(stage: BootStage(rawValue: "init"), errno: 5, message: "the agent: from the guest"))) {
             try sandboxes.boot(SandboxConfig(name: "guesterr", rootfs: rootfs))
         }
 
@@ -251,7 +251,7 @@ import Testing
             _ = try sandboxes.boot(SandboxConfig(name: "guestlink", rootfs: rootfs))
             Issue.record("the boot succeeded")
         } catch {
-            guard case .failed(let failure) = error else { Issue.record("\(error)"); return }
+            guard case .bootFailed(let failure) = error else { Issue.record("\(error)"); return }
             #expect(failure.stage == .handshake, "\(failure)")
             #expect(!failure.message.contains("a host file"), "\(failure)")
         }

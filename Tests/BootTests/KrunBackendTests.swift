@@ -55,7 +55,7 @@ import Testing
             _ = try sandboxes.boot(config)
             Issue.record("booted without libkrun")
         } catch {
-            guard case .failed(let failure) = error else { Issue.record("\(error)"); return }
+            guard case .bootFailed(let failure) = error else { Issue.record("\(error)"); return }
             #expect(failure.stage == .krunLoad)
             #expect(failure.errno == ENOENT)
             #expect(failure.hint?.contains("--backend namespace") == true)
@@ -86,7 +86,7 @@ import Testing
         #expect {
             _ = try sandboxes.boot(config)
         } throws: { error in
-            guard case .failed(let failure) = error as? SandboxError else { return false }
+            guard case .bootFailed(let failure) = error as? SandboxError else { return false }
             return failure.stage == .krunLoad && failure.errno == ENOSYS && failure.message.contains("1.17.0")
         }
         // Nothing was started: the calls stop before krun_start_enter.
@@ -104,7 +104,7 @@ import Testing
         #expect {
             _ = try sandboxes.boot(config)
         } throws: { error in
-            guard case .failed(let failure) = error as? SandboxError else { return false }
+            guard case .bootFailed(let failure) = error as? SandboxError else { return false }
             return failure.stage == .krunConfig && failure.errno == ENOENT && failure.message.contains("libkrunfw")
                 && failure.hint?.contains("libkrunfw") == true
         }
@@ -162,7 +162,7 @@ import Testing
             // Until the real agent is in the rootfs the guest exits before saying hello; the
             // calls below are what this test checks either way.
             outcome = "\(error)"
-            guard case .failed(let failure) = error else { throw error }
+            guard case .bootFailed(let failure) = error else { throw error }
             #expect(failure.stage == .handshake, "\(failure)")
         }
         if booted != nil { try sandboxes.stop("order", graceMs: 2_000) }

@@ -69,10 +69,10 @@ import Testing
     func nameConflictIsATypedErrorAndReplaceStopsTheOldOne() throws {
         try Fixtures.requireRoot()
         let first = try sandboxes.boot(try config("dup"))
-        #expect(throws: SandboxError.nameInUse(name: "dup", supervisorPid: first.supervisorPid)) {
+        #expect(throws: SandboxError.nameConflict(name: "dup", pid: first.supervisorPid)) {
             _ = try sandboxes.boot(try config("dup"))
         }
-        #expect(SandboxError.nameInUse(name: "dup", supervisorPid: nil).hint?.contains("--replace") == true)
+        #expect(SandboxError.nameConflict(name: "dup", pid: nil).hint?.contains("--replace") == true)
         // The first one is untouched by the refused boot.
         #expect(try AgentLink(socketPath: first.agentSocket).exec(["true"]).exited?.code == 0)
 
@@ -92,7 +92,7 @@ import Testing
             _ = try sandboxes.boot(config)
             Issue.record("booted without an agent")
         } catch {
-            guard case .failed(let failure) = error else { Issue.record("\(error)"); return }
+            guard case .bootFailed(let failure) = error else { Issue.record("\(error)"); return }
             #expect(failure.stage == .agentExec)
             #expect(failure.errno == ENOENT)
             #expect(failure.message.contains("/sbin/tether-agent"))
@@ -114,7 +114,7 @@ import Testing
         #expect {
             _ = try sandboxes.boot(config)
         } throws: { error in
-            guard case .failed(let failure) = error as? SandboxError else { return false }
+            guard case .bootFailed(let failure) = error as? SandboxError else { return false }
             return failure.stage == .handshake && failure.errno == ETIMEDOUT
         }
         #expect(!sandboxes.entry("silent").isLive)

@@ -150,7 +150,7 @@ import TetherProtocol
         log.start()
         for i in 0..<20 { log.record(session: i % 2 == 0 ? 7 : 8, .data(.stdout, Array("old \(i)\n".utf8))) }
         let collector = Collector()
-        let follower = LogFollower(log: log, session: 7, follow: true, initialCredit: 1 << 20) { collector.deliver($0) }
+        let follower = try LogFollower(log: log, session: 7, follow: true, initialCredit: 1 << 20) { collector.deliver($0) }
         // Whatever of the history the writer has not written yet arrives by following.
         follower.start()
         #expect(collector.wait { String(decoding: $0.bytes, as: UTF8.self).contains(#"old 18\n"#) })
@@ -173,7 +173,7 @@ import TetherProtocol
         for i in 0..<50 { log.record(session: 1, .data(.stdout, Array("line \(i)\n".utf8))) }
         log.close()
         let collector = Collector()
-        let follower = LogFollower(log: log, session: nil, follow: false, initialCredit: 100) { collector.deliver($0) }
+        let follower = try LogFollower(log: log, session: nil, follow: false, initialCredit: 100) { collector.deliver($0) }
         follower.start()
         #expect(collector.wait { $0.bytes.count == 100 })
         #expect(collector.state.withLock { $0.bytes.count } == 100)

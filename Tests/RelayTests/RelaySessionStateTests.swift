@@ -19,7 +19,7 @@ import TetherProtocol
         var fds: [CInt] = [-1, -1]
         #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0, &fds) == 0)
         close(fds[1])
-        return ClientLink(socket: try FrameSocket(adopting: OwnedFD(adopting: fds[0])), serial: 1)
+        return ClientLink(socket: try FrameSocket(adopting: OwnedFD(adopting: fds[0])), loop: try EventLoop(), serial: 1)
     }
 
     @Test func anAttachedSessionOutlivesItsClientOnlyWhenDetachable() throws {

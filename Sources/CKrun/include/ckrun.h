@@ -28,6 +28,9 @@ typedef int32_t (*ckrun_set_exec_fn)(uint32_t ctx_id, const char *exec_path,
 typedef int32_t (*ckrun_start_enter_fn)(uint32_t ctx_id);
 /* v0.1.3 */
 typedef int32_t (*ckrun_set_workdir_fn)(uint32_t ctx_id, const char *workdir_path);
+/* v0.1.3 (TSI only): "HOST:GUEST" entries; NULL exposes every listening guest port, an empty
+ * array (just the NULL terminator) exposes none. */
+typedef int32_t (*ckrun_set_port_map_fn)(uint32_t ctx_id, const char *const port_map[]);
 /* v0.1.5: entries "RESOURCE=CUR:MAX" with the numeric RLIMIT_* id. */
 typedef int32_t (*ckrun_set_rlimits_fn)(uint32_t ctx_id, const char *const rlimits[]);
 /* v1.3.0 */

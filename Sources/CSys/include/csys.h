@@ -24,6 +24,7 @@
 
 #include "csys_spawn.h"
 #include "csys_namespace.h"
+#include "csys_keeper.h"
 #include "csys_seccomp.h"
 #include "csys_early_init.h"
 #include "csys_cgroup_device.h"

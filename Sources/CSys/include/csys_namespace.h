@@ -76,6 +76,22 @@ struct csys_sandbox_spec {
                                     after the id change, for the sandbox's whole tree */
     int exec_fd;                 /* >= 0: execveat(exec_fd, "", AT_EMPTY_PATH) instead of `path`
                                     (the program as opened by the parent, not as the root shows it) */
+    const char *const *sysctls;  /* NULL, or {path, value} pairs ended by NULL, written after
+                                    loopback_up (the new network namespace's knobs) */
+
+    /* An existing network namespace instead of CLONE_NEWNET (the egress network, whose rules
+     * live in a namespace the guest's root has no capability over). Always set both: -1 is
+     * "none". With join_netns_fd >= 0 the child is cloned by a short-lived intermediate that
+     * setns(2)es first (into join_userns_fd, when >= 0, then join_netns_fd) and clones the child
+     * as the caller's own child (CLONE_PARENT): its new user namespace is then created inside
+     * join_userns_fd's. clone_flags must not hold CLONE_NEWNET then. */
+    int join_netns_fd;
+    int join_userns_fd;
+    /* With join_userns_fd: the child's uid_map and gid_map, written by the intermediate (which
+     * is root of join_userns_fd's namespace; the caller is not in the child's parent namespace
+     * and may not write them). Ids are those of join_userns_fd's namespace. */
+    const char *inner_uid_map;
+    const char *inner_gid_map;
 };
 
 /* Returns the child's pid (in the caller's PID namespace) or -errno from pipe2/clone. On success

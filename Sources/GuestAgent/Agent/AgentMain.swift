@@ -94,6 +94,7 @@ public enum AgentMain {
                     try Boot.mount(Boot.run)
                 }
                 if let hostname { try Boot.setHostname(hostname) }
+                Boot.writeResolvConf(options.nameservers)
                 Log.info("handing PID 1 to \(initSystem.path) (\(initSystem.flavor.rawValue))")
                 try initSystem.handOff()
                 Boot.ensureStandardDescriptors()
@@ -104,6 +105,7 @@ public enum AgentMain {
 
         try Boot.mountRest(minimalDev: true, tmp: true)
         if let hostname { try Boot.setHostname(hostname) }
+        Boot.writeResolvConf(options.nameservers)
         Boot.ensureStandardDescriptors()
         return inNamespace ? .namespaceInit : .machineInit
     }

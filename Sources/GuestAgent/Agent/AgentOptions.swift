@@ -2,7 +2,7 @@ import TetherProtocol
 
 /// What the command line asks for:
 ///
-///     tether-agent [--listen ADDR | --connect ADDR] [--tunnel ADDR] [--hostname NAME]
+///     tether-agent [--listen ADDR | --connect ADDR] [--tunnel ADDR] [--hostname NAME] [--nameserver ADDR]
 ///                  [--init PATH|auto] [--seccomp default|restricted|none]
 ///
 /// `--listen` defaults to `vsock:2695`. Options may also be written `--name=value`.
@@ -25,7 +25,7 @@ public struct AgentOptions: Equatable, Sendable {
 
     public static let defaultPort: UInt32 = 2695
     public static let usage = "usage: tether-agent [--listen ADDR | --connect ADDR] [--tunnel ADDR] [--hostname NAME]\n"
-        + "                    [--init PATH|auto] [--seccomp default|restricted|none]\n"
+        + "                    [--nameserver ADDR] [--init PATH|auto] [--seccomp default|restricted|none]\n"
         + "  ADDR is vsock:PORT, vsock:CID:PORT, unix:PATH or fd:N (default --listen vsock:\(defaultPort))\n"
         + "  --tunnel: a second listening endpoint, one connection per tunnelled TCP connection of an\n"
         + "            exposed port (docs/PROTOCOL.md, \"Exposed ports\"); none: ports cannot be reached\n"
@@ -36,6 +36,9 @@ public struct AgentOptions: Equatable, Sendable {
     /// Where the relay opens tunnelled connections to guest ports (`--tunnel`, listening).
     public var tunnel: Address?
     public var hostname: String?
+    /// `--nameserver ADDR` (repeatable): written to /etc/resolv.conf at boot (PID 1 only); the
+    /// host passes the address its network component answers DNS on.
+    public var nameservers: [String] = []
     public var initProgram: InitProgram?
     /// The seccomp profile of an exec whose request does not say (`--seccomp`).
     public var seccomp: SeccompProfile = .default
@@ -102,6 +105,13 @@ public struct AgentOptions: Equatable, Sendable {
                     throw ArgumentError(message: "--hostname: '\(text)' is not a host name (1-64 bytes)")
                 }
                 hostname = text
+            case "--nameserver":
+                let text = try value(for: name, inline: inline)
+                // An address only: it becomes a line of /etc/resolv.conf.
+                guard !text.isEmpty, text.utf8.count <= 45, text.allSatisfy({ $0.isHexDigit || $0 == "." || $0 == ":" }) else {
+                    throw ArgumentError(message: "--nameserver: '\(text)' is not an IP address")
+                }
+                nameservers.append(text)
             case "--init":
                 let text = try value(for: name, inline: inline)
                 if text == "auto" {

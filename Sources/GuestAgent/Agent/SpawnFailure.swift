@@ -23,7 +23,9 @@ struct SpawnFailure: Error, Equatable {
     static func classify(stage: SpawnStage, errno code: Errno) -> SpawnFailureKind {
         switch stage {
         case .argv, .env, .cwd, .rlimits: return .badArgs
-        case .user: return code == .invalid ? .badArgs : .userNotFound   // EINVAL: not a user spec at all
+        // EINVAL: not a user spec at all; otherwise the user or group is missing from the guest's
+        // files, which the failure's message names.
+        case .user: return code == .invalid ? .badArgs : .userSetupFailed
         case .setgroups, .setgid, .setuid: return .userSetupFailed
         case .chdir: return .badCwd
         case .setrlimit: return .resourceLimit

@@ -52,9 +52,12 @@ public struct BootFailure: Error, Equatable, Codable, Sendable, CustomStringConv
         self.hint = hint
     }
 
+    /// "the sandbox did not boot (stage S, ERRNO): MESSAGE", the errno left out when the
+    /// message already names it (by symbol or in words).
     public var description: String {
-        let code = errno == 0 ? "" : " (\(Errno(rawValue: errno)))"
-        return "boot failed at stage \(stage)\(code): \(message)"
+        let code = Errno(rawValue: errno)
+        let named = errno == 0 || message.contains(Errno.symbol(errno) ?? "\u{0}") || message.contains(code.message)
+        return "the sandbox did not boot (stage \(stage)\(named ? "" : ", \(code)")): \(message)"
     }
 
     /// Reads a `boot-error.json`; nil when there is none or it is not ours to parse. A link in

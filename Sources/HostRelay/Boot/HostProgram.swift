@@ -23,6 +23,11 @@ enum HostProgram {
         defer { if devNull >= 0 { close(devNull) } }
         launcher.descriptors = [(devNull, 0), (2, 1), (2, 2)]
         guard let pid = try? launcher.launch() else { return -1 }
+        return reap(pid)
+    }
+
+    /// Waits for a helper of ours (a host program, pasta) and returns its wait status.
+    static func reap(_ pid: pid_t) -> CInt {
         var status: CInt = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         // The supervisor blocks SIGCHLD and reads it from a signalfd, where a stop request and

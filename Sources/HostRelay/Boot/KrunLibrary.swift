@@ -66,6 +66,8 @@ public struct KrunLibrary: @unchecked Sendable {
     /// v1.17.0: only needed for `--network none` (vsock without TSI).
     let disableImplicitVsock: ckrun_disable_implicit_vsock_fn?
     let addVsock: ckrun_add_vsock_fn?
+    /// v0.1.3 (TSI only): the ports of the guest exposed on the host; NULL exposes all of them.
+    let setPortMap: ckrun_set_port_map_fn?
 
     /// Loads `explicitPath`, else `$TETHER_LIBKRUN`, else the default sonames.
     public static func load(explicitPath: String? = nil,
@@ -112,7 +114,8 @@ public struct KrunLibrary: @unchecked Sendable {
             setConsoleOutput: try required("krun_set_console_output", since: "1.8.0", as: ckrun_set_console_output_fn.self),
             startEnter: try required("krun_start_enter", since: "0.1.1", as: ckrun_start_enter_fn.self),
             disableImplicitVsock: optional("krun_disable_implicit_vsock", as: ckrun_disable_implicit_vsock_fn.self),
-            addVsock: optional("krun_add_vsock", as: ckrun_add_vsock_fn.self))
+            addVsock: optional("krun_add_vsock", as: ckrun_add_vsock_fn.self),
+            setPortMap: optional("krun_set_port_map", as: ckrun_set_port_map_fn.self))
     }
 
     public static func processEnvironment() -> [String: String] {

@@ -49,6 +49,17 @@ public enum KrunRunner {
         _ = try check(krun.setVMConfig(ctx, UInt8(cpus), UInt32(clamping: memory)),
                       "krun_set_vm_config(\(ctx), \(cpus), \(memory))")
 
+        if let problem = config.networkProblem { throw problem }
+        if config.network == .host {
+            guard let setPortMap = krun.setPortMap else {
+                throw BootFailure(stage: .krunLoad, errno: ENOSYS, message: "\(krun.path) has no krun_set_port_map: --network host would expose every guest port")
+            }
+            // TSI without a port map exposes every port the guest listens on, on the host
+            // (notes §1.3, krun_set_port_map): an empty map exposes none. Ports the user asks
+            // for are carried by the relay's tunnels instead.
+            let empty: [UnsafePointer<CChar>?] = [nil]
+            _ = try check(empty.withUnsafeBufferPointer { setPortMap(ctx, $0.baseAddress) }, "krun_set_port_map(\(ctx), [])")
+        }
         if config.network == .none {
             // Plain vsock without TSI: the guest gets no network through the host (v1.17.0).
             guard let disable = krun.disableImplicitVsock, let add = krun.addVsock else {

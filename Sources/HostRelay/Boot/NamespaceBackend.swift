@@ -64,7 +64,7 @@ public enum NamespaceBackend {
     /// overlay whose upper layer is the sandbox's own, /proc, /sys and /dev built with the
     /// sandbox's masked and read-only paths before the agent runs.
     public static func start(_ config: SandboxConfig, paths: SandboxPaths,
-                             warnings: inout [String]) throws(BootFailure) -> (pid: pid_t, cgroup: Cgroup?) {
+                             warnings: inout [String]) throws(BootFailure) -> (pid: pid_t, cgroup: Cgroup?, egress: EgressNetwork?) {
         var st = stat()
         guard stat(config.rootfs, &st) == 0 else {
             let error = Errno.current
@@ -75,9 +75,11 @@ public enum NamespaceBackend {
             throw BootFailure(stage: .rootfs, errno: ENOTDIR, message: "rootfs \(config.rootfs) is not a directory")
         }
         if config.network == .host {
-            warnings.append("--network host: the sandbox shares the host's network stack (it reaches the host's 127.0.0.1 services, and its ports are the host's)")
+            warnings.append(NetworkMode.hostWarning)
         }
         let (mapping, previousRoot) = try UserNamespace.mapping(for: config, paths: paths)
+        // Made before the sandbox, apart from its user namespace (EgressNetwork).
+        let egress = config.network == .egress ? try EgressNetwork.create(config, mapping: mapping, paths: paths) : nil
         let layer = try Layer.prepare(config: config, paths: paths, mapping: mapping, previousRoot: previousRoot, warnings: &warnings)
 
         // The agent's socket, bound by us, inherited by the agent.
@@ -117,14 +119,22 @@ public enum NamespaceBackend {
                                          arguments: [config.agentPath] + config.agentArguments(listen: "fd:\(agentListenFD)", tunnel: "fd:\(tunnelListenFD)"),
                                          environment: environment(for: config))
         launcher.namespaces = Namespaces.sandbox.union(.user)
-        if config.network != .host { launcher.namespaces.insert(.network) }
+        if config.network == .none { launcher.namespaces.insert(.network) }
+        if let egress {
+            launcher.joinNetworkFD = egress.networkFD
+            launcher.joinUserFD = egress.ownerFD
+            launcher.innerMaps = egress.innerMaps
+            launcher.arguments += ["--nameserver", EgressNetwork.nameserver]
+        }
         launcher.setGroups = !mapping.denySetgroups
         launcher.hostname = config.hostname ?? config.name
         launcher.rootfs = config.rootfs
         launcher.apiFilesystems = true
         launcher.executableFD = agent
         launcher.boundingSetDrop = sandboxBoundingSetDrop
-        launcher.newSysfs = config.network != .host
+        // A new sysfs needs the network namespace to be owned by the sandbox's user namespace:
+        // only `none`'s is (egress's is not, on purpose); the others bind the host's, read-only.
+        launcher.newSysfs = config.network == .none
         launcher.devptsOptions = "newinstance,ptmxmode=0666,mode=0620" + (mapping.mapsTTYGroup ? ",gid=5" : "")
         // The supervisor is single-threaded, so PDEATHSIG means "when the supervisor dies".
         launcher.parentDeathSignal = SIGKILL
@@ -157,7 +167,8 @@ public enum NamespaceBackend {
                 if let cgroup, let error = cgroup.add(pid) {
                     throw LaunchFailure(stage: .namespace, errno: error)
                 }
-                try UserNamespace.writeMaps(pid: pid, mapping)
+                // Joining the egress network's user namespace, the helper that did wrote them.
+                if launcher.innerMaps == nil { try UserNamespace.writeMaps(pid: pid, mapping) }
                 root = try Layer.buildRoot(pid: pid, rootfs: config.rootfs, layer: layer, owner: mapping)
                 return root
             }
@@ -165,7 +176,7 @@ public enum NamespaceBackend {
             cgroup?.remove()
             throw describe(error, config: config)
         }
-        return (pid, cgroup)
+        return (pid, cgroup, egress)
     }
 
     /// A message (and hint) for each step the child can fail at.

@@ -90,6 +90,18 @@ public struct NamespaceLauncher {
     /// A descriptor of the program to run (execveat), instead of `path` resolved in the new
     /// root; the caller keeps ownership. -1: `path`.
     public var executableFD: CInt = -1
+    /// /proc/sys files and the values written to them once the network namespace is up
+    /// (written as the child's root, before anything else runs in it).
+    public var sysctls: [(path: String, value: String)] = []
+    /// An existing network namespace to start the child in, instead of a new one (`.network`
+    /// must then not be in `namespaces`); the caller keeps ownership. -1: none.
+    public var joinNetworkFD: CInt = -1
+    /// With `joinNetworkFD`: the user namespace owning it, joined first, so that the child's own
+    /// user namespace is made inside it; the caller keeps ownership. -1: none.
+    public var joinUserFD: CInt = -1
+    /// With `joinUserFD`: the child's uid_map and gid_map (ids of `joinUserFD`'s namespace),
+    /// written by the helper that joined it; `beforeStart` then writes no maps.
+    public var innerMaps: (uids: String, gids: String)?
 
     public init(path: String, arguments: [String], environment: [String] = []) {
         self.path = path
@@ -106,17 +118,19 @@ public struct NamespaceLauncher {
     /// with `receivesRoot`), or -1; the caller keeps ownership of it.
     public func launch(beforeStart: (pid_t) throws(LaunchFailure) -> CInt = { _ throws(LaunchFailure) in -1 }) throws(LaunchFailure) -> pid_t {
         // Every string the child reads, copied before the clone (the child must not allocate).
-        let optionals = [hostname, rootfs, mountpoint, overlayOptions, path, layerTmpfsOptions, layerDirectory, devptsOptions]
+        let optionals = [hostname, rootfs, mountpoint, overlayOptions, path, layerTmpfsOptions, layerDirectory, devptsOptions,
+                         innerMaps?.uids, innerMaps?.gids]
         let fields = CStringArray(optionals.map { $0 ?? "" })
         let field = { (i: Int) -> UnsafePointer<CChar>? in optionals[i] == nil ? nil : UnsafePointer(fields.pointers[i]) }
         let argv = CStringArray(arguments)
         let envp = CStringArray(environment)
         let cgroupFields = CStringArray(cgroupMounts.flatMap { [$0.directory, $0.type, $0.options] })
         let map = descriptors.flatMap { [$0.parent, $0.child] }
+        let sysctlFields = CStringArray(sysctls.flatMap { [$0.path, $0.value] })
 
         var goFD: CInt = -1
         var statusFD: CInt = -1
-        let pid: pid_t = withExtendedLifetime((fields, argv, envp, cgroupFields)) {
+        let pid: pid_t = withExtendedLifetime((fields, argv, envp, cgroupFields, sysctlFields)) {
             map.withUnsafeBufferPointer { mapBuffer in
                 var spec = csys_sandbox_spec()
                 spec.clone_flags = namespaces.rawValue
@@ -140,6 +154,11 @@ public struct NamespaceLauncher {
                 spec.exec_fd = executableFD
                 spec.bounding_drop = boundingSetDrop
                 spec.cgroup_mounts = cgroupMounts.isEmpty ? nil : cgroupFields.constPointers
+                spec.sysctls = sysctls.isEmpty ? nil : sysctlFields.constPointers
+                spec.join_netns_fd = joinNetworkFD
+                spec.join_userns_fd = joinNetworkFD >= 0 ? joinUserFD : -1
+                spec.inner_uid_map = field(8)
+                spec.inner_gid_map = field(9)
                 spec.argv = UnsafePointer(argv.pointers)
                 spec.envp = UnsafePointer(envp.pointers)
                 spec.fd_map = mapBuffer.baseAddress

@@ -15,6 +15,9 @@ public enum NetworkMode: String, Codable, Sendable, CaseIterable {
     /// Loopback only (namespace: a new network namespace with lo up; krun: vsock without TSI).
     /// The default.
     case none
+    /// Outbound TCP, UDP and DNS through pasta, with the host's loopback, link-local and private
+    /// ranges refused unless `allowNet` opens them (namespace backend; `EgressNetwork`).
+    case egress
 }
 
 /// What `tether boot` asks for; stored as `config.json` in the sandbox's directory, where the
@@ -56,6 +59,9 @@ public struct SandboxConfig: Codable, Equatable, Sendable {
     public var seccomp: String = "default"
     /// The sandbox's relay logs what clients send to stdin too (`--log-stdin`); off by default.
     public var logStdin: Bool? = nil
+    /// `--network egress`: ranges (CIDR text, `NetworkRange`) the guest may reach although
+    /// they are refused by default (`--allow-net`, repeatable).
+    public var allowNet: [String]? = nil
 
     public static let seccompProfiles = ["default", "restricted", "none"]
     public static let defaultAgentPath = "/sbin/tether-agent"

@@ -10,12 +10,14 @@ import TetherPosix
 public enum SandboxError: Error, Equatable, Sendable, CustomStringConvertible {
     /// Not a usable sandbox name.
     case invalidName(String)
-    /// A live sandbox already has this name (its supervisor holds the lock).
-    case nameInUse(name: String, supervisorPid: Int32?)
+    /// A live sandbox already has this name (its supervisor holds the lock); `pid` is the
+    /// running one's supervisor, when state.json names it.
+    case nameConflict(name: String, pid: Int32?)
     /// No sandbox of that name is running.
     case notRunning(name: String)
-    /// The sandbox did not come up; the details are what `boot-error.json` holds.
-    case failed(BootFailure)
+    /// The sandbox did not come up; the details (stage, errno, message, hint) are what
+    /// `boot-error.json` holds.
+    case bootFailed(BootFailure)
     /// libkrun (or a symbol it needs) could not be loaded on this host.
     case krunUnavailable(KrunLoadError)
     /// Reading or writing the sandbox's files under $TETHER_HOME failed.
@@ -37,11 +39,11 @@ public enum SandboxError: Error, Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .invalidName(let name):
             "'\(name)' is not a valid sandbox name"
-        case .nameInUse(let name, let pid):
+        case .nameConflict(let name, let pid):
             "a sandbox named '\(name)' is already running" + (pid.map { " (supervisor pid \($0))" } ?? "")
         case .notRunning(let name):
             "no sandbox named '\(name)' is running"
-        case .failed(let failure):
+        case .bootFailed(let failure):
             failure.description
         case .krunUnavailable(let error):
             error.message
@@ -64,11 +66,11 @@ public enum SandboxError: Error, Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .invalidName:
             "use 1-\(SandboxName.maxLength) letters, digits, '.', '_' or '-', starting with a letter or digit"
-        case .nameInUse(let name, _):
+        case .nameConflict(let name, _):
             "use --replace to stop it and boot a new one, or `tether stop \(name)` first"
         case .notRunning:
             "`tether ls` lists the sandboxes"
-        case .failed(let failure):
+        case .bootFailed(let failure):
             failure.hint
         case .krunUnavailable(let error):
             error.hint
@@ -90,12 +92,42 @@ public enum SandboxError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The errno behind the failure, when there is one.
     public var errno: Int32? {
         switch self {
-        case .failed(let failure): failure.errno == 0 ? nil : failure.errno
+        case .bootFailed(let failure): failure.errno == 0 ? nil : failure.errno
         case .krunUnavailable(let error): error.errno
         case .unsafeState(let error): error.errno.rawValue
         default: nil
         }
     }
 
-    public var description: String { message + (hint.map { "\n-> " + $0 } ?? "") }
+    /// The case's name, as `--json` reports it (`nameConflict`, `bootFailed`, ...).
+    public var code: String {
+        switch self {
+        case .invalidName: "invalidName"
+        case .nameConflict: "nameConflict"
+        case .notRunning: "notRunning"
+        case .bootFailed: "bootFailed"
+        case .krunUnavailable: "krunUnavailable"
+        case .state: "stateFailed"
+        case .missingProgram: "missingProgram"
+        case .needsRoot: "needsRoot"
+        case .stopTimedOut: "stopTimedOut"
+        case .unsafeState: "unsafeState"
+        case .untrustedState: "untrustedState"
+        }
+    }
+
+    /// The values the message is made of, by name, for tools that branch on them.
+    public var context: [String: String] {
+        switch self {
+        case .invalidName(let name), .notRunning(let name): ["name": name]
+        case .nameConflict(let name, let pid): ["name": name].merging(pid.map { ["pid": String($0)] } ?? [:]) { a, _ in a }
+        case .bootFailed(let failure): ["stage": failure.stage.rawValue]
+        case .state(_, let path, _), .missingProgram(let path): ["path": path]
+        case .stopTimedOut(let name, let pid), .untrustedState(let name, let pid, _): ["name": name, "pid": String(pid)]
+        case .unsafeState(let error): ["path": error.path]
+        case .krunUnavailable, .needsRoot: [:]
+        }
+    }
+
+    public var description: String { message + (hint.map { "\n  -> " + $0 } ?? "") }
 }

@@ -39,6 +39,23 @@ public struct SandboxState: Codable, Equatable, Sendable {
     /// The sandbox's cgroup directories (v2 and v1), for whoever has to clean up after a
     /// supervisor that was killed.
     public var cgroups: [String]?
+    /// The guest's network mode, and what `--allow-net` opened (egress).
+    public var network: NetworkMode?
+    public var allowNet: [String]?
+    /// `--network egress`: pasta's state.
+    public var egress: EgressState?
+
+    /// The user-mode network component of an `egress` sandbox.
+    public struct EgressState: Codable, Equatable, Sendable {
+        public var component: String
+        public var pid: Int32?
+        public var guestAddress: String
+        public var gateway: String
+        public var nameserver: String
+        /// Set when it ended while the sandbox ran ("was killed by signal 9"): the guest has no
+        /// outbound network from then on.
+        public var ended: String?
+    }
 
     public init(name: String, backend: BackendKind, rootfs: String, status: Status, supervisorPid: Int32,
                 agentSocket: String, relaySocket: String, startedAt: Double = Date().timeIntervalSince1970) {

@@ -7,7 +7,7 @@ import Foundation
 
 extension Sandboxes {
     /// Removes a stopped sandbox's directory: its state, logs and writable layer. A running
-    /// sandbox is `nameInUse` (stop it first, or pass `stopFirst`).
+    /// sandbox is `nameConflict` (stop it first, or pass `stopFirst`).
     public func remove(_ name: String, stopFirst: Bool = false, graceMs: UInt64 = Supervisor.defaultGraceMs) throws(SandboxError) {
         guard SandboxName.isValid(name) else { throw .invalidName(name) }
         let paths = home.sandbox(name)
@@ -16,7 +16,7 @@ extension Sandboxes {
             throw .notRunning(name: name)
         }
         if NameLock.isHeld(paths.lock.path) {
-            guard stopFirst else { throw .nameInUse(name: name, supervisorPid: SandboxState.load(from: paths.state)?.supervisorPid) }
+            guard stopFirst else { throw .nameConflict(name: name, pid: SandboxState.load(from: paths.state)?.supervisorPid) }
             try stop(name, graceMs: graceMs)
         }
         // overlayfs leaves its work directory mode 000 (work/work): open every directory up

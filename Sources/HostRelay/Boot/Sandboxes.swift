@@ -45,6 +45,7 @@ public struct Sandboxes: Sendable {
     /// keeps running after this returns, under its supervisor, until `stop`.
     public func boot(_ config: SandboxConfig, onConflict: Conflict = .fail) throws(SandboxError) -> SandboxState {
         guard SandboxName.isValid(config.name) else { throw .invalidName(config.name) }
+        if let problem = config.networkProblem { throw .bootFailed(problem) }
         guard FileManager.default.isExecutableFile(atPath: supervisorExecutable) else {
             throw .missingProgram(path: supervisorExecutable)
         }
@@ -88,7 +89,7 @@ public struct Sandboxes: Sendable {
         do {
             pid = try launcher.launch()
         } catch {
-            throw .failed(BootFailure(stage: .namespace, errno: error.errno.rawValue,
+            throw .bootFailed(BootFailure(stage: .namespace, errno: error.errno.rawValue,
                                       message: "starting \(supervisorExecutable) failed: \(error.errno)"))
         }
         // --detach: this child forks the real supervisor and exits at once.
@@ -105,12 +106,12 @@ public struct Sandboxes: Sendable {
             }
             return state
         }
-        if let failure = BootFailure.read(from: paths.bootError) { throw .failed(failure) }
+        if let failure = BootFailure.read(from: paths.bootError) { throw .bootFailed(failure) }
         let said = String(decoding: (try? PrivateFiles.readTail(paths.supervisorLog.path, limit: 4096)) ?? [], as: UTF8.self)
             .trimmingCharacters(in: .whitespacesAndNewlines)
         let pipe = readError.map { "reading its ready pipe failed: \($0)" }
             ?? (ready.isEmpty ? "it closed its ready pipe" : "its ready pipe said \"\(ready)\"")
-        throw .failed(BootFailure(stage: .handshake, errno: readError?.rawValue ?? 0,
+        throw .bootFailed(BootFailure(stage: .handshake, errno: readError?.rawValue ?? 0,
                                   message: "the supervisor ended without a boot error (\(pipe))" + (said.isEmpty ? "" : ": " + said)))
     }
 
@@ -122,7 +123,7 @@ public struct Sandboxes: Sendable {
             throw .unsafeState(error)
         }
         guard case .replace(let graceMs) = onConflict else {
-            throw .nameInUse(name: name, supervisorPid: SandboxState.load(from: paths.state)?.supervisorPid)
+            throw .nameConflict(name: name, pid: SandboxState.load(from: paths.state)?.supervisorPid)
         }
         _ = try? stop(name, graceMs: graceMs)
         // stop() returns once the supervisor is gone, and the kernel released its lock then.
@@ -131,7 +132,7 @@ public struct Sandboxes: Sendable {
         } catch {
             throw .unsafeState(error)
         }
-        throw .nameInUse(name: name, supervisorPid: SandboxState.load(from: paths.state)?.supervisorPid)
+        throw .nameConflict(name: name, pid: SandboxState.load(from: paths.state)?.supervisorPid)
     }
 
     /// Reads one line from a pipe, blocking until a newline or EOF.

@@ -32,6 +32,8 @@ public final class Supervisor {
     var sandboxPid: pid_t = 0
     var pidfd: CInt = -1
     var cgroup: Cgroup?
+    /// `--network egress`: the namespace and pasta, ended with the sandbox.
+    var egress: EgressNetwork?
     var signals: OwnedFD
     /// The relay (`tether relay`, our child) and a pidfd for it, while it runs.
     var relayPid: pid_t = 0
@@ -132,9 +134,14 @@ public final class Supervisor {
         state.save(to: paths.state)
         let startedNs = Clock.monotonicNs()
         do {
-            (sandboxPid, cgroup) = try startBackend()
+            (sandboxPid, cgroup, egress) = try startBackend()
         } catch {
             return failed(error)
+        }
+        recordNetwork()
+        if let egress, let failure = egress.waitUntilConfigured(sandboxPid: sandboxPid) {
+            killAndReap()
+            return failed(failure)
         }
         state.sandboxPid = sandboxPid
         // Our child, not yet reaped: the PID cannot name another process while we read this.
@@ -185,7 +192,7 @@ public final class Supervisor {
     /// Waits for the sandbox to end or for a stop request.
     func serve() -> Int32 {
         while true {
-            switch Handshake.wait(fds: relayFD >= 0 ? [pidfd, signals.raw, relayFD] : [pidfd, signals.raw], timeoutMs: -1) {
+            switch Handshake.wait(fds: [pidfd, signals.raw, relayFD, egress?.pastaFD ?? -1], timeoutMs: -1) {
             case 0:
                 let how = reap()
                 return finished(exit: how)
@@ -202,6 +209,8 @@ public final class Supervisor {
                     state.warnings.append("the relay ended \(relayRestarts + 1) times (see \(paths.supervisorLog.path)); the sandbox runs without one")
                     state.save(to: paths.state)
                 }
+            case 3:
+                networkComponentEnded()
             case 1:
                 var info = signalfd_siginfo()
                 while Glibc.read(signals.raw, &info, MemoryLayout<signalfd_siginfo>.size) == MemoryLayout<signalfd_siginfo>.size {
@@ -268,14 +277,15 @@ public final class Supervisor {
 
     // MARK: backends
 
-    func startBackend() throws(BootFailure) -> (pid_t, Cgroup?) {
+    func startBackend() throws(BootFailure) -> (pid_t, Cgroup?, EgressNetwork?) {
         switch config.backend {
         case .namespace:
             var warnings = state.warnings
             defer { state.warnings = warnings }
             return try NamespaceBackend.start(config, paths: paths, warnings: &warnings)
         case .krun:
-            return (try startKrunRunner(), nil)
+            if config.network == .host { state.warnings.append(NetworkMode.hostWarning) }
+            return (try startKrunRunner(), nil, nil)
         }
     }
 
@@ -353,6 +363,7 @@ public final class Supervisor {
         unlink(paths.tunnelSocket.path)
         unlink(paths.ports.path)
         cgroup?.remove()
+        stopNetwork()
         if config.ephemeral { try? FileManager.default.removeItem(at: paths.overlay) }
     }
 

@@ -173,7 +173,7 @@ func parseSeccompProfile(_ text: String, command: String, scope: String) throws(
         throw UsageError(message: "--seccomp: '\(text)' is not a profile (\(SeccompProfile.spellings))", command: command)
     }
     if profile == .unfiltered {
-        writeStandardError("tether: warning: --seccomp none: \(scope) without a seccomp filter (capabilities stay bounded, no_new_privs stays set)\n")
+        ErrorBlock.warning("--seccomp none: \(scope) without a seccomp filter (capabilities stay bounded, no_new_privs stays set)")
     }
     return profile
 }

@@ -21,7 +21,7 @@ enum AttachCommand: Command {
               --detach-key KEYS the keys that detach from a terminal session (default
                                 ctrl-]; several like ctrl-p,ctrl-q; none)
         \(RelayTarget.helpLines)
-          -h, --help            this text
+        \(TetherCLI.commonHelpLines)
 
         Exit status as for tether exec: the command's own, 128+N for signal N, 125 when
         tether failed (no such session, relay unreachable).
@@ -41,7 +41,7 @@ enum AttachCommand: Command {
             return withClient(clientOptions, .program) { client async throws(TetherError) -> Int32 in
                 let handle = try await client.attach(session: session, replay: replay)
                 if handle.droppedBytes > 0 {
-                    writeStandardError("tether: \(handle.droppedBytes) bytes of session \(session)'s output were lost before the replay (the relay's replay buffer was full)\n")
+                    ErrorBlock.warning("\(handle.droppedBytes) bytes of session \(session)'s output were lost before the replay (the relay's replay buffer was full)")
                 }
                 if handle.isTerminal { return try await InteractiveSession.run(handle, detachKeys: keys, endInputOnEOF: false) }
                 guard let status = try await streamSession(handle) else { return CLIExit.tetherFailed }

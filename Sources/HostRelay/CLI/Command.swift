@@ -12,8 +12,17 @@ protocol Command {
     static var name: String { get }
     static var summary: String { get }
     static var help: String { get }
+    /// The parser's table: every option the command takes (`TetherCLI.commonOptions` are
+    /// added to it). Its --help names each one (CLITests check).
+    static var options: [OptionSpec] { get }
+    /// Whether the first positional argument ends the options (a command to run follows).
+    static var stopsAtFirstPositional: Bool { get }
     /// Returns the process's exit status.
     static func run(_ arguments: ArraySlice<String>) -> Int32
+}
+
+extension Command {
+    static var stopsAtFirstPositional: Bool { false }
 }
 
 /// Every subcommand, in the order `tether --help` lists them.
@@ -35,12 +44,46 @@ enum TetherCLI {
 
         Run `tether COMMAND --help` for a command's options. Commands that talk to a relay take
         --sandbox NAME or --socket unix:PATH, or read TETHER_SOCKET. Sandboxes live under
-        $TETHER_HOME (default ~/.tether).
+        $TETHER_HOME (default ~/.tether). Every command takes --json (before its arguments, or
+        `tether --json COMMAND`): an error is then one JSON object on stderr, {code, message,
+        operation, context, suggestion, errno, timestamp}; TETHER_ERRORS=json does the same.
 
         """
 
+    /// Options every command takes, whatever its own table says.
+    static let commonOptions = [OptionSpec("--json"), OptionSpec("-h", "--help")]
+
+    /// Their lines in every command's --help.
+    static let commonHelpLines = """
+              --json            an error is one JSON object on stderr (as TETHER_ERRORS=json)
+          -h, --help            this text
+        """
+
+    /// Whether the command line asks for JSON errors: `--json` before the command, or among its
+    /// options (before `--`, and before the command to run of exec, shell and run).
+    /// Option values are skipped by the command's table, so `-w DIR` is not taken for the
+    /// command to run; this is read before parsing, so that a usage mistake is JSON too.
+    static func wantsJSONErrors(_ arguments: ArraySlice<String>, command: (any Command.Type)?) -> Bool {
+        let takingValues = Set((command?.options ?? []).filter(\.takesValue).flatMap(\.names))
+        var rest = arguments
+        while let argument = rest.popFirst() {
+            if argument == "--json" { return true }
+            if argument == "--" { return false }
+            if takingValues.contains(argument) {
+                _ = rest.popFirst()
+            } else if command?.stopsAtFirstPositional == true && !argument.hasPrefix("-") {
+                return false
+            }
+        }
+        return false
+    }
+
     static func main(_ arguments: [String]) -> Int32 {
-        let rest = arguments.dropFirst()
+        var rest = arguments.dropFirst()
+        if rest.first == "--json" {
+            ErrorBlock.json = true
+            rest = rest.dropFirst()
+        }
         guard let name = rest.first else {
             writeStandardError(usage)
             return CLIExit.usage
@@ -53,37 +96,32 @@ enum TetherCLI {
             }
             return 0
         }
-        guard let command = commands.first(where: { $0.name == name }) else {
-            writeStandardError(ErrorBlock.render(message: "unknown command '\(name)'", hint: "see `tether --help`"))
+        let command = commands.first(where: { $0.name == name })
+        if wantsJSONErrors(rest.dropFirst(), command: command) { ErrorBlock.json = true }
+        guard let command else {
+            ErrorBlock.report(UsageError(message: "unknown command '\(name)'", command: nil), operation: "tether")
             return CLIExit.usage
         }
         return command.run(rest.dropFirst())
     }
 
-    /// Runs a command body, printing any error as a block; a library error ends the command
-    /// under its `convention` (exec maps spawn failures to 126/127).
+    /// Runs a command body; whatever it throws is reported (`ErrorBlock.report`, text or JSON)
+    /// and ends the command under its `convention` (exec maps spawn failures to 126/127).
     static func guarded(_ command: String, _ convention: CLIExit.Convention = .command,
                         _ body: () throws -> Int32) -> Int32 {
-        do { return try body() } catch let error as UsageError {
-            ErrorBlock.print(error)
-            return CLIExit.usage
-        } catch let error as CLIError {
-            ErrorBlock.print(error)
-            return error.exitStatus
-        } catch let error as TetherError {
-            ErrorBlock.print(error)
+        do { return try body() } catch {
+            ErrorBlock.report(error, operation: command)
             return CLIExit.status(for: error, convention)
-        } catch {
-            writeStandardError(ErrorBlock.render(message: "\(command): \(error)", hint: nil))
-            return CLIExit.failure
         }
     }
 
     /// Parses, and handles `--help`: nil means help was printed.
+    /// `stopAtFirstPositional` is the command's own `stopsAtFirstPositional` unless given.
     static func parse(_ arguments: ArraySlice<String>, command: any Command.Type, options: [OptionSpec],
-                      stopAtFirstPositional: Bool = false) throws -> ParsedArguments? {
-        let parsed = try parseArguments(arguments, command: command.name, options: options + [OptionSpec("-h", "--help")],
-                                        stopAtFirstPositional: stopAtFirstPositional)
+                      stopAtFirstPositional: Bool? = nil) throws -> ParsedArguments? {
+        let parsed = try parseArguments(arguments, command: command.name, options: options + commonOptions,
+                                        stopAtFirstPositional: stopAtFirstPositional ?? command.stopsAtFirstPositional)
+        if parsed.has("json") { ErrorBlock.json = true }
         if parsed.has("help") {
             writeStandardOutput(command.help)
             return nil
@@ -120,7 +158,7 @@ func withClient(_ options: ClientOptions, _ convention: CLIExit.Convention = .co
             defer { client.close() }
             return try await body(client)
         } catch {
-            ErrorBlock.print(error)
+            ErrorBlock.report(error, operation: error.operation)
             return CLIExit.status(for: error, convention)
         }
     }
@@ -132,7 +170,7 @@ func withClient(_ options: ClientOptions, _ convention: CLIExit.Convention = .co
 func runAsync(_ body: @escaping @Sendable () async -> Int32) -> Int32 {
     let done: WakeGate
     do { done = try WakeGate() } catch {
-        writeStandardError(ErrorBlock.render(message: "cannot start: \(error)", hint: nil))
+        ErrorBlock.report(CLIError(message: "cannot start: \(error)", code: "internal"), operation: "tether")
         return CLIExit.failure
     }
     let result = Mutex<Int32>(CLIExit.failure)

@@ -40,7 +40,7 @@ enum ExecCommand: Command {
                                 (`tether attach N` picks it up; output until then is printed)
         \(seccompHelpLines)
         \(RelayTarget.helpLines)
-          -h, --help            this text
+        \(TetherCLI.commonHelpLines)
 
         SIGINT, SIGTERM and SIGHUP sent to tether go to the command's process group; with a
         terminal in raw mode they end tether (and the command with it).
@@ -52,6 +52,7 @@ enum ExecCommand: Command {
 
         """
 
+    static let stopsAtFirstPositional = true
     static let options: [OptionSpec] = [
         OptionSpec("-e", "--env", value: true), OptionSpec("-w", "--workdir", value: true),
         OptionSpec("-u", "--user", value: true), OptionSpec("--timeout", value: true),
@@ -62,7 +63,7 @@ enum ExecCommand: Command {
 
     static func run(_ arguments: ArraySlice<String>) -> Int32 {
         TetherCLI.guarded(name, .program) {
-            guard let parsed = try TetherCLI.parse(arguments, command: self, options: options, stopAtFirstPositional: true) else {
+            guard let parsed = try TetherCLI.parse(arguments, command: self, options: options) else {
                 return 0
             }
             guard !parsed.positionals.isEmpty else { throw UsageError(message: "no command to run", command: name) }
@@ -172,7 +173,7 @@ enum ExecCommand: Command {
                 }
             }
             guard let status = try await streamSession(handle) else {
-                writeStandardError(ErrorBlock.render(message: "exec: the session ended without an exit status", hint: nil))
+                ErrorBlock.report(TetherError(.protocolError, "the session ended without an exit status", operation: "exec"), operation: "exec")
                 return CLIExit.tetherFailed
             }
             return CLIExit.status(status, timeout: exec.timeout.map { Duration.describe(milliseconds: $0.milliseconds) })

@@ -26,10 +26,22 @@ enum CLIExit {
 
     /// A remote program's end: its code, or 128 + the signal that killed it; 124 when its
     /// timeout ended it, after saying so on stderr.
-    static func status(_ exit: ExitStatus, timeout: String? = nil) -> Int32 {
+    static func status(_ exit: ExitStatus, timeout: String? = nil, operation: String = "exec") -> Int32 {
         guard exit.timedOut else { return exit.shellStatus }
-        writeStandardError(ErrorBlock.render(message: "timed out after \(timeout ?? "its timeout") (\(exit.ending))", hint: nil))
+        ErrorBlock.report(TetherError(.timedOut, "timed out after \(timeout ?? "its timeout") (\(exit.ending))", operation: operation,
+                                      suggestion: "raise --timeout, or make the command finish sooner"), operation: operation)
         return timedOut
+    }
+
+    /// Any error a command threw, under its convention: usage mistakes 2, the CLI's own
+    /// errors their status, library errors as below, anything else 1.
+    static func status(for error: any Error, _ convention: Convention) -> Int32 {
+        switch error {
+        case is UsageError: usage
+        case let error as CLIError: error.exitStatus
+        case let error as TetherError: status(for: error, convention)
+        default: failure
+        }
     }
 
     /// A library failure under a command's convention.
@@ -39,7 +51,7 @@ enum CLIExit {
         switch spawn.kind {
         case .notFound: return notFound
         case .permissionDenied, .notExecutable: return notExecutable
-        case .badCwd, .badArgs, .resourceLimit, .userNotFound, .userSetupFailed, .outOfMemory, .ptySetupFailed,
+        case .badCwd, .badArgs, .resourceLimit, .userSetupFailed, .outOfMemory, .ptySetupFailed,
              .other, .unrecognized:
             return failure
         }

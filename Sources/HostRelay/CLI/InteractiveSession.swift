@@ -60,11 +60,13 @@ enum InteractiveSession {
                 throw (error as? TetherError) ?? TetherError(.internal, "\(error)", operation: "detach")
             }
             LocalTerminal.restore()
-            writeStandardError("\r\ntether: detached from session \(number); `tether attach \(number)` comes back\n")
+            writeStandardError("\r\n")
+            ErrorBlock.note("detached from session \(number); `tether attach \(number)` comes back")
             return 0
         }
         guard let status else {
-            writeStandardError(ErrorBlock.render(message: "\(handle.session.map { "session \($0)" } ?? "exec"): the session ended without an exit status", hint: nil))
+            ErrorBlock.report(TetherError(.protocolError, "the session ended without an exit status",
+                                          operation: handle.session.map { "session \($0)" } ?? "exec"), operation: "exec")
             return CLIExit.tetherFailed
         }
         return CLIExit.status(status)

@@ -21,7 +21,7 @@ enum KillCommand: Command {
           -s, --signal SIG      the signal: a number or a name (TERM, KILL, INT, HUP, ...);
                                 default TERM, like kill(1)
         \(RelayTarget.helpLines)
-          -h, --help            this text
+        \(TetherCLI.commonHelpLines)
 
         """
 

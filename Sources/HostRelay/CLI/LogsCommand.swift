@@ -21,7 +21,7 @@ enum LogsCommand: Command {
           -f, --follow          keep printing lines as they are written (until interrupted)
               --session N       only the lines of session N
         \(RelayTarget.helpLines)
-          -h, --help            this text
+        \(TetherCLI.commonHelpLines)
 
         """
 

@@ -123,7 +123,7 @@ extension OutputPump {
                     // Not an error of the command (it may well exit 0): what was typed or piped
                     // after this point did not reach it. Said in order with its output.
                     await write(Array(ErrorBlock.render(message: "warning: stdin: \(message); what followed was not delivered",
-                                                        hint: nil).utf8), to: 2)
+                                                        hint: nil).utf8), to: 2)   // in order with the output, so not ErrorBlock.warning
                 case .started: break
                 }
                 afterEach()

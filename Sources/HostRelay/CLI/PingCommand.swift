@@ -20,7 +20,7 @@ enum PingCommand: Command {
           -c, --count N         how many pings (default 1)
               --interval D      pause between pings (default 1s)
         \(RelayTarget.helpLines)
-          -h, --help            this text
+        \(TetherCLI.commonHelpLines)
 
         """
 

@@ -18,13 +18,15 @@ enum PsCommand: Command {
         client attached), and finished detached ones whose output nobody picked up yet.
 
         Options:
-              --json            one JSON array instead of a table
+              --json            one JSON array instead of a table (and an error as one JSON
+                                object, as every command's --json)
         \(RelayTarget.helpLines)
           -h, --help            this text
 
         """
 
-    static let options: [OptionSpec] = [OptionSpec("--json")] + RelayTarget.options
+    /// --json (the table as JSON) is one of `TetherCLI.commonOptions`.
+    static let options: [OptionSpec] = RelayTarget.options
 
     static func run(_ arguments: ArraySlice<String>) -> Int32 {
         TetherCLI.guarded(name) {

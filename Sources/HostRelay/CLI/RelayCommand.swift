@@ -43,7 +43,7 @@ enum RelayCommand: Command {
                                     the same error), so raise ulimit -Hn for a higher cap
               --no-seccomp          do not confine the relay with its seccomp allow-list
                                     (SECCOMP.md); for debugging only
-          -h, --help                this text
+        \(TetherCLI.commonHelpLines)
 
         """
 
@@ -62,15 +62,9 @@ enum RelayCommand: Command {
             guard parsed.positionals.isEmpty else { throw UsageError(message: "unexpected \(parsed.positionals[0])", command: name) }
             let configuration = try configuration(parsed)
             let relay: Relay
-            do throws(RelayError) { relay = try Relay(configuration) } catch {
-                ErrorBlock.print(error)
-                return 1
-            }
+            relay = try Relay(configuration)
             SignalWatcher.shared.setHandler { _ in relay.stop() }
-            do throws(RelayError) { try relay.run() } catch {
-                ErrorBlock.print(error)
-                return 1
-            }
+            try relay.run()
             return 0
         }
     }
@@ -105,7 +99,7 @@ enum RelayCommand: Command {
             configuration.maxClients = n
         }
         if parsed.has("no-seccomp") {
-            writeStandardError("tether relay: warning: --no-seccomp: the relay parses bytes from the guest without its seccomp confinement\n")
+            ErrorBlock.warning("--no-seccomp: the relay parses bytes from the guest without its seccomp confinement")
         } else {
             configuration.afterSetup = { try RelayConfinement.apply() }
         }

@@ -8,6 +8,7 @@ enum RelayTarget {
     /// The options every relay-talking command takes.
     static let options: [OptionSpec] = [
         OptionSpec("--socket", value: true), OptionSpec("--sandbox", value: true), OptionSpec("--connect-timeout", value: true),
+        OptionSpec("--agent-timeout", value: true),
     ]
 
     static let helpLines = """
@@ -17,6 +18,9 @@ enum RelayTarget {
               --connect-timeout D
                                 how long to keep retrying while the relay or its agent
                                 is not ready yet (default 10s)
+              --agent-timeout D
+                                how long a command waits on an agent that stopped answering
+                                before it fails with agentUnresponsive (default 10s; 0: for ever)
         """
 
     /// The client options for a command: the socket, the retry budget, the client's name.
@@ -25,14 +29,18 @@ enum RelayTarget {
         options.name = "tether " + command
         // A session waiting on a silent agent would otherwise look like a hang. (Requests such
         // as ping fail with the same news anyway.)
-        if ["exec", "shell", "attach"].contains(command) { options.onNotice = { error in
-            let text = ErrorBlock.render(message: "warning: \(error.message) (\(error.code)); still waiting",
-                                                 hint: "the sandbox may be overloaded or stuck; tether ps, tether ping, or interrupt")
-            writeStandardError(LocalTerminal.isRaw ? text.replacingOccurrences(of: "\n", with: "\r\n") : text)
-        } }
         if let text = arguments.value("connect-timeout") {
             options.retryBudget = try parseDuration(text, option: "--connect-timeout", command: command)
         }
+        if let text = arguments.value("agent-timeout") {
+            let timeout = try parseDuration(text, option: "--agent-timeout", command: command)
+            options.agentTimeout = timeout == .zero ? nil : timeout
+        }
+        let deadline = options.agentTimeout.map { "; giving up \(Duration.describe(milliseconds: $0.milliseconds)) after its last answer" }
+        if ["exec", "shell", "attach"].contains(command) { options.onNotice = { error in
+            ErrorBlock.warning("\(error.message) (\(error.code)); still waiting" + (deadline ?? ""),
+                               hint: "the sandbox may be overloaded or stuck; tether ps, tether ping, or interrupt")
+        } }
         return options
     }
 
@@ -47,7 +55,7 @@ enum RelayTarget {
             return try address(socket, from: "TETHER_SOCKET", command: command)
         }
         throw CLIError(message: "no relay to talk to", hint: "pass --socket unix:PATH (or --sandbox NAME), or set TETHER_SOCKET",
-                       exitStatus: CLIExit.usage)
+                       exitStatus: CLIExit.usage, code: "noRelay")
     }
 
     private static func address(_ text: String, from source: String, command: String) throws -> Address {

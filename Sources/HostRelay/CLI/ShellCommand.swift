@@ -27,7 +27,7 @@ enum ShellCommand: Command {
           -t, --tty             a pseudo-terminal even if they are not
         \(seccompHelpLines)
         \(RelayTarget.helpLines)
-          -h, --help            this text
+        \(TetherCLI.commonHelpLines)
 
         Exit status: the shell's own (128+N when signal N killed it); 0 after detaching; 125
         when tether itself failed (relay or agent unreachable, agent gone); 2 for a usage error.

@@ -123,6 +123,10 @@ public struct ClientOptions: Sendable {
     /// relay has not heard from its agent for a while; running sessions keep waiting, since
     /// it may come back). Called on the connection's thread; keep it short.
     public var onNotice: (@Sendable (TetherError) -> Void)?
+    /// How long an exec or attach session waits on an agent that answers nothing (not even the
+    /// pings the connection sends through the relay while sessions are open) before every
+    /// session of the connection fails with `agentUnresponsive`. nil: wait for ever.
+    public var agentTimeout: Duration? = .seconds(10)
 
     public init(socket: Address) { self.socket = socket }
 }

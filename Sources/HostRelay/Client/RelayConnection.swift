@@ -13,7 +13,8 @@ import TetherProtocol
 /// Tasks talk to it through `shared` (commands, under a mutex held only briefly) and wait
 /// for answers on continuations the thread resumes.
 ///
-/// Owns: the thread, its `EventLoop` and the socket (closed when the thread ends). Ends when
+/// Owns: the thread, its `EventLoop` and the socket, through a `FramedConnection` (closed when
+/// the thread ends). Ends when
 /// the peer closes, on a socket error, or on `close()`; every open session then ends with
 /// `connectionClosed`.
 final class RelayConnection: Sendable {
@@ -21,6 +22,8 @@ final class RelayConnection: Sendable {
     let name: String
     let helloTimeout: Duration
     let onNotice: (@Sendable (TetherError) -> Void)?
+    /// How long a session may wait on a silent agent before it fails (nil: for ever).
+    let agentTimeout: Duration?
 
     enum Command: Sendable {
         case start(SessionChannel, Frame)
@@ -42,20 +45,30 @@ final class RelayConnection: Sendable {
     private let waker: EventLoop.Waker
     private let core: Core
 
-    /// The thread's own state: the loop, the socket and the sessions by id.
+    /// The thread's own state: the loop, the connection and the sessions by id.
     private final class Core: @unchecked Sendable {
         let loop: EventLoop
-        var socket: FrameSocket?
+        var link: FramedConnection?
         var channels: [UInt32: SessionChannel] = [:]
-        var wantsWrite = false
+        var watchdog: AgentWatchdog?
         init(loop: EventLoop) { self.loop = loop }
     }
 
-    private init(address: Address, name: String, helloTimeout: Duration, onNotice: (@Sendable (TetherError) -> Void)?) throws(TetherError) {
+    /// Reads of up to 4 MiB per readiness event: the client has one peer and streams output.
+    private static let limits: FramedConnection.Limits = {
+        var limits = FramedConnection.Limits()
+        limits.readChunkBytes = 256 << 10
+        limits.readLimitBytes = 4 << 20
+        return limits
+    }()
+
+    private init(address: Address, name: String, helloTimeout: Duration, onNotice: (@Sendable (TetherError) -> Void)?,
+                 agentTimeout: Duration?) throws(TetherError) {
         self.address = address
         self.name = name
         self.helloTimeout = helloTimeout
         self.onNotice = onNotice
+        self.agentTimeout = agentTimeout
         let loop: EventLoop
         do { loop = try EventLoop() } catch {
             throw TetherError(.internal, "cannot create an event loop: \(error)", operation: "connect", errno: error.rawValue)
@@ -66,8 +79,9 @@ final class RelayConnection: Sendable {
 
     /// Connects and waits for the server's hello. One attempt; `TetherClient` retries.
     static func open(_ address: Address, name: String, helloTimeout: Duration = .seconds(10),
-                     onNotice: (@Sendable (TetherError) -> Void)? = nil) async throws(TetherError) -> RelayConnection {
-        let connection = try RelayConnection(address: address, name: name, helloTimeout: helloTimeout, onNotice: onNotice)
+                     onNotice: (@Sendable (TetherError) -> Void)? = nil, agentTimeout: Duration? = nil) async throws(TetherError) -> RelayConnection {
+        let connection = try RelayConnection(address: address, name: name, helloTimeout: helloTimeout, onNotice: onNotice,
+                                             agentTimeout: agentTimeout)
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Hello, TetherError>, Never>) in
             connection.shared.withLock { $0.opened = continuation }
             DedicatedThread.start(named: "tether-client") { connection.threadMain() }
@@ -133,9 +147,9 @@ final class RelayConnection: Sendable {
 
     private func threadMain() {
         let loop = core.loop
+        let socket: FrameSocket
         do {
-            let fd = try Socket.connect(address)
-            core.socket = try FrameSocket(adopting: fd)
+            socket = try FrameSocket(adopting: try Socket.connect(address))
         } catch let error as SocketError {
             // Nobody listens yet (no socket, refused, backlog full): waiting can fix it.
             let transient = [.noEntry, .connectionRefused, .again].contains(error.errno)
@@ -148,16 +162,29 @@ final class RelayConnection: Sendable {
                             context: ["socket": address.description]))
             return
         }
-        guard let socket = core.socket else { return }
-        socket.encoder.append(id: 0, Hello(role: .client, name: name, pid: getpid()))
-        loop.onWake { [self] in runCommands() }
-        do {
-            try loop.watch(socket.fd, events: EventLoop.readable | EventLoop.peerClosed) { [self] events in socketEvent(events) }
-        } catch {
-            end(TetherError(.internal, "epoll: \(error)", operation: "connect", errno: error.rawValue))
-            return
+        let link = FramedConnection(socket: socket, loop: loop, limits: Self.limits)
+        core.link = link
+        link.onFrame = { [self] view in handle(Frame(view)) }
+        link.onFramingError = { [self] error in
+            end(TetherError(.protocolError, "the relay sent bytes that are not frames: \(error.description)",
+                            operation: "receive", context: ["socket": address.description]))
         }
-        flush()
+        link.onClosed = { [self] reason in connectionClosed(reason) }
+        link.send(Hello(role: .client, name: name, pid: getpid()), id: 0)
+        loop.onWake { [self] in runCommands() }
+        link.start()
+        if let agentTimeout {
+            core.watchdog = AgentWatchdog(timeout: agentTimeout, loop: loop, sendPing: { [self] ping in
+                core.link?.send(ping, id: 0)
+            }, expire: { [self] silence in
+                // Every session on this connection waits on the same agent: end them all, and
+                // the connection with them (the relay then kills what they started; detached
+                // sessions stay). The client's next call opens a new connection.
+                end(TetherError(.remote(.agentUnresponsive),
+                                "the agent did not answer for \(Duration.describe(milliseconds: silence.milliseconds)) (limit \(Duration.describe(milliseconds: agentTimeout.milliseconds)))",
+                                operation: "connection", context: ["socket": address.description]))
+            })
+        }
         _ = loop.schedule(after: helloTimeout) { [self] in
             guard shared.withLock({ $0.hello == nil }) else { return }
             end(TetherError(.timedOut, "\(address) accepted the connection but sent no hello within \(helloTimeout)",
@@ -167,11 +194,9 @@ final class RelayConnection: Sendable {
         do { try loop.run() } catch {
             end(TetherError(.internal, "epoll_wait: \(error)", operation: "connection", errno: error.rawValue))
         }
-        if let socket = core.socket {
-            loop.unwatch(socket.fd)
-            socket.close()
-        }
-        core.socket = nil
+        core.watchdog = nil   // its closures hold this connection
+        core.link?.close()
+        core.link = nil
     }
 
     private func runCommands() {
@@ -179,81 +204,45 @@ final class RelayConnection: Sendable {
             defer { shared.commands.removeAll(keepingCapacity: true) }
             return shared.commands
         }
-        guard let socket = core.socket else { return }
+        guard let link = core.link else { return }
         for command in commands {
             switch command {
             case .start(let channel, let frame):
                 core.channels[channel.id] = channel
-                socket.encoder.append(frame)
+                if AgentWatchdog.watches(frame.kind) { core.watchdog?.watch(channel.id) }
+                link.send(frame)
             case .frame(let frame, let channel):
                 if let channel, core.channels[channel.id] !== channel { continue }
-                socket.encoder.append(frame)
+                link.send(frame)
             case .close:
                 end(TetherError(.connectionClosed, "the client closed the connection", operation: "close"))
                 return
             }
         }
-        flush()
     }
 
-    private func flush() {
-        guard let socket = core.socket else { return }
-        let drained: Bool
-        do { drained = try socket.flush() } catch {
-            // A relay that turns a client away says why and closes; a write after that close
-            // fails (EPIPE), but the reason is still there to read.
-            readWhatIsLeft(socket)
-            guard core.socket != nil else { return }
-            end(TetherError(.connectionClosed, "the relay closed the connection (write: \(error))", operation: "send",
-                            context: ["socket": address.description], errno: error.rawValue))
-            return
+    /// The connection ended under the client: the relay closed it (a relay that turns a
+    /// client away says why first, and that frame was handled before this), or the socket
+    /// failed.
+    private func connectionClosed(_ reason: FramedConnection.CloseReason) {
+        guard core.link != nil else { return }
+        let context = ["socket": address.description]
+        switch reason {
+        case .closed:
+            end(TetherError(.connectionClosed, "the relay closed the connection (end of stream)", operation: "receive", context: context))
+        case .ioError(let errno):
+            end(TetherError(.connectionClosed, "the relay closed the connection (\(errno))", operation: "receive",
+                            context: context, errno: errno.rawValue))
+        case .watchFailed(let errno):
+            // Without epoll the rest of the queue would never be written: the connection cannot go on.
+            end(TetherError(.internal, "epoll_ctl on the relay connection failed: \(errno)", operation: "send",
+                            context: context, errno: errno.rawValue))
         }
-        if drained == core.wantsWrite {
-            core.wantsWrite = !drained
-            do {
-                try core.loop.modify(socket.fd, events: EventLoop.readable | EventLoop.peerClosed | (drained ? 0 : EventLoop.writable))
-            } catch {
-                // Without the interest change the rest of the queue would never be written (or
-                // the loop would spin on writable): the connection cannot go on.
-                end(TetherError(.internal, "epoll_ctl on the relay connection failed: \(error)", operation: "send",
-                                context: ["socket": address.description], errno: error.rawValue))
-            }
-        }
-    }
-
-    /// Handles the frames still readable on a connection that is about to end.
-    private func readWhatIsLeft(_ socket: FrameSocket) {
-        _ = socket.read(chunk: 64 << 10, limit: 1 << 20)
-        while core.socket != nil, let frame = try? socket.decoder.next() { handle(frame) }
-    }
-
-    private func socketEvent(_ events: UInt32) {
-        guard let socket = core.socket else { return }
-        if events & EventLoop.writable != 0 { flush() }
-        guard core.socket != nil, events & ~EventLoop.writable != 0 else { return }
-        let outcome = socket.read(chunk: 256 << 10, limit: 4 << 20)
-        while core.socket != nil {
-            do {
-                guard let frame = try socket.decoder.next() else { break }
-                handle(frame)
-            } catch {
-                end(TetherError(.protocolError, "the relay sent bytes that are not frames: \(error.description)",
-                                operation: "receive", context: ["socket": address.description]))
-                return
-            }
-        }
-        guard core.socket != nil else { return }
-        if outcome.closed {
-            let how = outcome.failure.map { "read: \($0)" } ?? "end of stream"
-            end(TetherError(.connectionClosed, "the relay closed the connection (\(how))", operation: "receive",
-                            context: ["socket": address.description], errno: outcome.failure?.rawValue))
-        } else if outcome.bytes >= 4 << 20 {
-            core.loop.soon { [self] in socketEvent(EventLoop.readable) }
-        }
-        flush()
     }
 
     private func handle(_ frame: Frame) {
+        // Any frame but an error on the control channel is the far side answering.
+        if frame.id != 0 || frame.kind == .pong { core.watchdog?.heard() }
         if frame.id == 0 {
             handleControl(frame)
             return
@@ -294,6 +283,7 @@ final class RelayConnection: Sendable {
         if frame.flags.contains(.end) {
             channel.finish(.done)  // no-op when a specific end was set above
             core.channels[frame.id] = nil
+            core.watchdog?.unwatch(frame.id)
             _ = shared.withLock { $0.live.remove(frame.id) }
         }
     }
@@ -319,7 +309,7 @@ final class RelayConnection: Sendable {
                 waiting.continuation.resume(returning: .success(.nanoseconds(Int64(elapsed))))
             }
         case .ping:
-            if let ping = try? frame.decode(Ping.self), let socket = core.socket { socket.encoder.append(id: 0, Pong(nonce: ping.nonce)) }
+            if let ping = try? frame.decode(Ping.self) { core.link?.send(Pong(nonce: ping.nonce), id: 0) }
         case .error:
             guard let message = try? frame.decode(ErrorMessage.self) else { return }
             let error = TetherError(.remote(message.code), message.message, operation: "ping",
@@ -359,11 +349,9 @@ final class RelayConnection: Sendable {
                                                context: channel.context.merging(error.context) { a, _ in a }, errno: error.errno)))
         }
         core.channels.removeAll()
-        if let socket = core.socket {
-            core.loop.unwatch(socket.fd)
-            socket.close()
-        }
-        core.socket = nil
+        let link = core.link
+        core.link = nil
+        link?.close()
         core.loop.stopping = true
     }
 }

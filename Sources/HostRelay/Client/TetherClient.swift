@@ -37,7 +37,8 @@ public final class TetherClient: Sendable {
 
     public static func connect(_ options: ClientOptions) async throws(TetherError) -> TetherClient {
         let connection = try await Retry(options, operation: "connect").run { () async throws(TetherError) -> RelayConnection in
-            try await RelayConnection.open(options.socket, name: options.name, helloTimeout: options.helloTimeout, onNotice: options.onNotice)
+            try await RelayConnection.open(options.socket, name: options.name, helloTimeout: options.helloTimeout, onNotice: options.onNotice,
+                                          agentTimeout: options.agentTimeout)
         }
         return TetherClient(options: options, connection: connection)
     }
@@ -52,7 +53,8 @@ public final class TetherClient: Sendable {
     private func connection() async throws(TetherError) -> RelayConnection {
         if let live = current.withLock({ $0.flatMap { $0.isClosed ? nil : $0 } }) { return live }
         let fresh = try await Retry(options, operation: "connect").run { () async throws(TetherError) -> RelayConnection in
-            try await RelayConnection.open(options.socket, name: options.name, helloTimeout: options.helloTimeout, onNotice: options.onNotice)
+            try await RelayConnection.open(options.socket, name: options.name, helloTimeout: options.helloTimeout, onNotice: options.onNotice,
+                                          agentTimeout: options.agentTimeout)
         }
         current.withLock { $0 = fresh }
         return fresh

@@ -1,4 +1,5 @@
 import Foundation
+import TetherPosix
 import TetherProtocol
 
 /// Every failure the client library reports. A program that exits non-zero is not an error
@@ -132,40 +133,62 @@ public struct TetherError: Error, Sendable, Equatable, Codable, CustomStringConv
     }
 
     /// A program that did not start, in a sentence: what kind of failure, the agent's own
-    /// words, the stage and the errno.
+    /// words, the stage and the errno, each said once (the agent's message often begins with
+    /// the summary, "cannot change to the working directory: ...", and names the errno).
     static func spawnFailed(_ failed: Failed, operation: String, context: [String: String]) -> TetherError {
-        let detail = failed.message.isEmpty ? "" : ": \(failed.message)"
-        let message = "\(describe(failed.kind).summary)\(detail) (stage \(failed.stage.rawValue.isEmpty ? "?" : failed.stage.rawValue), errno \(failed.errno))"
-        return TetherError(.spawnFailed, message, operation: operation, context: context, errno: failed.errno, spawn: failed)
+        let summary = describe(failed.kind, stage: failed.stage).summary
+        var message = failed.message.isEmpty ? summary
+            : failed.message.hasPrefix(summary) ? failed.message : "\(summary): \(failed.message)"
+        var notes = ["stage \(failed.stage.rawValue.isEmpty ? "?" : failed.stage.rawValue)"]
+        if failed.errno != 0 {
+            let symbol = Errno.symbol(failed.errno)
+            if symbol.map({ !message.contains($0) }) ?? true {
+                notes.append("errno \(failed.errno)" + (errnoName(failed.errno).map { ": \($0)" } ?? ""))
+            }
+        }
+        message += " (\(notes.joined(separator: ", ")))"
+        return TetherError(.spawnFailed, message, operation: operation, context: context, errno: failed.errno == 0 ? nil : failed.errno,
+                           spawn: failed)
     }
 
-    /// The one reading of a spawn failure kind for people: a summary and what to try.
-    static func describe(_ kind: SpawnFailureKind) -> (summary: String, suggestion: String?) {
+    /// The one reading of a spawn failure kind for people: a summary and what to try. The
+    /// stage narrows it where one kind has several causes (`badArgs` from a user spec is not a
+    /// NUL byte; `userSetupFailed` at stage `user` is a missing name, not a refused setuid).
+    static func describe(_ kind: SpawnFailureKind, stage: SpawnStage? = nil) -> (summary: String, suggestion: String?) {
         switch kind {
         case .notFound: ("program not found", "check the program name and PATH inside the sandbox")
         case .permissionDenied: ("permission denied", "check the file's execute permission and the user the command runs as")
         case .notExecutable: ("not an executable", "the file is not a program this system can run (a directory, or a script without #!)")
         case .badCwd: ("cannot change to the working directory", "check that the working directory exists in the sandbox")
-        case .badArgs: ("invalid arguments", "arguments must not contain NUL bytes or exceed the system's size limit")
+        case .badArgs:
+            switch stage {
+            case .user?: ("invalid user", "give the user as a name, uid, name:group or uid:gid")
+            case .cwd?: ("invalid working directory", "give the working directory as a non-empty path without NUL bytes")
+            case .rlimits?: ("invalid resource limit", "check the limit's name and that its soft value is at most its hard one")
+            case .env?: ("invalid environment", "environment names and values must not contain NUL bytes, and names not '='")
+            default: ("invalid arguments", "arguments must not contain NUL bytes or exceed the system's size limit")
+            }
         case .resourceLimit: ("resource limit reached", "the sandbox is out of processes or descriptors; end some sessions or raise the limits")
-        case .userNotFound: ("no such user", "check the user name against the sandbox's /etc/passwd")
-        case .userSetupFailed: ("cannot switch to the user", nil)
+        case .userSetupFailed:
+            stage == .user
+                ? ("no such user or group", "check the name against the sandbox's /etc/passwd and /etc/group")
+                : ("cannot switch to the user", "the sandbox may not allow changing user (a user namespace without setgroups)")
         case .outOfMemory: ("out of memory", "the sandbox is out of memory")
-        case .ptySetupFailed: ("cannot set up the terminal", nil)
+        case .ptySetupFailed: ("cannot set up the terminal", "the sandbox may be out of pseudo-terminals; try without --tty")
         case .other, .unrecognized: ("the program did not start (\(kind))", nil)
         }
     }
 
     /// The one reading of a failure code for people: what to try next.
     static func defaultSuggestion(_ code: Code, spawn: Failed?) -> String? {
-        if let spawn { return describe(spawn.kind).suggestion }
+        if let spawn { return describe(spawn.kind, stage: spawn.stage).suggestion }
         switch code {
         case .relayUnreachable: return "start the relay (tether relay --agent ADDR --listen unix:PATH) or check --socket / TETHER_SOCKET"
         case .connectionClosed: return "the relay stopped or restarted; check its log and try again"
         case .timedOut: return "the relay or agent did not become ready in time; raise the retry budget or check the sandbox"
         case .remote(.agentNotReady): return "the sandbox is still starting or restarting; try again shortly"
         case .remote(.agentGone): return "the sandbox's agent went away (the VM stopped or crashed); check the sandbox and the relay's log"
-        case .remote(.agentUnresponsive): return "the sandbox is overloaded or frozen; check it, or wait and retry"
+        case .remote(.agentUnresponsive): return "the sandbox is overloaded or frozen; check it (tether ls, tether ping), wait and retry, or allow more time (--agent-timeout)"
         case .remote(.portAlreadyExposed): return "list exposed ports with `tether port ls`; unexpose the port first to change it"
         case .remote(.portNotExposed): return "list exposed ports with `tether port ls`"
         case .remote(.portInUse): return "another program on the host uses that address; pick another --host-port, or leave it out"

@@ -99,7 +99,12 @@ final class AgentChannel {
             giveUpConnecting()
             return
         }
-        let connector = AgentConnector(address: configuration.agent, deadlineNs: attempts.deadlineNs, report: postOutcome)
+        let connector: AgentConnector
+        do { connector = try AgentConnector(address: configuration.agent, deadlineNs: attempts.deadlineNs, report: postOutcome) } catch {
+            attempts.lastError = "eventfd: \(error)"
+            giveUpConnecting()
+            return
+        }
         state = .connecting(connector)
         connector.start()
     }
@@ -130,12 +135,12 @@ final class AgentChannel {
     private func adoptSocket(_ raw: CInt) {
         if case .fd = configuration.agent { attempts.inheritedDescriptorTaken = true }
         let link: AgentLink
-        do { link = AgentLink(socket: try FrameSocket(adopting: OwnedFD(adopting: raw))) } catch {
+        do { link = AgentLink(socket: try FrameSocket(adopting: OwnedFD(adopting: raw)), loop: loop) } catch {
             attempts.lastError = "fcntl: \(error)"
             return retryConnecting()
         }
         do {
-            try link.watch(on: loop) { [unowned self, weak link] events in
+            try link.watch { [unowned self, weak link] events in
                 guard let link, link === self.link else { return }
                 linkEvent(link, events: events)
             }
@@ -170,7 +175,7 @@ final class AgentChannel {
     private func closeLink() {
         guard let link else { return }
         if let timer = link.helloTimer { loop.cancel(timer) }
-        if let failure = link.close(on: loop) { diagnose("unwatching the agent connection: \(failure)") }
+        if let failure = link.close() { diagnose("unwatching the agent connection: \(failure)") }
         state = .connecting(nil)
     }
 
@@ -182,7 +187,7 @@ final class AgentChannel {
         case .connecting(nil): break
         case .greeting(let link), .ready(let link):
             _ = try? link.socket.flush()  // best effort: the agent learns of the close either way
-            if let failure = link.close(on: loop) { diagnose("unwatching the agent connection: \(failure)") }
+            if let failure = link.close() { diagnose("unwatching the agent connection: \(failure)") }
             state = .connecting(nil)
         }
     }
@@ -281,7 +286,7 @@ final class AgentChannel {
 
     func flush() {
         guard let link else { return }
-        do { try link.flush(on: loop) } catch {
+        do { try link.flush() } catch {
             return drop(reason: error.description)
         }
         let pending = link.socket.encoder.pendingBytes

@@ -3,7 +3,6 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import Foundation
 import Synchronization
 import TetherPosix
 import TetherProtocol
@@ -25,13 +24,15 @@ final class AgentConnector: @unchecked Sendable {
     private let address: Address
     private let deadlineNs: UInt64
     private let report: @Sendable (Outcome) -> Void
-    private let wakeup = NSCondition()
+    /// Wakes the backoff sleep early on `cancel()`.
+    private let wakeup: WakeGate
     private let cancelled = Atomic<Bool>(false)
 
     static let initialDelayNs: UInt64 = 20_000_000
     static let maxDelayNs: UInt64 = 1_000_000_000
 
-    init(address: Address, deadlineNs: UInt64, report: @escaping @Sendable (Outcome) -> Void) {
+    init(address: Address, deadlineNs: UInt64, report: @escaping @Sendable (Outcome) -> Void) throws(Errno) {
+        wakeup = try WakeGate()
         self.address = address
         self.deadlineNs = deadlineNs
         self.report = report
@@ -43,9 +44,7 @@ final class AgentConnector: @unchecked Sendable {
 
     func cancel() {
         cancelled.store(true, ordering: .relaxed)
-        wakeup.lock()
-        wakeup.broadcast()
-        wakeup.unlock()
+        wakeup.wake()
     }
 
     private func connect() -> Outcome {
@@ -63,9 +62,7 @@ final class AgentConnector: @unchecked Sendable {
             let now = Clock.monotonicNs()
             guard now < deadlineNs else { break }
             let wait = min(delay, deadlineNs - now)
-            wakeup.lock()
-            _ = wakeup.wait(until: Date(timeIntervalSinceNow: Double(wait) / 1e9))
-            wakeup.unlock()
+            wakeup.sleep(timeout: .nanoseconds(Int64(wait)))
             delay = min(delay * 2, Self.maxDelayNs)
         }
         return .failed(lastError)

@@ -56,9 +56,9 @@ final class ClientLinks {
     /// Watches a new client and queues `hello` to it; nil when it cannot be watched.
     func add(_ socket: FrameSocket, hello: Hello) -> ClientLink? {
         serial += 1
-        let client = ClientLink(socket: socket, serial: serial)
+        let client = ClientLink(socket: socket, loop: loop, serial: serial)
         do {
-            try client.watch(on: loop) { [unowned self, weak client] events in
+            try client.watch { [unowned self, weak client] events in
                 guard let client else { return }
                 clientEvent(client, events: events)
             }
@@ -112,7 +112,7 @@ final class ClientLinks {
     }
 
     func flush(_ client: ClientLink) {
-        do { try client.flush(on: loop) } catch {
+        do { try client.flush() } catch {
             close(client, reason: error.description)
             return
         }
@@ -152,7 +152,7 @@ final class ClientLinks {
 
     private func updateInterest(_ client: ClientLink) {
         guard !client.closed else { return }
-        do { try client.updateInterest(on: loop) } catch { close(client, reason: error.description) }
+        do { try client.updateInterest() } catch { close(client, reason: error.description) }
     }
 
     // MARK: reading
@@ -258,7 +258,7 @@ final class ClientLinks {
         guard !client.closed else { return }
         client.closed = true
         all[client.fd] = nil
-        if let failure = client.close(on: loop) { diagnose("unwatching \(client.label): \(failure)") }
+        if let failure = client.close() { diagnose("unwatching \(client.label): \(failure)") }
         delegate?.clientClosed(client, reason: reason)
         client.sessions.removeAll()
     }

@@ -3,7 +3,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import Foundation
+import Synchronization
 import TetherPosix
 import TetherProtocol
 
@@ -24,8 +24,9 @@ import TetherProtocol
 /// A directory it creates is 0700.
 ///
 /// Owns: the open exec.log descriptor and the writer thread. Ends with `close()`, which
-/// writes what is queued and joins the thread. Readers (`LogFollower`) open the files
-/// themselves and wait on `progress` for new lines.
+/// writes what is queued and waits for the thread. Readers (`LogFollower`) open the files
+/// themselves; each sleeps on its own `WakeGate`, which the writer wakes after every line and
+/// rotation (`watch`).
 public final class ExecLog: @unchecked Sendable {
     public struct Configuration: Sendable {
         public var directory: String
@@ -74,19 +75,24 @@ public final class ExecLog: @unchecked Sendable {
         }
     }
 
-    // Guarded by `queueLock`.
-    private let queueLock = NSCondition()
-    private var queue = Queue()
+    private let queue = Mutex(Queue())
+    /// The writer sleeps here while the queue is empty.
+    private let writerGate: WakeGate
 
-    // Guarded by `progress`; changed only by the writer thread.
-    /// Followers wait on it; broadcast after every write and rotation.
-    let progress = NSCondition()
-    /// Bytes written to the live file since the log opened (all generations).
-    private(set) var writtenBytes: UInt64 = 0
-    /// How many times the live file was rotated.
-    private(set) var rotations = 0
-    /// The writer has stopped: nothing more will be written.
-    private(set) var closed = false
+    /// What readers see of the writer's progress; changed only by the writer thread.
+    struct Progress {
+        /// Bytes written to the live file since the log opened (all generations).
+        var writtenBytes: UInt64 = 0
+        /// How many times the live file was rotated.
+        var rotations = 0
+        /// The writer has stopped: nothing more will be written.
+        var closed = false
+    }
+    /// Held across a rotation's renames, and by a reader opening generations, so that no
+    /// rotation happens between a reader's opens.
+    private let progress = Mutex(Progress())
+    /// The gates of readers waiting for progress, by reader.
+    private let watchers = Mutex([ObjectIdentifier: WakeGate]())
 
     /// Whether `start` ran (the relay's thread only): `close` waits for a writer only then.
     private var started = false
@@ -96,8 +102,8 @@ public final class ExecLog: @unchecked Sendable {
     private var encoder = LogLineEncoder()
     private var writeFailed = false
     private let diagnostics: @Sendable (String) -> Void
-    private let finished = NSCondition()
-    private var isFinished = false
+    /// `close` sleeps here until the writer has written everything and closed the file.
+    private let finishedGate: WakeGate
 
     /// Opens (creating it and the directory if needed) the live file for appending. A file that
     /// is not safe to append to (see the type's comment) throws the errno that stands for it
@@ -106,6 +112,8 @@ public final class ExecLog: @unchecked Sendable {
         precondition(configuration.files >= 1 && configuration.maxFileBytes > 0)
         self.configuration = configuration
         self.diagnostics = diagnostics
+        writerGate = try WakeGate()
+        finishedGate = try WakeGate()
         if mkdir(configuration.directory, 0o700) != 0 && errno != EEXIST { throw .current }
         do {
             fd = try PrivateFiles.openForAppend(configuration.path, mode: 0o640).release()
@@ -130,30 +138,27 @@ public final class ExecLog: @unchecked Sendable {
     /// Queues an entry; never blocks beyond a short lock. Called from the relay's thread.
     public func record(session: UInt32, _ event: LogEvent, timeNs: UInt64 = Clock.realtimeNs()) {
         let cost = event.payloadBytes + Self.entryOverhead
-        queueLock.lock()
-        defer { queueLock.unlock() }
-        guard !queue.stopping else { return }
-        if queue.bytes + cost > configuration.queueBytes {
-            queue.droppedEntries += 1
-            if case .data(_, let bytes) = event { queue.droppedBytes += UInt64(bytes.count) }
-            return
+        let first = queue.withLock { queue -> Bool in
+            guard !queue.stopping else { return false }
+            if queue.bytes + cost > configuration.queueBytes {
+                queue.droppedEntries += 1
+                if case .data(_, let bytes) = event { queue.droppedBytes += UInt64(bytes.count) }
+                return false
+            }
+            queue.reportDropped(timeNs: timeNs)
+            queue.entries.append(Entry(timeNs: timeNs, session: session, event: event))
+            queue.bytes += cost
+            return queue.entries.count == 1
         }
-        queue.reportDropped(timeNs: timeNs)
-        queue.entries.append(Entry(timeNs: timeNs, session: session, event: event))
-        queue.bytes += cost
-        if queue.entries.count == 1 { queueLock.signal() }
+        if first { writerGate.wake() }
     }
 
     /// Writes everything queued, stops the writer and closes the file.
     public func close() {
-        queueLock.lock()
-        queue.stopping = true
-        queueLock.signal()
-        queueLock.unlock()
+        queue.withLock { $0.stopping = true }
+        writerGate.wake()
         guard started else { return }
-        finished.lock()
-        while !isFinished { finished.wait() }
-        finished.unlock()
+        while !progress.withLock({ $0.closed }) { finishedGate.sleep() }
     }
 
     // MARK: writer thread
@@ -161,16 +166,18 @@ public final class ExecLog: @unchecked Sendable {
     private func writerLoop() {
         var out: [UInt8] = []
         while true {
-            queueLock.lock()
-            while queue.entries.isEmpty && !queue.stopping && queue.droppedEntries == 0 { queueLock.wait() }
-            // Dropped while full and nothing came after: say so now.
-            queue.reportDropped(timeNs: Clock.realtimeNs())
-            let batch = queue.entries
-            queue.entries.removeAll(keepingCapacity: true)
-            queue.bytes = 0
-            let done = queue.stopping
-            queueLock.unlock()
-
+            let (batch, done, idle) = queue.withLock { queue -> ([Entry], Bool, Bool) in
+                // Dropped while full and nothing came after: say so now.
+                queue.reportDropped(timeNs: Clock.realtimeNs())
+                let batch = queue.entries
+                queue.entries.removeAll(keepingCapacity: true)
+                queue.bytes = 0
+                return (batch, queue.stopping, batch.isEmpty && !queue.stopping)
+            }
+            if idle {
+                writerGate.sleep()
+                continue
+            }
             for entry in batch {
                 out.removeAll(keepingCapacity: true)
                 encoder.encode(timeNs: entry.timeNs, session: entry.session, event: entry.event, into: &out)
@@ -178,16 +185,13 @@ public final class ExecLog: @unchecked Sendable {
             }
             if done { break }
         }
-        progress.lock()
-        _ = Glibc.close(fd)
-        fd = -1
-        closed = true
-        progress.broadcast()
-        progress.unlock()
-        finished.lock()
-        isFinished = true
-        finished.broadcast()
-        finished.unlock()
+        progress.withLock { progress in
+            _ = Glibc.close(fd)
+            fd = -1
+            progress.closed = true
+        }
+        wakeWatchers()
+        finishedGate.wake()
     }
 
     private func write(line: [UInt8]) {
@@ -205,46 +209,60 @@ public final class ExecLog: @unchecked Sendable {
             if !writeFailed { diagnostics("exec.log: write failed: \(error); lines are being lost") }
             writeFailed = true
         }
-        progress.lock()
-        writtenBytes += UInt64(line.count)
-        progress.broadcast()
-        progress.unlock()
+        progress.withLock { $0.writtenBytes += UInt64(line.count) }
+        wakeWatchers()
     }
 
     /// exec.log.N-1 is replaced by exec.log.N-2, ..., exec.log.1 by exec.log; a new exec.log.
     private func rotate() {
-        progress.lock()
-        defer {
-            progress.broadcast()
-            progress.unlock()
+        defer { wakeWatchers() }
+        progress.withLock { progress in
+            _ = Glibc.close(fd)
+            fd = -1
+            // rename(2) moves names and never follows a link at either of them.
+            for generation in stride(from: configuration.files - 1, through: 1, by: -1) {
+                _ = Glibc.rename(configuration.path(generation: generation - 1), configuration.path(generation: generation))
+            }
+            // The live name is free now unless something was planted there meanwhile: remove
+            // whatever it is, and create the new file fresh.
+            _ = unlink(configuration.path)
+            progress.rotations += 1
+            fileBytes = 0
+            do throws(UnsafePathError) {
+                fd = try PrivateFiles.createNew(configuration.path, mode: 0o640).release()
+            } catch {
+                diagnostics("exec.log: cannot create \(configuration.path) after rotation: \(error.message)")
+            }
         }
-        _ = Glibc.close(fd)
-        fd = -1
-        // rename(2) moves names and never follows a link at either of them.
-        for generation in stride(from: configuration.files - 1, through: 1, by: -1) {
-            _ = Glibc.rename(configuration.path(generation: generation - 1), configuration.path(generation: generation))
-        }
-        // The live name is free now unless something was planted there meanwhile: remove
-        // whatever it is, and create the new file fresh.
-        _ = unlink(configuration.path)
-        rotations += 1
-        fileBytes = 0
-        do {
-            fd = try PrivateFiles.createNew(configuration.path, mode: 0o640).release()
-        } catch {
-            diagnostics("exec.log: cannot create \(configuration.path) after rotation: \(error.message)")
-        }
+    }
+
+    private func wakeWatchers() {
+        for gate in watchers.withLock({ Array($0.values) }) { gate.wake() }
     }
 
     // MARK: for readers
 
-    /// Opens, under `progress`'s lock, generations `from` down to 0 that exist (oldest first).
-    /// Callers hold `progress` so a rotation cannot happen between the opens.
-    func openGenerations(from oldest: Int) -> [CInt] {
-        var fds: [CInt] = []
-        for generation in stride(from: oldest, through: 0, by: -1) {
-            if let file = try? PrivateFiles.openForReading(configuration.path(generation: generation)) { fds.append(file.release()) }
+    /// Wakes `gate` after every line written, every rotation and the close, until `unwatch`.
+    func watch(_ reader: AnyObject, gate: WakeGate) {
+        watchers.withLock { $0[ObjectIdentifier(reader)] = gate }
+    }
+
+    func unwatch(_ reader: AnyObject) {
+        _ = watchers.withLock { $0.removeValue(forKey: ObjectIdentifier(reader)) }
+    }
+
+    /// The writer's progress now, and the generations `oldest` picks from it (oldest first, as
+    /// many as exist; none for nil), opened under the same lock: no rotation can happen
+    /// between reading the progress and the opens.
+    func snapshot(opening oldest: (Progress) -> Int?) -> (fds: [CInt], progress: Progress) {
+        progress.withLock { progress in
+            var fds: [CInt] = []
+            if let oldest = oldest(progress) {
+                for generation in stride(from: oldest, through: 0, by: -1) {
+                    if let file = try? PrivateFiles.openForReading(configuration.path(generation: generation)) { fds.append(file.release()) }
+                }
+            }
+            return (fds, progress)
         }
-        return fds
     }
 }

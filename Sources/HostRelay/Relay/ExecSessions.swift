@@ -280,9 +280,14 @@ final class ExecSessions {
         let request = try decode(LogsRequest.self, view)
         guard let log else { throw RelayRefusal(.unknownKind, "this relay writes no exec.log (started with --no-log)") }
         let key = table.allocateLogKey()
-        let follower = LogFollower(log: log, session: request.session, follow: request.follow,
-                                   initialCredit: FlowControl.initialWindowBytes) { [postLogOutput] output in
-            postLogOutput(key, output)
+        let follower: LogFollower
+        do {
+            follower = try LogFollower(log: log, session: request.session, follow: request.follow,
+                                       initialCredit: FlowControl.initialWindowBytes) { [postLogOutput] output in
+                postLogOutput(key, output)
+            }
+        } catch {
+            throw RelayRefusal(.limitReached, "cannot follow exec.log: eventfd: \(error)")
         }
         // Nothing comes from the agent for it: it is `ended` on that side from the start.
         let reader = RelaySession.Reader.client(.init(client: client, clientID: id, survivesClient: false))

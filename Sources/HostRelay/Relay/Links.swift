@@ -6,83 +6,6 @@ import Musl
 import TetherPosix
 import TetherProtocol
 
-/// A framed connection the relay watches: its socket, and whether EPOLLOUT is armed. The one
-/// place where the relay flushes a socket and then changes its epoll interest, for clients and
-/// the agent alike.
-///
-/// Owns its `FrameSocket`; `close(on:)` unwatches it before closing. Touched only by the
-/// relay's loop thread.
-class FramedLink {
-    let socket: FrameSocket
-    /// EPOLLOUT is armed because output is waiting.
-    private(set) var wantsWrite = false
-
-    init(socket: FrameSocket) { self.socket = socket }
-
-    var fd: CInt { socket.fd }
-
-    /// The events to watch besides EPOLLOUT; 0 pauses reading.
-    var readInterest: UInt32 { EventLoop.readable | EventLoop.peerClosed }
-
-    enum Failure: Error, CustomStringConvertible {
-        /// write(2) failed: the peer is gone (EPIPE, ECONNRESET).
-        case write(Errno)
-        /// epoll_ctl(2) refused the new interest: the link cannot be served any more.
-        case epoll(Errno)
-
-        var description: String {
-            switch self {
-            case .write(let errno): "write failed: \(errno)"
-            case .epoll(let errno): "epoll_ctl failed: \(errno)"
-            }
-        }
-    }
-
-    /// Writes what the socket takes; arms EPOLLOUT while bytes are left, disarms it once none
-    /// are. Returns whether everything was written.
-    @discardableResult
-    func flush(on loop: EventLoop) throws(Failure) -> Bool {
-        let drained: Bool
-        do { drained = try socket.flush() } catch { throw .write(error) }
-        if drained == wantsWrite {
-            wantsWrite = !drained
-            try updateInterest(on: loop)
-        }
-        return drained
-    }
-
-    /// Tells epoll what the link waits for now (after `readInterest` changed).
-    func updateInterest(on loop: EventLoop) throws(Failure) {
-        do { try loop.modify(fd, events: readInterest | (wantsWrite ? EventLoop.writable : 0)) } catch { throw .epoll(error) }
-    }
-
-    /// Starts watching the link: `handler` gets its events.
-    func watch(on loop: EventLoop, _ handler: @escaping EventLoop.Handler) throws(Failure) {
-        do { try loop.watch(fd, events: readInterest, handler) } catch { throw .epoll(error) }
-    }
-
-    /// Unwatches and closes the socket. Returns what EPOLL_CTL_DEL said if it failed.
-    @discardableResult
-    func close(on loop: EventLoop) -> Errno? {
-        let failure = socket.isClosed ? nil : loop.unwatch(fd)
-        socket.close()
-        return failure
-    }
-
-    /// Hands each decoded frame to `handle` until the decoder runs dry, `budget` frames were
-    /// handled, or `handle` returns false (the link was closed). Returns the frames handled;
-    /// throws the framing error that makes the stream unreadable.
-    func handleFrames(budget: Int = .max, _ handle: (FrameView) -> Bool) throws(WireError) -> Int {
-        var handled = 0
-        while handled < budget {
-            guard let goOn = try socket.decoder.nextView(handle) else { break }
-            handled += 1
-            if !goOn { break }
-        }
-        return handled
-    }
-}
-
 /// One client connection: its socket and the sessions it has open, by the client's own ids.
 ///
 /// Closed by `ClientLinks.close(_:reason:)`. Touched only by the relay's loop thread.
@@ -103,12 +26,12 @@ final class ClientLink: FramedLink {
     var busy = false
     var closed = false
 
-    init(socket: FrameSocket, serial: UInt64) {
+    init(socket: FrameSocket, loop: EventLoop, serial: UInt64) {
         self.serial = serial
-        super.init(socket: socket)
+        super.init(socket: socket, loop: loop)
     }
 
-    override var readInterest: UInt32 { inputPaused || busy ? 0 : EventLoop.readable | EventLoop.peerClosed }
+    override var wantsInput: Bool { !inputPaused && !busy }
     var label: String { "client \(serial)" + (hello.map { " (\($0.name) pid \($0.pid))" } ?? "") }
 }
 
@@ -120,9 +43,9 @@ final class AgentLink: FramedLink {
     var lastHeardNs: UInt64
     var helloTimer: TimerID?
 
-    override init(socket: FrameSocket) {
+    override init(socket: FrameSocket, loop: EventLoop) {
         lastHeardNs = Clock.monotonicNs()
-        super.init(socket: socket)
+        super.init(socket: socket, loop: loop)
     }
 }
 

@@ -3,7 +3,6 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import Foundation
 import Synchronization
 import TetherPosix
 
@@ -11,7 +10,9 @@ import TetherPosix
 /// one session's lines), then, when following, waits for the writer and reads what it adds,
 /// across rotations, like `tail -F` but woken by the writer instead of polling.
 ///
-/// Runs on its own thread: file reads never touch the relay's loop. It sends no more than the
+/// Runs on its own thread: file reads never touch the relay's loop. It sleeps on its own
+/// `WakeGate`, woken by the writer (a line, a rotation, the close), by `grant` and by `cancel`;
+/// every wait re-checks what it waits for, so a wake meant for one wait never starves another. It sends no more than the
 /// client's window allows (`grant` adds to it as the client acks), so a client that stops
 /// reading holds one 64 KiB read and nothing else.
 ///
@@ -28,53 +29,51 @@ final class LogFollower: @unchecked Sendable {
     private let session: UInt32?
     private let follow: Bool
     private let deliver: @Sendable (Output) -> Void
-    private let creditLock = NSCondition()
-    private var credit: Int  // guarded by creditLock
+    private let credit: Mutex<Int>
+    private let gate: WakeGate
     private let cancelled = Atomic<Bool>(false)
     /// Bytes of an incomplete line carried between reads (only when filtering).
     private var partialLine: [UInt8] = []
 
-    init(log: ExecLog, session: UInt32?, follow: Bool, initialCredit: Int, deliver: @escaping @Sendable (Output) -> Void) {
+    init(log: ExecLog, session: UInt32?, follow: Bool, initialCredit: Int,
+         deliver: @escaping @Sendable (Output) -> Void) throws(Errno) {
+        gate = try WakeGate()
+        credit = Mutex(initialCredit)
         self.log = log
         self.session = session
         self.follow = follow
-        self.credit = initialCredit
         self.deliver = deliver
     }
 
     func start() {
         DedicatedThread.start(named: "tether-logs") { [self] in
+            // Watching before the first look at the log: no line written after it goes unseen.
+            log.watch(self, gate: gate)
             run()
+            log.unwatch(self)
             deliver(.end)
         }
     }
 
     /// The client consumed `bytes` more.
     func grant(_ bytes: Int) {
-        creditLock.lock()
-        credit += bytes
-        creditLock.broadcast()
-        creditLock.unlock()
+        credit.withLock { $0 += bytes }
+        gate.wake()
     }
 
     func cancel() {
         cancelled.store(true, ordering: .relaxed)
-        creditLock.lock()
-        creditLock.broadcast()
-        creditLock.unlock()
-        log.progress.lock()
-        log.progress.broadcast()
-        log.progress.unlock()
+        gate.wake()
     }
 
     private var isCancelled: Bool { cancelled.load(ordering: .relaxed) }
 
     private func run() {
-        log.progress.lock()
-        var older = log.openGenerations(from: log.configuration.files - 1)
-        var rotations = log.rotations
-        var seen = log.writtenBytes
-        log.progress.unlock()
+        let files = log.configuration.files
+        let (opened, start) = log.snapshot { _ in files - 1 }
+        var older = opened
+        var rotations = start.rotations
+        var seen = start.writtenBytes
         guard !older.isEmpty else { return }
         var current = older.removeLast()
         defer { _ = Glibc.close(current) }
@@ -86,20 +85,19 @@ final class LogFollower: @unchecked Sendable {
         guard pump(current), follow else { return }
 
         while true {
-            log.progress.lock()
-            while !isCancelled && !log.closed && log.writtenBytes == seen && log.rotations == rotations {
-                log.progress.wait()
+            // Our file is generation (rotations now - rotations) once the writer rotated: the
+            // ones after it are opened with the look at its progress.
+            let (opened, now) = log.snapshot { [rotations] now in
+                now.rotations == rotations ? nil : min(now.rotations - rotations, files) - 1
             }
-            seen = log.writtenBytes
-            let nowRotations = log.rotations
-            var newer: [CInt] = []
-            if nowRotations != rotations {
-                // Our file is now generation (nowRotations - rotations); read the ones after it.
-                let behind = min(nowRotations - rotations, log.configuration.files) - 1
-                newer = log.openGenerations(from: behind)
+            var newer = opened
+            if !isCancelled && !now.closed && now.writtenBytes == seen && now.rotations == rotations {
+                gate.sleep()
+                continue
             }
-            let closed = log.closed
-            log.progress.unlock()
+            seen = now.writtenBytes
+            let nowRotations = now.rotations
+            let closed = now.closed
             if isCancelled {
                 for fd in newer { _ = Glibc.close(fd) }
                 return
@@ -159,11 +157,16 @@ final class LogFollower: @unchecked Sendable {
     private func send(_ bytes: ArraySlice<UInt8>) -> Bool {
         var rest = bytes
         while !rest.isEmpty {
-            creditLock.lock()
-            while credit <= 0 && !isCancelled { creditLock.wait() }
-            let take = min(credit, rest.count, 64 << 10)
-            credit -= max(take, 0)
-            creditLock.unlock()
+            var take = 0
+            while !isCancelled {
+                take = credit.withLock { credit in
+                    let take = min(credit, rest.count, 64 << 10)
+                    credit -= max(take, 0)
+                    return take
+                }
+                if take > 0 { break }
+                gate.sleep()
+            }
             if isCancelled { return false }
             deliver(.bytes(Array(rest.prefix(take))))
             rest = rest.dropFirst(take)

@@ -107,8 +107,8 @@ public enum SpawnFailureKind: Hashable, Sendable, CaseIterableWire, CustomString
     case badArgs
     /// EMFILE, EAGAIN, setrlimit.
     case resourceLimit
-    case userNotFound
-    /// setgroups, setgid or setuid failed.
+    /// The user could not be had: not in the guest's /etc/passwd or /etc/group (stage `user`,
+    /// the message names what was missing), or setgroups, setgid or setuid failed.
     case userSetupFailed
     case outOfMemory
     case ptySetupFailed
@@ -117,7 +117,7 @@ public enum SpawnFailureKind: Hashable, Sendable, CaseIterableWire, CustomString
     case unrecognized(String)
 
     public static let known: [SpawnFailureKind] = [
-        .notFound, .permissionDenied, .notExecutable, .badCwd, .badArgs, .resourceLimit, .userNotFound,
+        .notFound, .permissionDenied, .notExecutable, .badCwd, .badArgs, .resourceLimit,
         .userSetupFailed, .outOfMemory, .ptySetupFailed, .other,
     ]
 
@@ -132,7 +132,6 @@ public enum SpawnFailureKind: Hashable, Sendable, CaseIterableWire, CustomString
         case .badCwd: "badCwd"
         case .badArgs: "badArgs"
         case .resourceLimit: "resourceLimit"
-        case .userNotFound: "userNotFound"
         case .userSetupFailed: "userSetupFailed"
         case .outOfMemory: "outOfMemory"
         case .ptySetupFailed: "ptySetupFailed"

@@ -180,6 +180,14 @@ int32_t krun_set_console_output(uint32_t id, const char *path) {
     return rc;
 }
 
+int32_t krun_set_port_map(uint32_t id, const char *const port_map[]) {
+    CHECK_CTX(id);
+    char map[1024];
+    format_array(map, sizeof map, port_map);
+    record("krun_set_port_map(%u, %s) = 0", id, map);
+    return 0;
+}
+
 #ifndef STUB_WITHOUT_V1_17
 int32_t krun_disable_implicit_vsock(uint32_t id) {
     CHECK_CTX(id);

@@ -36,7 +36,8 @@ import TestSupport
             (["exec", "--", garbage], 126, "not an executable"),
             (["exec", "--", live.directory.path], 126, "permission denied"),
             (["exec", "-w", "/no/such/dir", "--", "true"], 1, "working directory"),
-            (["exec", "-u", "no-such-user-xyz", "--", "true"], 1, "no such user"),
+            (["exec", "-u", "no-such-user-xyz", "--", "true"], 1, "no such user or group: user 'no-such-user-xyz' not found"),
+            (["exec", "-u", "", "--", "true"], 1, "invalid user"),
         ]
         for item in cases {
             let result = try live.cli(item.arguments)
@@ -47,6 +48,37 @@ import TestSupport
             #expect(item.kind.isEmpty || result.stderr.contains(item.kind), "\(item.arguments): \(result)")
             #expect(lines.contains { $0.trimmingCharacters(in: .whitespaces).hasPrefix("-> ") }, "no hint: \(result)")
         }
+    }
+
+    /// `--json` (or TETHER_ERRORS=json): the error is one JSON object on stderr, whatever
+    /// failed, with the fields the README lists; the exit status does not change.
+    @Test func jsonErrorsAreOneObjectWithTheDocumentedFields() throws {
+        let live = try LiveRelay("json")
+        func object(_ result: CLIResult) throws -> [String: Any] {
+            let lines = result.stderr.split(separator: "\n")
+            #expect(lines.count == 1, "not one line: \(result)")
+            return try #require(try JSONSerialization.jsonObject(with: Data(result.stderr.utf8)) as? [String: Any], "\(result)")
+        }
+        let missing = try live.cli(["exec", "--json", "--", "no-such-program"])
+        #expect(missing.status == 127, "\(missing)")
+        let fields = try object(missing)
+        #expect(fields["code"] as? String == "spawnFailed")
+        #expect(fields["operation"] as? String == "exec")
+        #expect((fields["message"] as? String)?.contains("program not found") == true)
+        #expect((fields["context"] as? [String: String])?["argv"] == "no-such-program")
+        #expect(fields["suggestion"] is String)
+        #expect(fields["errno"] as? Int == Int(ENOENT))
+        #expect(fields["timestamp"] is String)
+        // The same through the environment, and for a usage mistake.
+        let usage = try live.cli(["exec", "--no-such-option", "--", "true"], environment: ["TETHER_ERRORS": "json"])
+        #expect(usage.status == 2, "\(usage)")
+        #expect(try object(usage)["code"] as? String == "usage")
+        // `tether --json COMMAND` too; and a --json that belongs to the command run is its own.
+        let notRunning = try live.cli(["--json", "exec", "--sandbox", "no-such-sandbox", "--", "true"])
+        #expect(notRunning.status == 125, "\(notRunning)")
+        #expect(try object(notRunning)["code"] as? String == "notRunning")
+        let echoed = try live.cli(["exec", "--", "echo", "--json"])
+        #expect(echoed.stdout == "--json\n" && echoed.stderr.isEmpty, "\(echoed)")
     }
 
     @Test func stdinPipedFromTheCLIReachesTheProgram() throws {

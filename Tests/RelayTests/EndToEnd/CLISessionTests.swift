@@ -8,6 +8,21 @@ import TestSupport
 /// `tether ps`, `kill`, `logs`, `ping`, `exec --detach` and `attach` through a real relay
 /// process to a real agent.
 @Suite(.serialized, .timeLimit(.minutes(3))) struct CLISessionTests {
+    /// A command line holding ESC and newlines is one escaped line of `tether ps`: the table
+    /// keeps its shape and nothing reaches the terminal raw.
+    @Test func psPrintsAControlCharacterCommandOnOneEscapedLine() throws {
+        let live = try LiveRelay("ps-escape")
+        let started = try live.cli(["exec", "--detach", "--", "sh", "-c", "sleep 1000 # \u{1B}[31mred\nsecond line"])
+        let number = try #require(UInt32(started.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), "\(started)")
+        let ps = try live.cli(["ps"])
+        #expect(!ps.stdout.contains("\u{1B}"), "\(ps)")
+        let lines = ps.stdout.split(separator: "\n")
+        #expect(lines.count == 2, "\(ps)")
+        let row = try #require(lines.first { $0.split(separator: " ").first == Substring(String(number)) }, "\(ps)")
+        #expect(row.hasSuffix(#"sh -c 'sleep 1000 # \e[31mred\nsecond line'"#), "\(row)")
+        _ = try live.cli(["kill", "--signal", "KILL", String(number)])
+    }
+
     @Test func detachPsKillAndAttach() throws {
         let live = try LiveRelay()
         let started = try live.cli(["exec", "--detach", "--", "sh", "-c", "sleep 0.2; echo later; sleep 1000"])
@@ -67,7 +82,8 @@ import TestSupport
         let live = try LiveRelay("timeout-cli")
         let result = try live.cli(["exec", "--timeout", "1s", "--", "sleep", "5"])
         #expect(result.status == 124, "\(result)")
-        #expect(result.stderr.contains("tether: timed out after 1s (killed by signal 15)"), "\(result.stderr)")
+        #expect(result.stderr == "tether: exec: timed out after 1s (killed by signal 15)\n  -> raise --timeout, or make the command finish sooner\n",
+                "\(result.stderr)")
     }
 
     @Test func rlimitAndKillGraceReachTheCommand() throws {
@@ -193,5 +209,34 @@ import TestSupport
         #expect(running.wait(timeout: 30) == 0, "\(running.stderr)")
         #expect(running.stdout == "go\nfinished\n")
         #expect(eventually(within: 20) { (try? live.cli(["exec", "--", "echo", "back"]))?.stdout == "back\n" })
+    }
+
+    /// A command waiting on a frozen agent fails with agentUnresponsive once the agent has
+    /// been silent for --agent-timeout, well before the relay's own (longer) limit, and the
+    /// relay then kills what the command started.
+    @Test func aCommandOnAFrozenAgentFailsAfterItsAgentTimeout() throws {
+        let live = try LiveRelay("frozen", relayArguments: ["--unresponsive-after", "60s"])
+        let running = try live.startCLI(["exec", "--agent-timeout", "1s", "--", "sh", "-c", "echo go; sleep 600"])
+        #expect(running.waitForOutput("go"))
+        kill(live.agent.pid, SIGSTOP)
+        defer { kill(live.agent.pid, SIGCONT) }
+        // Not a hang: it ends by itself (the test's own bound is far above the deadline).
+        let status = running.wait(timeout: 30)
+        #expect(status == 125, "stdout \(running.stdout) stderr \(running.stderr)")
+        let first = running.stderr.split(separator: "\n").first.map(String.init) ?? ""
+        #expect(first.hasPrefix("tether: exec: the agent did not answer for "), "\(running.stderr)")
+        #expect(first.hasSuffix("(limit 1s)"), "\(running.stderr)")
+        #expect(running.stderr.contains("-> the sandbox is overloaded or frozen"), "\(running.stderr)")
+
+        // As JSON, the code a script branches on.
+        let json = try live.startCLI(["exec", "--json", "--agent-timeout", "500ms", "--connect-timeout", "0s", "--", "true"])
+        #expect(json.wait(timeout: 30) == 125, "\(json.stderr)")
+        let object = try JSONSerialization.jsonObject(with: Data(json.stderr.utf8)) as? [String: Any]
+        #expect(object?["code"] as? String == "agentUnresponsive", "\(json.stderr)")
+
+        // Once it thaws, the abandoned command is gone and new ones run.
+        kill(live.agent.pid, SIGCONT)
+        #expect(eventually(within: 20) { (try? live.cli(["exec", "--", "echo", "back"]))?.stdout == "back\n" })
+        #expect(eventually(within: 20) { live.sessionProcesses().isEmpty }, "left behind: \(live.sessionProcesses())")
     }
 }

@@ -9,6 +9,33 @@ import TetherProtocol
 
 /// The TetherClient library through a real relay process to a real agent.
 @Suite(.serialized) struct LibraryEndToEndTests {
+    /// `agentTimeout`: a command longer than the deadline on a live agent runs to its end (the
+    /// agent answers the connection's pings); the same wait on a frozen agent throws
+    /// `agentUnresponsive`, and the next call works once it thaws.
+    @Test(.timeLimit(.minutes(2)))
+    func agentTimeoutFailsOnlyWhenTheAgentIsSilent() async throws {
+        let live = try LiveRelay("agent-timeout", relayArguments: ["--unresponsive-after", "60s"])
+        var options = ClientOptions(socket: .unix(path: live.socketPath))
+        options.agentTimeout = .milliseconds(400)
+        let client = try await TetherClient.connect(options)
+        defer { client.close() }
+        let long = try await client.shell("sleep 1.5; echo slept")
+        #expect(long.stdoutText == "slept\n" && long.exitCode == 0)
+
+        let waiting = try await client.execStream(["sleep", "600"])
+        kill(live.agent.pid, SIGSTOP)
+        defer { kill(live.agent.pid, SIGCONT) }
+        do {
+            _ = try await waiting.wait()
+            Issue.record("a session on a frozen agent ended normally")
+        } catch {
+            #expect(error.code == .remote(.agentUnresponsive), "\(error)")
+            #expect(error.message.contains("limit 400ms"), "\(error)")
+        }
+        kill(live.agent.pid, SIGCONT)
+        #expect(try await client.exec(["echo", "back"]).stdoutText == "back\n")
+    }
+
     /// A command its timeout ended is the `timedOut` error carrying the limit, not a result;
     /// the streaming API flags it in the exit status.
     @Test(.timeLimit(.minutes(2)))
@@ -89,7 +116,9 @@ import TetherProtocol
         #expect(badCwd?.spawn?.errno == ENOENT)
 
         let user = await failure(["true"], ExecOptions(user: "no-such-user-xyz"))
-        #expect(user?.spawn?.kind == .userNotFound)
+        #expect(user?.spawn?.kind == .userSetupFailed)
+        #expect(user?.spawn?.stage == .user)
+        #expect(user?.message.contains("no-such-user-xyz") == true, "\(String(describing: user))")
 
         // One argument longer than the kernel takes (MAX_ARG_STRLEN, 128 KiB).
         let huge = await failure(["echo", String(repeating: "x", count: 200_000)])

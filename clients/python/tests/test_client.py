@@ -34,8 +34,20 @@ def test_exec_returns_output_and_exit_codes(client: tether.Client) -> None:
 def test_exec_options_env_cwd_timeout(client: tether.Client, tmp_path: Path) -> None:
     out = client.exec(["sh", "-c", 'echo "$FOO"; pwd'], env={"FOO": "bar"}, cwd=str(tmp_path))
     assert out.stdout.decode().splitlines() == ["bar", str(tmp_path)]
-    timed_out = client.exec(["sleep", "30"], timeout=0.3, kill_grace=1)
-    assert timed_out.signal == 15
+    # A timeout is an error of exec, carrying the limit and the output so far ...
+    with pytest.raises(tether.ExecTimedOutError) as caught:
+        client.exec(["sh", "-c", "echo begun; exec sleep 30"], timeout=0.3, kill_grace=1)
+    error = caught.value
+    assert isinstance(error, tether.TimedOutError) and error.code == "timedOut"
+    assert error.timeout == 0.3 and error.context["timeoutMs"] == "300"
+    assert error.output.timed_out and error.output.signal == 15 and error.output.stdout == b"begun\n"
+    assert str(error) == "exec: timed out after 0.3s (killed by signal 15)"
+    # ... and a flag on the stream's exit, which ends like any other.
+    handle = client.exec_stream(["sleep", "30"], timeout=0.3, kill_grace=1)
+    exited = handle.wait()
+    assert exited.timed_out and exited.signal == 15
+    # A program that ends on its own before its timeout is not flagged.
+    assert not client.exec(["true"], timeout=30).timed_out
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="running a command as another user needs a root agent")

@@ -12,7 +12,7 @@ from . import aio, protocol
 from .aio import (Done, Event, ExecOutput, Exited, SessionInfo, Started, StdinError, Stderr, Stdout)
 from .client import Client, ExecHandle, StdinWriter, connect
 from .errors import (AgentGoneError, AgentNotReadyError, AgentUnresponsiveError, BadPayloadError,
-                     ConnectionClosedError, ExecFailedError, FileNotFoundError, HelloRequiredError,
+                     ConnectionClosedError, ExecFailedError, ExecTimedOutError, FileNotFoundError, HelloRequiredError,
                      InvalidArgumentError, LimitReachedError, PermissionDeniedError, ProtocolError,
                      RelayUnreachableError, RemoteError, SessionInUseError, ShuttingDownError, TetherError,
                      TimedOutError, TooManyClientsError, UnknownKindError, UnknownSessionError, UnsupportedError)
@@ -23,7 +23,7 @@ __all__ = [
     "aio", "protocol", "connect", "Client", "ExecHandle", "StdinWriter",
     "Event", "Started", "Stdout", "Stderr", "StdinError", "Exited", "Done", "ExecOutput", "SessionInfo",
     "TetherError", "ExecFailedError", "FileNotFoundError", "PermissionDeniedError", "RemoteError",
-    "RelayUnreachableError", "ConnectionClosedError", "InvalidArgumentError", "TimedOutError", "ProtocolError",
+    "RelayUnreachableError", "ConnectionClosedError", "InvalidArgumentError", "TimedOutError", "ExecTimedOutError", "ProtocolError",
     "AgentNotReadyError", "AgentGoneError", "AgentUnresponsiveError", "UnknownSessionError", "SessionInUseError",
     "LimitReachedError", "TooManyClientsError", "HelloRequiredError", "UnknownKindError", "BadPayloadError",
     "UnsupportedError", "ShuttingDownError",

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Optional, Sequence, TypeVar, Union
 
 from . import protocol as p
-from .errors import (AgentNotReadyError, ConnectionClosedError, InvalidArgumentError, ProtocolError,
+from .errors import (AgentNotReadyError, ConnectionClosedError, ExecTimedOutError, InvalidArgumentError, ProtocolError,
                      RelayUnreachableError, RemoteError, TetherError, TimedOutError, remote_error, spawn_error)
 
 StrOrBytes = Union[str, bytes]
@@ -55,10 +55,12 @@ class StdinError:
 
 @dataclass(frozen=True)
 class Exited:
-    """How the program ended: ``code``, or the ``signal`` that killed it."""
+    """How the program ended: ``code``, or the ``signal`` that killed it; ``timed_out`` when
+    that signal was the agent ending it at the exec's ``timeout``."""
     code: Optional[int]
     signal: Optional[int]
     core_dumped: bool = False
+    timed_out: bool = False
     kind = "exited"
 
     @property
@@ -86,6 +88,8 @@ class ExecOutput:
     #: The signal that killed the program, or None when it exited.
     signal: Optional[int] = None
     core_dumped: bool = False
+    #: The agent ended the program at the exec's ``timeout`` (``exec`` raises instead).
+    timed_out: bool = False
 
     @property
     def ok(self) -> bool:
@@ -98,6 +102,23 @@ class ExecOutput:
     @property
     def stderr_text(self) -> str:
         return self.stderr.decode("utf-8", "replace")
+
+
+def _raise_if_timed_out(output: ExecOutput, handle: "AsyncExecHandle") -> ExecOutput:
+    """``exec``'s rule: a timeout is an error carrying the limit and what was printed."""
+    if not output.timed_out:
+        return output
+    context = dict(handle._session.context)
+    limit_ms = int(context.get("timeoutMs", "0") or 0)
+    context["stdoutTail"] = output.stdout[-512:].decode("utf-8", "replace")
+    raise ExecTimedOutError("timed out after %gs (%s)" % (limit_ms / 1000, _ending(output)),
+                            operation="exec", context=context, timeout=limit_ms / 1000, output=output)
+
+
+def _ending(output: ExecOutput) -> str:
+    if output.signal is not None:
+        return "killed by signal %d" % output.signal
+    return "exited with code %d" % output.exit_code
 
 
 @dataclass(frozen=True)
@@ -339,7 +360,7 @@ class AsyncExecHandle:
         if exit is None:
             raise ProtocolError("the session ended without an exit status", operation=self._session.operation,
                                 context=self._session.context)
-        return ExecOutput(stdout, stderr, exit.exit_code, exit.signal, exit.core_dumped)
+        return ExecOutput(stdout, stderr, exit.exit_code, exit.signal, exit.core_dumped, exit.timed_out)
 
     async def wait(self) -> Exited:
         """Waits for the program to end. If nobody reads the events, they are read and dropped
@@ -535,7 +556,8 @@ class AsyncClient:
             m = frame.message()
             if m.get("code") is None and m.get("signal") is None:
                 raise p.PayloadError("exited has neither code nor signal")
-            session.deliver(Exited(m.get("code"), m.get("signal"), bool(m.get("coreDumped", False))))
+            session.deliver(Exited(m.get("code"), m.get("signal"), bool(m.get("coreDumped", False)),
+                                   bool(m.get("timedOut", False))))
         elif kind == p.ACK:
             session.stdin_credit += int(frame.message()["bytes"])
             session.notify()
@@ -710,6 +732,8 @@ class AsyncClient:
             drain_ms=p.DEFAULT_DRAIN_MS if drain is None else max(0, int(drain * 1000)),
             rlimits=rlimits, detach=detach, seccomp=seccomp)
         context = {"argv": " ".join(a if isinstance(a, str) else a.decode("utf-8", "replace") for a in argv)}
+        if timeout is not None:
+            context["timeoutMs"] = str(max(0, int(timeout * 1000)))
 
         async def attempt() -> AsyncExecHandle:
             await self._connection()
@@ -726,10 +750,11 @@ class AsyncClient:
 
     async def exec(self, argv: Sequence[StrOrBytes], *, stdin: Optional[StrOrBytes] = None, **options: Any) -> ExecOutput:
         """Runs a program to its end and returns its output. ``stdin`` (bytes or text) is written
-        to it and closed, while its output is read. A non-zero exit is a result, not an error."""
+        to it and closed, while its output is read. A non-zero exit is a result, not an error;
+        a program ended at its ``timeout`` raises ``ExecTimedOutError`` (with the output so far)."""
         handle = await self.exec_stream(argv, stdin=stdin is not None, **options)
         if stdin is None:
-            return await handle.collect()
+            return _raise_if_timed_out(await handle.collect(), handle)
         writer = handle.take_stdin()
         assert writer is not None
 
@@ -750,7 +775,7 @@ class AsyncClient:
                 await feeding
             except (asyncio.CancelledError, TetherError):
                 pass
-        return output
+        return _raise_if_timed_out(output, handle)
 
     async def shell(self, command: str, **options: Any) -> ExecOutput:
         """``/bin/sh -c command``."""
@@ -809,7 +834,8 @@ class AsyncClient:
         result = []
         for s in reply.message().get("sessions", []):
             e = s.get("exited")
-            exited = Exited(e.get("code"), e.get("signal"), bool(e.get("coreDumped", False))) if e else None
+            exited = Exited(e.get("code"), e.get("signal"), bool(e.get("coreDumped", False)),
+                            bool(e.get("timedOut", False))) if e else None
             result.append(SessionInfo(int(s["session"]), int(s["pid"]), [str(a) for a in s.get("argv", [])],
                                       bool(s.get("tty", False)), bool(s.get("detached", False)),
                                       bool(s.get("attached", False)), int(s.get("startedNs", 0)), exited))

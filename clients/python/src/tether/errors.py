@@ -74,6 +74,17 @@ class TimedOutError(TetherError, builtins.TimeoutError):
     code = "timedOut"
 
 
+class ExecTimedOutError(TimedOutError):
+    """``exec``'s program ran past its ``timeout`` and the agent ended it: ``timeout`` is the
+    limit in seconds, ``output`` what it printed and how it ended (``context["timeoutMs"]`` and
+    ``context["stdoutTail"]`` say the same for logs)."""
+
+    def __init__(self, message: str, *, timeout: float, output: Any, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.timeout = timeout
+        self.output = output
+
+
 class ProtocolError(TetherError):
     """The peer sent something this client cannot read."""
     code = "protocolError"
@@ -173,7 +184,7 @@ _SPAWN_SUMMARY = {
     "notFound": "program not found", "permissionDenied": "permission denied",
     "notExecutable": "not an executable", "badCwd": "cannot change to the working directory",
     "badArgs": "invalid arguments", "resourceLimit": "resource limit reached",
-    "userNotFound": "no such user", "userSetupFailed": "cannot switch to the user",
+    "userSetupFailed": "cannot switch to the user",
     "outOfMemory": "out of memory", "ptySetupFailed": "cannot set up the terminal",
 }
 
@@ -182,7 +193,7 @@ _SPAWN_SUGGESTIONS = {
     "permissionDenied": "check the file's execute permission and the user the command runs as",
     "notExecutable": "the file is not a program this system can run (a directory, or a script without #!)",
     "badCwd": "check that the working directory exists in the sandbox",
-    "userNotFound": "check the user name against the sandbox's /etc/passwd",
+    "userSetupFailed": "check the user and group names against the sandbox's /etc/passwd and /etc/group",
     "badArgs": "arguments must not contain NUL bytes or exceed the system's size limit",
     "resourceLimit": "the sandbox is out of processes or descriptors; end some sessions or raise the limits",
     "outOfMemory": "the sandbox is out of memory",
