@@ -28,10 +28,11 @@ import Testing
         Sandboxes(home: TetherHome(root: home), supervisorExecutable: Binaries.product("tether-sandbox").path)
     }
 
-    /// Boots `name` (no --network: the default, none) and returns a client of its relay.
-    func boot(_ name: String) async throws -> TetherClient {
+    /// Boots `name` (without options: the default network mode, none) and returns a client of
+    /// its relay.
+    func boot(_ name: String, _ options: [String] = []) async throws -> TetherClient {
         try Fixtures.requireRoot()
-        let booted = try tether(["boot", "--rootfs", try Fixtures.busyboxRootfs(), "--name", name, "--ephemeral"])
+        let booted = try tether(["boot", "--rootfs", try Fixtures.busyboxRootfs(), "--name", name, "--ephemeral"] + options)
         try #require(booted.status == 0, "boot: \(booted.stderr)")
         let socket = sandboxes.home.sandbox(name).relaySocket.path
         return try await TetherClient.connect(to: "unix:" + socket)
@@ -101,6 +102,24 @@ import Testing
                                              send: Array("GET / HTTP/1.0\r\n\r\n".utf8))
             #expect(String(decoding: reply, as: UTF8.self).hasSuffix("bound \(word)\n"), "guest port \(guestPort)")
         }
+    }
+
+    @Test(.timeLimit(.minutes(5)))
+    func inEgressModeAServiceBoundOnlyToTheGuestsOwnAddressIsReachable() async throws {
+        try Fixtures.requireRoot()
+        try EgressNetworkTests.requireEgressPrograms()
+        let client = try await boot("own", ["--network", "egress"])
+        defer { stop("own") }
+        // Bound to eth0's address alone: 127.0.0.1 and ::1 refuse, the guest's own address takes it.
+        let address = try tether(["exec", "--sandbox", "own", "--", "sh", "-c",
+                                  "ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1"]).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        try #require(!address.isEmpty, "the guest has no IPv4 address on eth0")
+        try serve("own", "mkdir -p /tmp/o && echo own address > /tmp/o/index.html && httpd -p \(address):8090 -h /tmp/o",
+                  listeningOn: [8090])
+        let port = try await client.ports.expose(guestPort: 8090)
+        let reply = try HostTCP.exchange(.loopback4, port: port.hostPort, send: Array("GET / HTTP/1.0\r\n\r\n".utf8))
+        #expect(String(decoding: reply, as: UTF8.self).hasSuffix("own address\n"))
     }
 
     @Test(.timeLimit(.minutes(5)))
