@@ -46,6 +46,10 @@ public final class StreamBridge {
         var sourceEnded = false
         var sinkShut = false
         var bytesCarried: UInt64 = 0
+        /// The pipe refused more although it holds fewer bytes than its size: a pipe counts
+        /// slots (one per piece of a socket buffer spliced in), not bytes. No reading until
+        /// the sink took some, or the loop would spin on a readable source.
+        var pipeFull = false
 
         init(source: CInt, sink: CInt, capacity: Int) {
             self.source = source
@@ -63,7 +67,7 @@ public final class StreamBridge {
             }
         }
 
-        var hasRoom: Bool { !sourceEnded && (buffer == nil ? held < capacity : end < capacity) }
+        var hasRoom: Bool { !sourceEnded && (buffer == nil ? held < capacity && !pipeFull : end < capacity) }
         var hasPending: Bool { held > 0 }
         var isDone: Bool { sinkShut }
 
@@ -227,7 +231,12 @@ public final class StreamBridge {
             let result = csys_splice(direction.source, direction.pipeWrite, UInt(direction.capacity - direction.held))
             if result > 0 { return .bytes(Int(result)) }
             if result == 0 { return .endOfFile }
-            if result == -Int(EAGAIN) { return .wouldBlock }
+            if result == -Int(EAGAIN) {
+                // Nothing to read, or no free slot in a pipe that holds something: the latter
+                // clears once the sink takes from the pipe.
+                if direction.held > 0 { directions[index].pipeFull = true }
+                return .wouldBlock
+            }
             throw BridgeFailure(operation: "splice from the socket", errno: Errno(rawValue: CInt(-result)))
         }
         let room = UnsafeMutableRawBufferPointer(rebasing: buffer[direction.end...])
@@ -245,7 +254,10 @@ public final class StreamBridge {
         let direction = directions[index]
         guard let buffer = direction.buffer else {
             let result = csys_splice(direction.pipeRead, direction.sink, UInt(direction.held))
-            if result > 0 { return Int(result) }
+            if result > 0 {
+                directions[index].pipeFull = false
+                return Int(result)
+            }
             if result == -Int(EAGAIN) || result == 0 { return nil }
             throw BridgeFailure(operation: "splice to the socket", errno: Errno(rawValue: CInt(-result)))
         }
