@@ -6,8 +6,11 @@
   frame     the framed seeds of `protocol` (first byte = read size)
   cbor      every cbor2 vector, bare
   messages  every msg-* vector, prefixed with the index of its type in fuzz/targets/messages.swift
+  files     every msg-fs* vector, prefixed with the index of its type in fuzz/targets/files.swift,
+            and tar streams (prefix: the tar index, then the piece-size byte)
   agent     host-to-agent streams (after the harness's hello): exec of /bin/true, cat with stdin,
-            a pty, failures, control frames, garbage
+            a pty, failures, control frames, garbage, files requests (under /tmp: the target
+            runs as nobody)
   relay     [u16 BE length of agent bytes][agent-to-relay bytes][client-to-relay bytes]
 
   /usr/bin/python3 scripts/fuzz-seeds.py VECTORS_FILE FUZZ_DIR (python3-cbor2)     (usually: Tests/ProtocolTests/Vectors/cbor2-vectors.txt fuzz)
@@ -24,8 +27,15 @@ KINDS = {"hello": 0x01, "error": 0x02, "ping": 0x03, "pong": 0x04, "shutdown": 0
          "started": 0x11, "stdinError": 0x15, "exited": 0x16, "done": 0x17, "failed": 0x18, "resize": 0x19,
          "signal": 0x1A, "kill": 0x1B, "ack": 0x1C, "listSessions": 0x20, "sessionList": 0x21,
          "attach": 0x22, "attached": 0x23, "detach": 0x24, "detached": 0x25,
+         "fsStat": 0x30, "fsInfo": 0x31, "fsList": 0x32, "fsEntries": 0x33, "fsMkdir": 0x34, "fsRemove": 0x35,
+         "fsRename": 0x36, "fsSetattr": 0x37, "fsRead": 0x38, "fsWrite": 0x39, "fsArchive": 0x3A, "fsExtract": 0x3B,
+         "fsWatch": 0x3C, "fsEvents": 0x3D, "fsDone": 0x3E, "fsError": 0x3F,
          "exposePort": 0x40, "portExposed": 0x41, "unexposePort": 0x42, "listPorts": 0x43, "portList": 0x44,
          "tunnelOpen": 0x45, "tunnelOpened": 0x46}
+
+# The order of `messageChecks` in fuzz/targets/files.swift (the tar reader is the index after them).
+FILE_ORDER = ["fsStat", "fsInfo", "fsList", "fsEntries", "fsMkdir", "fsRemove", "fsRename", "fsSetattr", "fsRead",
+              "fsWrite", "fsArchive", "fsExtract", "fsWatch", "fsEvents", "fsDone", "fsError"]
 # The order of `checks` in fuzz/targets/messages.swift.
 MESSAGE_ORDER = ["hello", "error", "ping", "pong", "shutdown", "exec", "started", "stdinError", "exited",
                  "done", "failed", "resize", "signal", "kill", "ack", "listSessions", "sessionList", "attach",
@@ -82,6 +92,54 @@ def agent_streams():
         frame(0, 0, "shutdown", {"graceMs": 0}),
         struct.pack(">I", 5) + b"\x00" * 5,
         struct.pack(">I", (1 << 20) + 7),
+    ] + agent_file_streams()
+
+
+def tar_header(name, typeflag, size=0, link=b"", mode=0o644):
+    h = bytearray(512)
+    h[0:len(name)] = name
+    h[100:108] = b"%07o\0" % mode
+    h[108:116] = b"%07o\0" % 0
+    h[116:124] = b"%07o\0" % 0
+    h[124:136] = b"%011o\0" % size
+    h[136:148] = b"%011o\0" % 0
+    h[156] = ord(typeflag)
+    h[157:157 + len(link)] = link
+    h[257:265] = b"ustar\x0000"
+    h[148:156] = b" " * 8
+    h[148:156] = b"%06o\0 " % sum(h)
+    return bytes(h)
+
+
+def tar_streams():
+    pad = lambda n: b"\0" * ((512 - n % 512) % 512)
+    pax = b"30 path=" + b"p" * 20 + b"/long\n"
+    return [
+        tar_header(b"dir/", "5") + tar_header(b"dir/f", "0", 5) + b"hello" + pad(5) + b"\0" * 1024,
+        tar_header(b"link", "2", link=b"dir/f") + b"\0" * 1024,
+        tar_header(b"././@PaxHeader", "x", len(pax)) + pax + pad(len(pax)) + tar_header(b"short", "0", 1) + b"x" + pad(1),
+        tar_header(b"cut", "0", 1000) + b"partial",
+        tar_header(b"dev", "3") + tar_header(b"../escape", "0", 1) + b"y" + pad(1),
+    ]
+
+
+def agent_file_streams():
+    scope = {"path": "/tmp/fuzz-agent-seed"}
+    return [
+        frame(1, START, "fsStat", {"path": "/"}) + frame(2, START, "fsStat", {"path": "tmp", "cwd": "/", "follow": False}),
+        frame(1, START, "fsList", {"path": "/etc", "limit": 3}) + frame(2, START, "fsList", {"path": "/tmp", "recursive": True,
+                                                                                       "limit": 5, "cursor": b"\0" * 10}),
+        frame(1, START, "fsMkdir", dict(scope, mode=0o700, parents=True)) + frame(2, START, "fsRemove", dict(scope, recursive=True)),
+        frame(1, START, "fsWrite", dict(scope, parents=True)) + frame(1, 0, 0x14, b"seed\n") + frame(1, END, 0x14, b"")
+        + frame(2, START, "fsRead", scope) + frame(2, 0, "ack", {"bytes": 65536}),
+        frame(1, START, "fsWrite", dict(scope, sha256=b"\0" * 32)) + frame(1, END, 0x14, b"x"),
+        frame(1, START, "fsWrite", scope) + frame(1, 0, 0x14, b"half") + frame(1, 0, "kill", {}),
+        frame(1, START, "fsRename", {"from": "/tmp/fuzz-agent-seed", "to": "/tmp/fuzz-agent-seed2"}),
+        frame(1, START, "fsSetattr", dict(scope, mode=0o600)) + frame(2, START, "fsStat", {"path": b"/tmp/\0x"}),
+        frame(1, START, "fsWatch", {"path": "/tmp", "recursive": False}) + frame(1, 0, "kill", {}),
+        frame(1, START, "fsArchive", {"path": "/etc/ssl"}) + frame(1, 0, "ack", {"bytes": 1 << 20}),
+        frame(1, START, "fsExtract", {"path": "/tmp/fuzz-agent-seed-x"}) + frame(1, END, 0x14, tar_streams()[0]),
+        frame(1, START, "fsRead", {"path": "/etc/hostname", "user": "65534"}),
     ]
 
 
@@ -110,7 +168,7 @@ def relay_streams():
 
 
 def main(vectors, fuzz_dir):
-    bare, framed, messages = [], [], []
+    bare, framed, messages, files = [], [], [], []
     for line in open(vectors):
         if line.startswith("#"):
             continue
@@ -125,6 +183,9 @@ def main(vectors, fuzz_dir):
                 framed.append(b"\x03" + frame(1, START, kind, payload))
             if kind in MESSAGE_ORDER:
                 messages.append(bytes([MESSAGE_ORDER.index(kind)]) + payload)
+            if kind in FILE_ORDER:
+                files.append(bytes([FILE_ORDER.index(kind)]) + payload)
+    files += [bytes([len(FILE_ORDER), piece]) + stream for stream in tar_streams() for piece in (0, 73)]
     framed.append(b"\x01" + frame(7, 0, 0x12, b"hello\n") + frame(7, 0, 0x13, b"err") + frame(7, END, 0x14, b""))
     framed.append(b"\x00" + struct.pack(">I", 5) + b"\x00" * 5)
     framed.append(b"\x00" + struct.pack(">I", (1 << 20) + 7))
@@ -132,6 +193,7 @@ def main(vectors, fuzz_dir):
     write(os.path.join(fuzz_dir, "corpus", "frame"), framed)
     write(os.path.join(fuzz_dir, "corpus", "cbor"), bare)
     write(os.path.join(fuzz_dir, "corpus", "messages"), messages)
+    write(os.path.join(fuzz_dir, "corpus", "files"), files)
     write(os.path.join(fuzz_dir, "corpus", "agent"), agent_streams())
     write(os.path.join(fuzz_dir, "corpus", "relay"), relay_streams())
 

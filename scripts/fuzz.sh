@@ -6,6 +6,7 @@
 #   frame     the frame decoder, whole versus split reads
 #   cbor      the CBOR decoder, decode/encode round trip
 #   messages  every message decoder (first byte picks the type)
+#   files     the files subsystem's decoders: every fs message, and the tar reader (fsExtract, cp -r)
 #   agent     the agent's frame dispatch: a real Agent serving one end of a socketpair per input
 #   relay     the relay's frame dispatch: a real Relay between a fake agent and a fake client
 # Protocol-only targets are compiled into the TetherProtocol module itself. The agent and relay
@@ -23,7 +24,7 @@ target=${2:-protocol}
 cd "$(dirname "$0")/.."
 root=$PWD
 out=$root/.build-fuzz
-all_targets="frame cbor messages protocol agent relay"
+all_targets="frame cbor messages files protocol agent relay"
 
 if [ "$target" = all ]; then
   for t in $all_targets; do "$0" "$seconds" "$t"; done
@@ -69,7 +70,7 @@ build_dispatch_target() {
 
 binary="$out/fuzz-$target"
 case "$target" in
-  protocol|frame|cbor|messages)
+  protocol|frame|cbor|messages|files)
     sources=$(find Sources/Protocol -name '*.swift' | sort)
     swiftc "${flags[@]}" -module-name TetherProtocol $sources "fuzz/targets/$target.swift" -o "$binary" 2> >(quiet) ;;
   agent) build_dispatch_target TetherAgent Sources/GuestAgent/Agent FuzzAgent ;;

@@ -28,6 +28,8 @@ signal(SIGPIPE, SIG_IGN)
 let spawnCount = quick ? 200 : 2000
 let streamBytes = quick ? 64 << 20 : 1 << 30
 let stdinBytes = quick ? 32 << 20 : 256 << 20
+let copyBytes = quick ? 64 << 20 : 1 << 30
+let largeCopyBytes = quick ? 256 << 20 : 4 << 30
 let (clientCount, sessionsPerClient) = quick ? (10, 10) : (50, 20)
 let bootCount = quick ? 5 : 20
 let report = Report()
@@ -97,6 +99,23 @@ do {
     let idleExec = try await TetherMeasurements.execRoundTrip(viaRelay, count: spawnCount / 2)
     report.value("exec /bin/true via relay median, idle, same run", microseconds(idleExec.median))
     sink.close()
+    let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("tether-bench-files-\(getpid())").path
+    try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: scratch) }
+    let up = try await FileMeasurements.upload(viaRelay, path: scratch + "/copy", bytes: copyBytes)
+    let upMBps = megabytesPerSecond(bytes: copyBytes, ns: up.ns)
+    report.value("cp \(copyBytes >> 20) MiB host -> guest via relay (sha256 checked)", formatted(upMBps, decimals: 0) + " MB/s")
+    let downNs = try await FileMeasurements.download(viaRelay, path: scratch + "/copy", expected: up.sha256)
+    let downMBps = megabytesPerSecond(bytes: copyBytes, ns: downNs)
+    report.value("cp \(copyBytes >> 20) MiB guest -> host via relay (sha256 checked)", formatted(downMBps, decimals: 0) + " MB/s")
+    try? FileManager.default.removeItem(atPath: scratch + "/copy")
+    let large = try await FileMeasurements.upload(viaRelay, path: scratch + "/large", bytes: largeCopyBytes)
+    _ = try await FileMeasurements.download(viaRelay, path: scratch + "/large", expected: large.sha256)
+    try? FileManager.default.removeItem(atPath: scratch + "/large")
+    let afterCopies = try ResidentSet(pid: fixture.agent.processIdentifier)
+    report.value("agent RSS peak (VmHWM) after \(largeCopyBytes >> 20) MiB each way", mebibytes(kib: afterCopies.peakKiB))
+    let stat = try await FileMeasurements.statRoundTrip(viaRelay, count: spawnCount)
+    report.value("fs.stat via relay median", microseconds(stat.median))
     viaRelay.close()
     let many = try await TetherMeasurements.concurrentSessions(socket: fixture.relaySocket, clients: clientCount, perClient: sessionsPerClient)
     report.value("\(clientCount * sessionsPerClient) concurrent sessions from \(clientCount) clients", formatted(Double(many.ns) / 1e6, decimals: 0) + " ms")
@@ -152,6 +171,10 @@ do {
     report.value("exec while a tunnel streams / idle", formatted(Double(busyExec.median) / Double(idleExec.median), decimals: 2)
                  + "x (target <= 1.5x)")
     report.value("agent peak RSS", megabytes(bytes: streaming.peakKiB * 1024) + " (target <= 8 MB)")
+    report.value("cp host -> guest / pipe ceiling", formatted(100 * upMBps / pipeMBps, decimals: 0) + "% (target >= 50%)")
+    report.value("cp guest -> host / pipe ceiling", formatted(100 * downMBps / pipeMBps, decimals: 0) + "% (target >= 50%)")
+    report.value("agent peak RSS with file transfers", megabytes(bytes: afterCopies.peakKiB * 1024) + " (target <= 8 MB)")
+    report.value("fs.stat / ping via relay", formatted(Double(stat.median) / Double(ping.median), decimals: 2) + "x")
     report.value("agent binary", megabytes(bytes: Int(agentStat.st_size)) + " (target <= 4 MB stripped)")
     if let bootMedian { report.value("namespace boot to hello", microseconds(bootMedian) + " (target <= 50 ms)") }
     report.value("frozen agent reported / agentTimeout", formatted(Double(frozen.median) / Double(agentTimeout.nanoseconds), decimals: 2)

@@ -17,6 +17,10 @@ import Testing
         .listSessions: ListSessions.self, .sessionList: SessionList.self, .attach: Attach.self,
         .attached: Attached.self, .detach: Detach.self, .detached: Detached.self,
         .logs: LogsRequest.self, .signalSession: SignalSession.self,
+        .fsStat: FsStat.self, .fsInfo: FsInfo.self, .fsList: FsList.self, .fsEntries: FsEntries.self, .fsMkdir: FsMkdir.self,
+        .fsRemove: FsRemove.self, .fsRename: FsRename.self, .fsSetattr: FsSetattr.self, .fsRead: FsRead.self,
+        .fsWrite: FsWrite.self, .fsArchive: FsArchive.self, .fsExtract: FsExtract.self, .fsWatch: FsWatch.self,
+        .fsEvents: FsEvents.self, .fsDone: FsDone.self, .fsError: FsError.self,
         .exposePort: ExposePort.self, .portExposed: PortExposed.self, .unexposePort: UnexposePort.self,
         .listPorts: ListPorts.self, .portList: PortList.self, .tunnelOpen: TunnelOpen.self, .tunnelOpened: TunnelOpened.self,
     ]

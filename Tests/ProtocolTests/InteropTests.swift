@@ -63,6 +63,27 @@ import TestSupport
                                                   problem: "portInUse", connections: 2, refusals: 1, lastRefusal: "x")]),
         "msg-tunnelOpen": TunnelOpen(guestPort: 8080, request: .max, probe: true),
         "msg-tunnelOpened": TunnelOpened(address: "127.0.0.1:8080", listeners: ["[::]:8080"]),
+    ].merging(fileMessages) { first, _ in first }
+
+    static let fileMessages: [String: any Message] = [
+        "msg-fsStat": FsStat(FileScope(path: "/etc/hostname"), follow: false),
+        "msg-fsInfo": FsInfo(type: .symlink, size: 8, mode: 0o777, uid: 0, gid: 0, mtimeNs: 5, atimeNs: 6, ctimeNs: 7, ino: 99, nlink: 1,
+                             target: "hostname"),
+        "msg-fsList": FsList(FileScope(path: "/var"), recursive: true, limit: 10, cursor: [0, 1]),
+        "msg-fsEntries": FsEntries(entries: [FileEntry(name: OSString(bytes: [0x63, 0x61, 0x66, 0xE9]), type: .file, size: 5, mode: 0o644,
+                                                       mtimeNs: 1)], nextCursor: nil),
+        "msg-fsMkdir": FsMkdir(FileScope(path: "/srv/app"), mode: 0o700, parents: true),
+        "msg-fsRemove": FsRemove(FileScope(path: "/srv/old"), recursive: true),
+        "msg-fsRename": FsRename(FileScope(path: "a", cwd: "/srv"), to: "b", overwrite: true),
+        "msg-fsSetattr": FsSetattr(FileScope(path: "/srv/b"), mode: 0o600, uid: 1000),
+        "msg-fsRead": FsRead(FileScope(path: "/var/log/app.log", user: "app"), offset: 1024, length: 4096, limit: 1 << 40),
+        "msg-fsWrite": FsWrite(FileScope(path: "/srv/x"), mode: 0o644, uid: 1, gid: 2, ifAbsent: true, sha256: [UInt8](repeating: 0, count: 32)),
+        "msg-fsArchive": FsArchive(FileScope(path: "/srv/app")),
+        "msg-fsExtract": FsExtract(FileScope(path: "/srv/copy"), owners: true),
+        "msg-fsWatch": FsWatch(FileScope(path: "/srv/app"), recursive: true, exclude: [".git"]),
+        "msg-fsEvents": FsEvents(events: [FileEvent(type: .moveTo, path: "b", cookie: 7), FileEvent(type: .overflow, path: "")]),
+        "msg-fsDone": FsDone(bytes: 3, sha256: [UInt8](repeating: 0, count: 32)),
+        "msg-fsError": FsError(kind: .noSpace, op: "write", path: "/full/x", errno: 28, message: "no space"),
     ]
 
     @Test func swiftDecodesWhatCbor2Encoded() throws {

@@ -50,7 +50,7 @@ enum Samples {
         PortList(ports: []),
         TunnelOpen(guestPort: 80, request: .max, probe: true), TunnelOpen(guestPort: 65535, request: 0),
         TunnelOpened(address: "[::1]:80"), TunnelOpened(listeners: ["127.0.0.1:80", "[::]:80"]),
-    ]
+    ] + Array(InteropTests.fileMessages.values)
 
     /// Every known kind has at least one sample (data kinds are raw bytes, not messages).
     static var kindsCovered: Set<FrameKind> { Set(messages.map { type(of: $0).kind }) }

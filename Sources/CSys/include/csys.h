@@ -28,6 +28,8 @@
 #include "csys_seccomp.h"
 #include "csys_early_init.h"
 #include "csys_cgroup_device.h"
+#include "csys_files.h"
+#include "csys_sha256.h"
 
 /* Wait-status macros (function-like, so not importable). */
 static inline int csys_wifexited(int status) { return WIFEXITED(status); }

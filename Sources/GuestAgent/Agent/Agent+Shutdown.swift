@@ -26,6 +26,7 @@ extension Agent {
         guard !shutdownState.requested else { return }
         shutdownState.requested = true
         exec.refusesNew = true
+        files.refusesNew = true
         let grace = graceMs ?? Self.defaultShutdownGraceMs
         Log.info("shutting down (\(reason)), grace \(grace) ms")
         endpoint.close()

@@ -41,7 +41,7 @@ public final class Agent {
     public static let version = "0.1.0"
     /// Each subsystem and the version of it this agent speaks (docs/PROTOCOL.md, "Capabilities").
     public static let capabilities = ["exec/1", "pty/1", "stdin/1", "signal/1", "rlimit/1", "detach/1", "session/1",
-                                      "shutdown/1", "seccomp/1", "port/1"]
+                                      "shutdown/1", "seccomp/1", "fs/1", "port/1"]
     public static let defaultShutdownGraceMs: UInt64 = 5000
     /// After the grace: how long KILLed sessions get to be reaped and their last frames to
     /// reach the host before the agent exits or powers off anyway.
@@ -53,6 +53,7 @@ public final class Agent {
     public let role: Role
     let endpoint: HostEndpoint
     let exec: AgentExec
+    let files: AgentFiles
     /// Exposed ports: the tunnel endpoint and its connections (not on the framed link).
     let ports: AgentPorts
     /// Every subsystem, once: the router asks them who holds an id, and tells them when the
@@ -78,8 +79,9 @@ public final class Agent {
         self.signalFD = signalFD
         self.endpoint = HostEndpoint(loop: loop, address: options.endpoint)
         self.exec = AgentExec(loop: loop, spawner: ExecSpawner(baseLimits: baseLimits, defaultProfile: options.seccomp))
+        self.files = AgentFiles(loop: loop)
         self.ports = AgentPorts(loop: loop, address: options.tunnel)
-        self.subsystems = [exec]
+        self.subsystems = [exec, files]
         var routes: [FrameKind: AgentSubsystem] = [:]
         for subsystem in subsystems {
             for kind in subsystem.startKinds {
@@ -130,6 +132,7 @@ public final class Agent {
     private func releaseDescriptors() {
         link?.close()
         exec.endAll()
+        files.endAll()
         endpoint.close()
         ports.close()
         loop.unwatch(signalFD, "the signalfd")

@@ -50,7 +50,7 @@ public final class TetherClient: Sendable {
     /// Closes the connection; running non-detached sessions are killed by the relay.
     public func close() { current.withLock { $0?.close() } }
 
-    private func connection() async throws(TetherError) -> RelayConnection {
+    func connection() async throws(TetherError) -> RelayConnection {
         if let live = current.withLock({ $0.flatMap { $0.isClosed ? nil : $0 } }) { return live }
         let fresh = try await Retry(options, operation: "connect").run { () async throws(TetherError) -> RelayConnection in
             try await RelayConnection.open(options.socket, name: options.name, helloTimeout: options.helloTimeout, onNotice: options.onNotice,

@@ -18,9 +18,11 @@ final class LiveRelay: @unchecked Sendable {
     var socket: String { "unix:" + socketPath }
     var logPath: String { directory.file("exec.log") }
 
-    init(_ prefix: String = "e2e", relayArguments: [String] = []) throws {
+    /// `agentPath`: another agent binary (the files tests use the static release build when
+    /// there is one, for transfer sizes a debug build would take minutes over).
+    init(_ prefix: String = "e2e", relayArguments: [String] = [], agentPath: String? = nil) throws {
         directory = try TemporaryDirectory(prefix)
-        agent = try ChildProcess(Binaries.product("tether-agent").path, ["--listen", "unix:" + directory.file("agent.sock")])
+        agent = try ChildProcess(agentPath ?? Binaries.product("tether-agent").path, ["--listen", "unix:" + directory.file("agent.sock")])
         let arguments = ["relay", "--agent", "unix:" + directory.file("agent.sock"), "--listen", "unix:" + directory.file("relay.sock"),
                          "--log-dir", directory.path, "--agent-timeout", "5s"] + relayArguments
         relay = try ChildProcess(Binaries.product("tether").path, arguments)

@@ -41,6 +41,9 @@ KINDS: dict[str, int] = {
     "signal": 0x1A, "kill": 0x1B, "ack": 0x1C,
     "listSessions": 0x20, "sessionList": 0x21, "attach": 0x22, "attached": 0x23,
     "detach": 0x24, "detached": 0x25, "logs": 0x26, "signalSession": 0x27,
+    "fsStat": 0x30, "fsInfo": 0x31, "fsList": 0x32, "fsEntries": 0x33, "fsMkdir": 0x34, "fsRemove": 0x35,
+    "fsRename": 0x36, "fsSetattr": 0x37, "fsRead": 0x38, "fsWrite": 0x39, "fsArchive": 0x3A, "fsExtract": 0x3B,
+    "fsWatch": 0x3C, "fsEvents": 0x3D, "fsDone": 0x3E, "fsError": 0x3F,
     "exposePort": 0x40, "portExposed": 0x41, "unexposePort": 0x42, "listPorts": 0x43, "portList": 0x44,
     "tunnelOpen": 0x45, "tunnelOpened": 0x46,
 }
@@ -53,6 +56,9 @@ EXEC, STARTED, STDOUT, STDERR, STDIN, STDIN_ERROR = 0x10, 0x11, 0x12, 0x13, 0x14
 EXITED, DONE, FAILED, RESIZE, SIGNAL, KILL, ACK = 0x16, 0x17, 0x18, 0x19, 0x1A, 0x1B, 0x1C
 LIST_SESSIONS, SESSION_LIST, ATTACH, ATTACHED, DETACH, DETACHED = 0x20, 0x21, 0x22, 0x23, 0x24, 0x25
 LOGS, SIGNAL_SESSION = 0x26, 0x27
+#: The files subsystem (capability fs/1, docs/PROTOCOL.md "Files"). This package has no files
+#: API yet; it knows the kinds, and `encode_message` writes their maps.
+FS_KINDS = frozenset(code for name, code in KINDS.items() if name.startswith("fs"))
 
 _HEADER = struct.Struct(">IIBB")
 

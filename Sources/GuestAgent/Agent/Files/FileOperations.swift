@@ -1,0 +1,130 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CSys
+import TetherPosix
+import TetherProtocol
+
+/// The files requests answered in one turn: stat, mkdir, remove, rename, setattr. Each runs
+/// under the request's credentials (`FileIdentity`) and throws a `FileFailure` naming the
+/// operation, path and errno. Stateless; runs on the agent's loop thread.
+enum FileOperations {
+    static func stat(_ path: FilePath, follow: Bool) throws(FileFailure) -> FsInfo {
+        var st = Glibc.stat()
+        try fileCall(follow ? "stat" : "lstat", path.given) { fstatat(AT_FDCWD, path.c, &st, follow ? 0 : AT_SYMLINK_NOFOLLOW) }
+        var info = info(st)
+        if info.type == .symlink { info.target = try readLink(path) }
+        return info
+    }
+
+    static func info(_ st: Glibc.stat) -> FsInfo {
+        FsInfo(type: type(of: st.st_mode), size: UInt64(max(0, st.st_size)), mode: UInt32(st.st_mode) & 0o7777,
+               uid: st.st_uid, gid: st.st_gid, mtimeNs: nanoseconds(st.st_mtim), atimeNs: nanoseconds(st.st_atim),
+               ctimeNs: nanoseconds(st.st_ctim), ino: UInt64(st.st_ino), nlink: UInt64(st.st_nlink))
+    }
+
+    static func type(of mode: mode_t) -> FileType {
+        switch mode & S_IFMT {
+        case S_IFREG: .file
+        case S_IFDIR: .dir
+        case S_IFLNK: .symlink
+        default: .other
+        }
+    }
+
+    static func nanoseconds(_ t: timespec) -> Int64 { Int64(t.tv_sec) &* 1_000_000_000 &+ Int64(t.tv_nsec) }
+
+    static func readLink(_ path: FilePath) throws(FileFailure) -> OSString {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = try fileCall("readlink", path.given) { readlink(path.c, &buffer, buffer.count - 1) }
+        return OSString(bytes: buffer.prefix(n).map { UInt8(bitPattern: $0) })
+    }
+
+    // MARK: changes
+
+    static func mkdir(_ path: FilePath, mode: UInt32, parents: Bool) throws(FileFailure) {
+        if parents {
+            var st = Glibc.stat()
+            if fstatat(AT_FDCWD, path.c, &st, 0) == 0 {
+                guard type(of: st.st_mode) == .dir else {
+                    throw FileFailure(.notDirectory, op: "mkdir", path: path.given, errno: ENOTDIR, "\(path.given) exists and is not a directory")
+                }
+                return
+            }
+            let parent = path.split.directory
+            if parent.bytes != path.bytes { try mkdir(parent, mode: 0o755, parents: true) }
+        }
+        do { _ = try retrying { Glibc.mkdir(path.c, mode_t(mode)) } } catch {
+            if parents && error.rawValue == EEXIST { return }   // made by someone else meanwhile
+            throw FileFailure(op: "mkdir", path: path.given, errno: error)
+        }
+        // mkdir(2) applies the umask; the request's mode is what the caller asked for.
+        try fileCall("chmod", path.given) { chmod(path.c, mode_t(mode)) }
+    }
+
+    static func remove(_ path: FilePath, recursive: Bool) throws(FileFailure) {
+        var st = Glibc.stat()
+        try fileCall("lstat", path.given) { fstatat(AT_FDCWD, path.c, &st, AT_SYMLINK_NOFOLLOW) }
+        guard type(of: st.st_mode) == .dir else {
+            try fileCall("unlink", path.given) { unlink(path.c) }
+            return
+        }
+        if recursive {
+            let fd = try fileCall("open", path.given) { open(path.c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+            try removeContents(of: fd, path: path)
+        }
+        try fileCall("rmdir", path.given) { rmdir(path.c) }
+    }
+
+    /// Empties the directory open as `fd` (closing it), never following a symlink out of it.
+    private static func removeContents(of fd: CInt, path: FilePath) throws(FileFailure) {
+        guard let dir = fdopendir(fd) else {
+            let code = errno
+            close(fd)
+            throw FileFailure(op: "opendir", path: path.given, errno: Errno(rawValue: code))
+        }
+        defer { closedir(dir) }
+        while let entry = readdir(dir) {
+            let name = DirectoryListing.name(of: entry)
+            if name == [UInt8(ascii: ".")] || name == [UInt8(ascii: "."), UInt8(ascii: ".")] { continue }
+            let child = path.child(name)
+            let isDirectory = entry.pointee.d_type == UInt8(DT_DIR)
+            if isDirectory {
+                let sub = try fileCall("open", child.os) { openat(dirfd(dir), name.cString, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+                try removeContents(of: sub, path: child)
+            }
+            try fileCall(isDirectory ? "rmdir" : "unlink", child.os) {
+                unlinkat(dirfd(dir), name.cString, isDirectory ? AT_REMOVEDIR : 0)
+            }
+        }
+    }
+
+    static func rename(_ from: FilePath, to: FilePath, overwrite: Bool) throws(FileFailure) {
+        if overwrite {
+            try fileCall("rename", from.given) { Glibc.rename(from.c, to.c) }
+            return
+        }
+        let result = csys_renameat2(AT_FDCWD, from.c, AT_FDCWD, to.c, csys_rename_noreplace())
+        if result == -EINVAL {
+            // A file system without RENAME_NOREPLACE: check, then rename (not atomic there).
+            if access(to.c, F_OK) == 0 || errno != ENOENT {
+                throw FileFailure(.fileExists, op: "rename", path: to.given, errno: EEXIST, "\(to.given) exists (overwrite is false)")
+            }
+            try fileCall("rename", from.given) { Glibc.rename(from.c, to.c) }
+            return
+        }
+        if result == -EEXIST {
+            throw FileFailure(.fileExists, op: "rename", path: to.given, errno: EEXIST, "\(to.given) exists (overwrite is false)")
+        }
+        try fileShim("rename", from.given, result)
+    }
+
+    static func setattr(_ path: FilePath, mode: UInt32?, uid: UInt32?, gid: UInt32?) throws(FileFailure) {
+        if uid != nil || gid != nil {
+            try fileCall("chown", path.given) { chown(path.c, uid ?? uid_t.max, gid ?? gid_t.max) }
+        }
+        if let mode { try fileCall("chmod", path.given) { chmod(path.c, mode_t(mode)) } }
+    }
+}
