@@ -10,6 +10,9 @@ let checks: [([UInt8]) -> Void] = [
     { check(ListSessions.self, $0) }, { check(SessionList.self, $0) }, { check(Attach.self, $0) },
     { check(Attached.self, $0) }, { check(Detach.self, $0) }, { check(Detached.self, $0) },
     { check(LogsRequest.self, $0) }, { check(SignalSession.self, $0) },
+    { check(ExposePort.self, $0) }, { check(PortExposed.self, $0) }, { check(UnexposePort.self, $0) },
+    { check(ListPorts.self, $0) }, { check(PortList.self, $0) }, { check(TunnelOpen.self, $0) },
+    { check(TunnelOpened.self, $0) },
 ]
 
 func check<M: Message>(_ type: M.Type, _ payload: [UInt8]) {

@@ -30,6 +30,7 @@ nonisolated(unsafe) let commands: [any Command.Type] = [
     RunCommand.self, BootCommand.self, ListCommand.self, StopCommand.self, RemoveCommand.self,
     ExecCommand.self, ShellCommand.self, AttachCommand.self, PsCommand.self, KillCommand.self, LogsCommand.self, PingCommand.self,
     CopyCommand.self, FsCommand.self,
+    PortCommand.self,
     RelayCommand.self,
 ]
 

@@ -181,7 +181,7 @@ public final class TetherClient: Sendable {
     }
 
     /// A request session answered by one reply (nil for a bare `done`).
-    private func request(kind: FrameKind, payload: [UInt8], operation: String, context: [String: String]) async throws(TetherError) -> Frame? {
+    func request(kind: FrameKind, payload: [UInt8], operation: String, context: [String: String]) async throws(TetherError) -> Frame? {
         try await Retry(options, operation: operation).run { () async throws(TetherError) -> Frame? in
             let channel = try await connection().startSession(kind: kind, payload: payload, operation: operation, context: context)
             var reply: Frame?

@@ -39,6 +39,19 @@ public enum ErrorCode: Hashable, Sendable, CaseIterableWire, CustomStringConvert
     /// The relay takes no more clients (its `--max-clients` cap, or its descriptor limit when
     /// `errno` is EMFILE or ENFILE); sent on id 0, then the connection is closed.
     case tooManyClients
+    /// A port outside 1-65535, or one that is reserved; the message says which and why.
+    case invalidPort
+    /// The guest port is exposed already; the message names its host address and label.
+    case portAlreadyExposed
+    /// `unexposePort` of a guest port that is not exposed.
+    case portNotExposed
+    /// The host address and port are taken (bind(2) said EADDRINUSE).
+    case portInUse
+    /// Nothing listens on the guest port; the message names what listens and where.
+    case serviceNotResponding
+    /// One tunnelled connection: the agent could not connect to the guest port; the message
+    /// names every address it tried.
+    case connectionRefused
     /// A code this build does not know.
     case unrecognized(String)
 
@@ -46,6 +59,7 @@ public enum ErrorCode: Hashable, Sendable, CaseIterableWire, CustomStringConvert
         .unsupported, .framing, .badPayload, .unknownKind, .unknownSession, .sessionInUse, .limitReached,
         .shuttingDown, .agentUnresponsive, .agentGone, .agentNotReady, .protocolViolation, .internal,
         .helloRequired, .tooManyClients,
+        .invalidPort, .portAlreadyExposed, .portNotExposed, .portInUse, .serviceNotResponding, .connectionRefused,
     ]
 
     public init(from decoder: any Decoder) throws { try self.init(wireNameFrom: decoder) }
@@ -68,6 +82,12 @@ public enum ErrorCode: Hashable, Sendable, CaseIterableWire, CustomStringConvert
         case .internal: "internal"
         case .helloRequired: "helloRequired"
         case .tooManyClients: "tooManyClients"
+        case .invalidPort: "invalidPort"
+        case .portAlreadyExposed: "portAlreadyExposed"
+        case .portNotExposed: "portNotExposed"
+        case .portInUse: "portInUse"
+        case .serviceNotResponding: "serviceNotResponding"
+        case .connectionRefused: "connectionRefused"
         case .unrecognized(let name): name
         }
     }
