@@ -141,6 +141,14 @@ MESSAGES = [
     ("msg-fsEvents", {"events": [{"type": "moveTo", "path": "b", "cookie": 7}, {"type": "overflow", "path": ""}]}),
     ("msg-fsDone", {"bytes": 3, "sha256": bytes(32)}),
     ("msg-fsError", {"kind": "noSpace", "op": "write", "path": "/full/x", "errno": 28, "message": "no space"}),
+    ("msg-exposePort", {"guestPort": 8080, "hostPort": 18080, "hostAddr": "::1", "name": "web", "check": False}),
+    ("msg-portExposed", {"port": {"guestPort": 8080, "hostAddr": "127.0.0.1", "hostPort": 18080}}),
+    ("msg-unexposePort", {"guestPort": 8080}),
+    ("msg-listPorts", {}),
+    ("msg-portList", {"ports": [{"guestPort": 3000, "hostAddr": "::1", "hostPort": 3000, "listening": False,
+                                 "problem": "portInUse", "connections": 2, "refusals": 1, "lastRefusal": "x"}]}),
+    ("msg-tunnelOpen", {"guestPort": 8080, "request": 2**64 - 1, "probe": True}),
+    ("msg-tunnelOpened", {"address": "127.0.0.1:8080", "listeners": ["[::]:8080"]}),
 ]
 
 

@@ -32,14 +32,18 @@ KINDS = {"hello": 0x01, "error": 0x02, "ping": 0x03, "pong": 0x04, "shutdown": 0
          "processWait": 0x58, "processEnded": 0x59, "processRemove": 0x5A,
          "fsStat": 0x30, "fsInfo": 0x31, "fsList": 0x32, "fsEntries": 0x33, "fsMkdir": 0x34, "fsRemove": 0x35,
          "fsRename": 0x36, "fsSetattr": 0x37, "fsRead": 0x38, "fsWrite": 0x39, "fsArchive": 0x3A, "fsExtract": 0x3B,
-         "fsWatch": 0x3C, "fsEvents": 0x3D, "fsDone": 0x3E, "fsError": 0x3F}
+         "fsWatch": 0x3C, "fsEvents": 0x3D, "fsDone": 0x3E, "fsError": 0x3F,
+         "exposePort": 0x40, "portExposed": 0x41, "unexposePort": 0x42, "listPorts": 0x43, "portList": 0x44,
+         "tunnelOpen": 0x45, "tunnelOpened": 0x46}
+
 # The order of `messageChecks` in fuzz/targets/files.swift (the tar reader is the index after them).
 FILE_ORDER = ["fsStat", "fsInfo", "fsList", "fsEntries", "fsMkdir", "fsRemove", "fsRename", "fsSetattr", "fsRead",
               "fsWrite", "fsArchive", "fsExtract", "fsWatch", "fsEvents", "fsDone", "fsError"]
 # The order of `checks` in fuzz/targets/messages.swift.
 MESSAGE_ORDER = ["hello", "error", "ping", "pong", "shutdown", "exec", "started", "stdinError", "exited",
                  "done", "failed", "resize", "signal", "kill", "ack", "listSessions", "sessionList", "attach",
-                 "attached", "detach", "detached", "logs", "signalSession",
+                 "attached", "detach", "detached", "logs", "signalSession", "exposePort", "portExposed",
+                 "unexposePort", "listPorts", "portList", "tunnelOpen", "tunnelOpened",
                  "processStart", "processReady", "processFailed", "processList", "processTable", "processLogs",
                  "processLogPosition", "processSignal", "processWait", "processEnded", "processRemove"]
 START, END = 2, 1
@@ -189,6 +193,9 @@ def relay_streams():
         (frame(7, 0, 0x12, b"stray") + struct.pack(">I", 3), client_hello),
         (b"", struct.pack(">I", (1 << 20) + 7)),
         (frame(0, 0, "error", {"code": "internal", "message": "x"}), client_hello + frame(1, START, 0x7F, b"")),
+        # Port requests the relay answers itself (the fuzzed relay has no tunnel endpoint).
+        (b"", client_hello + frame(1, START, "listPorts", {}) + frame(2, START, "exposePort", {"guestPort": 8080})
+         + frame(3, START, "unexposePort", {"guestPort": 70000})),
     ]
     return [struct.pack(">H", len(a)) + a + c for a, c in pairs]
 

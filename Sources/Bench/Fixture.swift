@@ -25,11 +25,13 @@ final class Fixture {
         }
         directory = String(cString: made)
         agentBinary = binaries.agent
-        agent = try Self.start(binaries.agent, ["--listen", "unix:\(directory)/agent.sock"], log: directory + "/agent.log")
+        agent = try Self.start(binaries.agent, ["--listen", "unix:\(directory)/agent.sock", "--tunnel", "unix:\(directory)/tunnel.sock"],
+                               log: directory + "/agent.log")
         try Self.waitFor(socket: directory + "/agent.sock", process: agent, what: "the agent")
         // No exec.log: the figures are for exec and streaming, not for the log writer's disk.
         relay = try Self.start(binaries.tether, ["relay", "--agent", "unix:\(directory)/agent.sock",
-                                                 "--listen", "unix:\(directory)/relay.sock", "--no-log"],
+                                                 "--listen", "unix:\(directory)/relay.sock", "--no-log",
+                                                 "--tunnel", "unix:\(directory)/tunnel.sock"],
                                log: directory + "/relay.log")
         try Self.waitFor(socket: directory + "/relay.sock", process: relay, what: "the relay")
         directAgent = try Self.start(binaries.agent, ["--listen", "unix:\(directory)/direct.sock"], log: directory + "/direct.log")

@@ -2,6 +2,7 @@
 #include "csys.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -29,6 +30,15 @@ int csys_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
     if (result < 0) result = -errno;
     errno = saved;
     return result;
+}
+
+long csys_splice(int from, int to, unsigned long length) {
+    int saved = errno;
+    ssize_t result;
+    do { result = splice(from, NULL, to, NULL, length, SPLICE_F_NONBLOCK | SPLICE_F_MOVE); } while (result < 0 && errno == EINTR);
+    long value = result < 0 ? -errno : (long)result;
+    errno = saved;
+    return value;
 }
 
 int csys_dup3(int oldfd, int newfd, int flags) {

@@ -176,10 +176,7 @@ public final class FramedConnection {
             return
         }
         let pending = socket.encoder.pendingBytes
-        if readingPaused && pending < limits.inputPauseBytes / 2 {
-            readingPaused = false
-            updateInterest()
-        }
+        if readingPaused && pending < limits.inputPauseBytes / 2 { resumeReading() }
         if congested && pending <= limits.lowWaterBytes {
             congested = false
             // Producers resume here and may append (and flush) again.
@@ -212,6 +209,18 @@ public final class FramedConnection {
     /// Reads once (up to `readLimitBytes`), then hands out every complete frame.
     private func readAndDecode() {
         let outcome = socket.read(chunk: limits.readChunkBytes, limit: limits.readLimitBytes)
+        guard decodeBuffered() else { return }
+        if outcome.closed {
+            close(outcome.failure.map(CloseReason.ioError) ?? .closed)
+            return
+        }
+        socket.decoder.releaseStorageIfIdle()
+    }
+
+    /// Hands out the complete frames the decoder holds until it runs dry or reading pauses.
+    /// False when the connection closed (a framing error, or a frame that ended it).
+    @discardableResult
+    private func decodeBuffered() -> Bool {
         do {
             try link.handleFrames { frame in
                 onFrame(frame)
@@ -220,14 +229,22 @@ public final class FramedConnection {
         } catch {
             onFramingError(error)
             if !isClosing { close(.closed) }
-            return
+            return false
         }
-        if isClosed { return }
-        if outcome.closed {
-            close(outcome.failure.map(CloseReason.ioError) ?? .closed)
-            return
+        return !isClosed
+    }
+
+    /// Reading resumed after a pause: frames read before it are already in the decoder and
+    /// raise no readiness of their own, so they are handed out now (at the end of this turn),
+    /// or a peer that waits for their answers would wait forever.
+    private func resumeReading() {
+        readingPaused = false
+        updateInterest()
+        guard socket.decoder.bufferedBytes > 0 else { return }
+        loop.soon { [weak self] in
+            guard let self, !isClosed, !isClosing, !readingPaused else { return }
+            if decodeBuffered() { socket.decoder.releaseStorageIfIdle() }
         }
-        socket.decoder.releaseStorageIfIdle()
     }
 
     /// After a failed write: the frames the peer sent before it went, as far as they decode.

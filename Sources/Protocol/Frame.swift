@@ -83,7 +83,7 @@ public struct FrameKind: RawRepresentable, Hashable, Sendable, CustomStringConve
         .hello, .error, .ping, .pong, .shutdown,
         .exec, .started, .stdout, .stderr, .stdin, .stdinError, .exited, .done, .failed,
         .resize, .signal, .kill, .ack,
-    ] + FrameKind.sessionRequests + FrameKind.relayRequests + FrameKind.fileKinds + FrameKind.processKinds
+    ] + FrameKind.sessionRequests + FrameKind.relayRequests + FrameKind.fileKinds + FrameKind.portKinds + FrameKind.processKinds
 
     public var name: String? {
         switch self {
@@ -105,7 +105,7 @@ public struct FrameKind: RawRepresentable, Hashable, Sendable, CustomStringConve
         case .signal: "signal"
         case .kill: "kill"
         case .ack: "ack"
-        default: sessionRequestName ?? relayRequestName ?? fileKindName ?? processKindName
+        default: sessionRequestName ?? relayRequestName ?? fileKindName ?? portKindName ?? processKindName
         }
     }
 

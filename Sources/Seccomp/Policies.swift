@@ -132,6 +132,10 @@ extension SeccompPolicy {
         // Sockets: accept clients, reach the agent again after it restarts.
         "accept", "accept4", "connect", "sendto", "recvfrom", "sendmsg", "recvmsg", "shutdown",
         "getsockopt", "setsockopt", "getsockname", "getpeername", "socketpair",
+        // Exposed ports: a TCP listener on the host per port (`tether port expose`).
+        "bind", "listen",
+        // Their tunnels: bytes spliced socket -> pipe -> socket without copying them.
+        "splice",
         // Readiness, timers, signals, wake-ups.
         "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll",
         "select", "pselect6", "eventfd2", "timerfd_create", "timerfd_settime", "timerfd_gettime",
@@ -155,9 +159,12 @@ extension SeccompPolicy {
     public static let relay: SeccompPolicy = {
         var rules = relayAllowed.map { Rule($0, .allow) }
         rules += [
-            // New sockets only of the families the relay uses: AF_UNIX (1), AF_VSOCK (40).
+            // New sockets only of the families the relay uses: AF_UNIX (1), AF_VSOCK (40), and
+            // AF_INET (2) and AF_INET6 (10) for the listeners of exposed ports.
             Rule("socket", .allow, when: [.equals(argument: 0, 1)]),
             Rule("socket", .allow, when: [.equals(argument: 0, 40)]),
+            Rule("socket", .allow, when: [.equals(argument: 0, 2)]),
+            Rule("socket", .allow, when: [.equals(argument: 0, 10)]),
             // Threads, not processes: clone only with CLONE_THREAD; clone3 hides its flags,
             // so ENOSYS sends the C library back to clone.
             Rule("clone", .allow, when: [.hasBits(argument: 0, CloneFlags.thread)]),

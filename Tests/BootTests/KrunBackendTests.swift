@@ -123,8 +123,9 @@ import Testing
         var link: AgentLink? = try AgentLink(socketPath: state.agentSocket)
         let cmdline = try link!.exec(["sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline"]).stdout
         // The agent is the VM's PID 1 with the arguments krun_set_exec got (vsock:2695 is the
-        // stub's fd:3: it has no vsock, and hands over the listening socket instead).
-        #expect(cmdline == "/sbin/tether-agent --listen fd:3 --hostname vm ", "\(cmdline)")
+        // stub's fd:3: it has no vsock, and hands over the listening socket instead; the tunnel
+        // endpoint of exposed ports, vsock:2696, is fd:4 the same way).
+        #expect(cmdline == "/sbin/tether-agent --listen fd:3 --tunnel fd:4 --hostname vm ", "\(cmdline)")
         #expect(try link!.exec(["hostname"]).stdout == "vm\n")
         link = nil
         #expect(try sandboxes.stop("vm", graceMs: 2_000) == .stopped(exit: "exited with status 0"))
@@ -176,8 +177,10 @@ import Testing
             "krun_disable_implicit_vsock(0) = 0",
             "krun_add_vsock(0, 0) = 0",
             "krun_set_root(0, \"\(rootfs)\") = 0",
-            "krun_set_exec(0, \"/sbin/tether-agent\", [\"--listen\", \"vsock:2695\", \"--hostname\", \"order\"], [\"KRUN_INIT_PID1=1\", \"HOSTNAME=order\", \"SWIFT_BACKTRACE=enable=no,swift-backtrace=/dev/null\"]) = 0",
+            "krun_set_exec(0, \"/sbin/tether-agent\", [\"--listen\", \"vsock:2695\", \"--tunnel\", \"vsock:2696\", \"--hostname\", \"order\"], [\"KRUN_INIT_PID1=1\", \"HOSTNAME=order\", \"SWIFT_BACKTRACE=enable=no,swift-backtrace=/dev/null\"]) = 0",
             "krun_add_vsock_port2(0, 2695, \"\(sock)\", true) = 0",
+            // Exposed ports: the agent's tunnel endpoint on a vsock port of its own.
+            "krun_add_vsock_port2(0, 2696, \"\(paths.tunnelSocket.path)\", true) = 0",
             "krun_set_console_output(0, \"\(paths.console.path)\") = 0",
             "krun_start_enter(0)",
         ]

@@ -25,6 +25,8 @@ import Testing
         .fsRemove: FsRemove.self, .fsRename: FsRename.self, .fsSetattr: FsSetattr.self, .fsRead: FsRead.self,
         .fsWrite: FsWrite.self, .fsArchive: FsArchive.self, .fsExtract: FsExtract.self, .fsWatch: FsWatch.self,
         .fsEvents: FsEvents.self, .fsDone: FsDone.self, .fsError: FsError.self,
+        .exposePort: ExposePort.self, .portExposed: PortExposed.self, .unexposePort: UnexposePort.self,
+        .listPorts: ListPorts.self, .portList: PortList.self, .tunnelOpen: TunnelOpen.self, .tunnelOpened: TunnelOpened.self,
     ]
 
     struct Vector: CustomStringConvertible {

@@ -72,6 +72,14 @@ import TestSupport
         "msg-processEnded": ProcessEnded(process: ProcessEntry(name: "web", session: 3, pid: 77, state: .exited, argv: [],
                                                                restarts: 0, startedNs: 1, exited: .code(0))),
         "msg-processRemove": ProcessRemove(name: "web"),
+        "msg-exposePort": ExposePort(guestPort: 8080, hostPort: 18080, hostAddress: "::1", name: "web", check: false),
+        "msg-portExposed": PortExposed(port: PortInfo(guestPort: 8080, hostAddress: "127.0.0.1", hostPort: 18080)),
+        "msg-unexposePort": UnexposePort(guestPort: 8080),
+        "msg-listPorts": ListPorts(),
+        "msg-portList": PortList(ports: [PortInfo(guestPort: 3000, hostAddress: "::1", hostPort: 3000, listening: false,
+                                                  problem: "portInUse", connections: 2, refusals: 1, lastRefusal: "x")]),
+        "msg-tunnelOpen": TunnelOpen(guestPort: 8080, request: .max, probe: true),
+        "msg-tunnelOpened": TunnelOpened(address: "127.0.0.1:8080", listeners: ["[::]:8080"]),
     ].merging(fileMessages) { first, _ in first }
 
     static let fileMessages: [String: any Message] = [

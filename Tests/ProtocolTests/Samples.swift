@@ -40,6 +40,16 @@ enum Samples {
         Detached(session: 5),
         LogsRequest(session: 12, follow: true), LogsRequest(),
         SignalSession(session: 12, number: 9),
+        ExposePort(guestPort: 8080, hostPort: 18080, hostAddress: "127.0.0.1", name: "web"),
+        ExposePort(guestPort: 70000, check: false),
+        PortExposed(port: PortInfo(guestPort: 8080, hostAddress: "::1", hostPort: 18080, name: "web")),
+        UnexposePort(guestPort: 8080),
+        ListPorts(),
+        PortList(ports: [PortInfo(guestPort: 1, hostAddress: "0.0.0.0", hostPort: 65535, listening: false, problem: "portInUse: x",
+                                  connections: 9, refusals: 2, lastRefusal: "connectionRefused: y")]),
+        PortList(ports: []),
+        TunnelOpen(guestPort: 80, request: .max, probe: true), TunnelOpen(guestPort: 65535, request: 0),
+        TunnelOpened(address: "[::1]:80"), TunnelOpened(listeners: ["127.0.0.1:80", "[::]:80"]),
     ] + Array(InteropTests.fileMessages.values) + processMessages
 
     static let sampleProcess = ProcessEntry(name: "web", session: 3, pid: 77, state: .ready, argv: ["httpd", "-f"], restarts: 1,

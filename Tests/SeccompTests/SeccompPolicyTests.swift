@@ -59,7 +59,10 @@ import TetherPosix
     @Test func theRelayPolicyFailsUnlistedCallsWithEPERM() async {
         await #expect(processExitsWith: .exitCode(0)) {
             do { try SeccompFilter(.relay).load() } catch { exit(90) }
-            if socket(AF_INET, CInt(SOCK_STREAM.rawValue), 0) != -1 || errno != EPERM { exit(1) }
+            // Raw packets and netlink stay out; TCP is in for the listeners of exposed ports.
+            if socket(AF_PACKET, CInt(SOCK_RAW.rawValue), 0) != -1 || errno != EPERM { exit(1) }
+            if socket(AF_NETLINK, CInt(SOCK_RAW.rawValue), 0) != -1 || errno != EPERM { exit(5) }
+            if socket(AF_INET, CInt(SOCK_STREAM.rawValue), 0) < 0 { exit(6) }
             let unixSocket = socket(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0)
             if unixSocket < 0 { exit(2) }
             if kill(getpid(), 0) != -1 || errno != EPERM { exit(3) }

@@ -48,3 +48,5 @@ typedef int32_t (*ckrun_add_vsock_fn)(uint32_t ctx_id, uint32_t tsi_features);
 
 /* The guest's vsock port the agent listens on by default (vsock:2695). */
 #define CKRUN_AGENT_VSOCK_PORT 2695u
+/* The agent's tunnel endpoint (exposed ports): one vsock connection per tunnelled connection. */
+#define CKRUN_TUNNEL_VSOCK_PORT 2696u

@@ -50,6 +50,9 @@ int csys_pidfd_open(pid_t pid, unsigned int flags);
 int csys_pipe2(int fds[2], int flags);
 int csys_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
 int csys_dup3(int oldfd, int newfd, int flags);
+/* splice(2) of up to `length` bytes between a socket and a pipe, without waiting
+ * (SPLICE_F_NONBLOCK | SPLICE_F_MOVE), EINTR retried: the bytes moved, 0 at EOF, or -errno. */
+long csys_splice(int from, int to, unsigned long length);
 
 /* The thread's errno, settable (Swift can read errno but not portably assign it). */
 void csys_set_errno(int value);

@@ -41,7 +41,7 @@ public final class Agent {
     public static let version = "0.1.0"
     /// Each subsystem and the version of it this agent speaks (docs/PROTOCOL.md, "Capabilities").
     public static let capabilities = ["exec/1", "pty/1", "stdin/1", "signal/1", "rlimit/1", "detach/1", "session/1",
-                                      "shutdown/1", "seccomp/1", "fs/1", "proc/1"]
+                                      "shutdown/1", "seccomp/1", "fs/1", "port/1", "proc/1"]
     public static let defaultShutdownGraceMs: UInt64 = 5000
     /// After the grace: how long KILLed sessions get to be reaped and their last frames to
     /// reach the host before the agent exits or powers off anyway.
@@ -54,6 +54,8 @@ public final class Agent {
     let endpoint: HostEndpoint
     let exec: AgentExec
     let files: AgentFiles
+    /// Exposed ports: the tunnel endpoint and its connections (not on the framed link).
+    let ports: AgentPorts
     /// Every subsystem, once: the router asks them who holds an id, and tells them when the
     /// link drains or closes.
     let subsystems: [AgentSubsystem]
@@ -78,6 +80,7 @@ public final class Agent {
         self.endpoint = HostEndpoint(loop: loop, address: options.endpoint)
         self.exec = AgentExec(loop: loop, spawner: ExecSpawner(baseLimits: baseLimits, defaultProfile: options.seccomp))
         self.files = AgentFiles(loop: loop)
+        self.ports = AgentPorts(loop: loop, address: options.tunnel)
         self.subsystems = [exec, files, AgentProcesses(loop: loop, exec: exec)]
         var routes: [FrameKind: AgentSubsystem] = [:]
         for subsystem in subsystems {
@@ -113,6 +116,7 @@ public final class Agent {
         // Ready: the next thing is the endpoint, and an inherited stream gets its hello at once.
         readyNs = Clock.bootTimeNs()
         try endpoint.open()
+        try ports.open()
         reap()   // children that exited before the loop existed (none, unless inherited)
         do { try loop.run() } catch {
             // epoll_wait fails only on a bug (EBADF, EFAULT, EINVAL).
@@ -130,6 +134,7 @@ public final class Agent {
         exec.endAll()
         files.endAll()
         endpoint.close()
+        ports.close()
         loop.unwatch(signalFD, "the signalfd")
     }
 

@@ -2,8 +2,8 @@ import TetherProtocol
 
 /// What the command line asks for:
 ///
-///     tether-agent [--listen ADDR | --connect ADDR] [--hostname NAME] [--nameserver ADDR] [--init PATH|auto]
-///                  [--seccomp default|restricted|none]
+///     tether-agent [--listen ADDR | --connect ADDR] [--tunnel ADDR] [--hostname NAME] [--nameserver ADDR]
+///                  [--init PATH|auto] [--seccomp default|restricted|none]
 ///
 /// `--listen` defaults to `vsock:2695`. Options may also be written `--name=value`.
 public struct AgentOptions: Equatable, Sendable {
@@ -24,13 +24,17 @@ public struct AgentOptions: Equatable, Sendable {
     }
 
     public static let defaultPort: UInt32 = 2695
-    public static let usage = "usage: tether-agent [--listen ADDR | --connect ADDR] [--hostname NAME] [--nameserver ADDR] [--init PATH|auto]\n"
-        + "                    [--seccomp default|restricted|none]\n"
+    public static let usage = "usage: tether-agent [--listen ADDR | --connect ADDR] [--tunnel ADDR] [--hostname NAME]\n"
+        + "                    [--nameserver ADDR] [--init PATH|auto] [--seccomp default|restricted|none]\n"
         + "  ADDR is vsock:PORT, vsock:CID:PORT, unix:PATH or fd:N (default --listen vsock:\(defaultPort))\n"
+        + "  --tunnel: a second listening endpoint, one connection per tunnelled TCP connection of an\n"
+        + "            exposed port (docs/PROTOCOL.md, \"Exposed ports\"); none: ports cannot be reached\n"
         + "  --seccomp: the profile of execs whose request does not name one (default: default;\n"
         + "             none turns the filter off, with a warning)"
 
     public var endpoint: Endpoint = .listen(.vsock(cid: nil, port: defaultPort))
+    /// Where the relay opens tunnelled connections to guest ports (`--tunnel`, listening).
+    public var tunnel: Address?
     public var hostname: String?
     /// `--nameserver ADDR` (repeatable): written to /etc/resolv.conf at boot (PID 1 only); the
     /// host passes the address its network component answers DNS on.
@@ -88,6 +92,13 @@ public struct AgentOptions: Equatable, Sendable {
                     throw ArgumentError(message: "\(name) \(text): hvsock: is a host-side address; inside the guest use vsock:")
                 }
                 endpoint = name == "--listen" ? .listen(parsed) : .connect(parsed)
+            case "--tunnel":
+                let text = try value(for: name, inline: inline)
+                let parsed = try address(text, option: name)
+                if case .hvsock = parsed {
+                    throw ArgumentError(message: "--tunnel \(text): hvsock: is a host-side address; inside the guest use vsock:")
+                }
+                tunnel = parsed
             case "--hostname":
                 let text = try value(for: name, inline: inline)
                 guard !text.isEmpty, text.utf8.count <= 64, !text.contains("/") else {

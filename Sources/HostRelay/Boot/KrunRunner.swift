@@ -76,7 +76,7 @@ public enum KrunRunner {
         // argv holds the arguments only (the path becomes argv[0] in the guest). envp is never
         // NULL: NULL would copy this process's environment into the guest (notes §1.3).
         // KRUN_INIT_PID1 (libkrun 1.16) makes libkrun's init exec the agent as PID 1.
-        let arguments = config.agentArguments(listen: "vsock:\(CKRUN_AGENT_VSOCK_PORT)")
+        let arguments = config.agentArguments(listen: "vsock:\(CKRUN_AGENT_VSOCK_PORT)", tunnel: "vsock:\(CKRUN_TUNNEL_VSOCK_PORT)")
         // The kernel command line carries these (notes §1.5): keep them few and short.
         let environment = ["KRUN_INIT_PID1=1", "HOSTNAME=\(config.hostname ?? config.name)",
                            SandboxConfig.agentRuntimeEnvironment]
@@ -92,6 +92,12 @@ public enum KrunRunner {
         if lstat(socket, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(socket) }
         _ = try check(krun.addVsockPort2(ctx, CKRUN_AGENT_VSOCK_PORT, socket, true),
                       "krun_add_vsock_port2(\(ctx), \(CKRUN_AGENT_VSOCK_PORT), \(socket), true)")
+        // Exposed ports: a second vsock port, so tunnelled bytes never share the agent's
+        // framed connection. (The port map of TSI stays empty: nothing is exposed implicitly.)
+        let tunnel = paths.tunnelSocket.path
+        if lstat(tunnel, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(tunnel) }
+        _ = try check(krun.addVsockPort2(ctx, CKRUN_TUNNEL_VSOCK_PORT, tunnel, true),
+                      "krun_add_vsock_port2(\(ctx), \(CKRUN_TUNNEL_VSOCK_PORT), \(tunnel), true)")
         _ = try check(krun.setConsoleOutput(ctx, paths.console.path), "krun_set_console_output(\(ctx), \(paths.console.path))")
 
         let rc = krun.startEnter(ctx)

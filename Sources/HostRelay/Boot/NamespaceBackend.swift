@@ -19,6 +19,9 @@ import TetherProtocol
 public enum NamespaceBackend {
     /// The descriptor the agent's listening socket gets in the sandbox.
     public static let agentListenFD: CInt = 3
+    /// The descriptor of the agent's tunnel endpoint (exposed ports), bound by the host at
+    /// `tunnel.sock` for the same reason as `agent.sock`.
+    public static let tunnelListenFD: CInt = 4
 
     /// What the sandbox's PID 1 is started with, besides its arguments.
     static func environment(for config: SandboxConfig) -> [String] {
@@ -86,6 +89,13 @@ public enum NamespaceBackend {
         } catch {
             throw BootFailure(stage: .namespace, errno: error.errno?.rawValue ?? 0, message: "agent socket: \(error)")
         }
+        let tunnel: OwnedFD
+        do {
+            unlink(paths.tunnelSocket.path)
+            tunnel = try Socket.listen(.unix(path: paths.tunnelSocket.path), backlog: 1024)
+        } catch {
+            throw BootFailure(stage: .namespace, errno: error.errno?.rawValue ?? 0, message: "tunnel socket: \(error)")
+        }
         let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
         let console = open(paths.console.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0o600)
         defer {
@@ -106,7 +116,7 @@ public enum NamespaceBackend {
         defer { close(agent) }
 
         var launcher = NamespaceLauncher(path: config.agentPath,
-                                         arguments: [config.agentPath] + config.agentArguments(listen: "fd:\(agentListenFD)"),
+                                         arguments: [config.agentPath] + config.agentArguments(listen: "fd:\(agentListenFD)", tunnel: "fd:\(tunnelListenFD)"),
                                          environment: environment(for: config))
         launcher.namespaces = Namespaces.sandbox.union(.user)
         if config.network == .none { launcher.namespaces.insert(.network) }
@@ -128,7 +138,8 @@ public enum NamespaceBackend {
         launcher.devptsOptions = "newinstance,ptmxmode=0666,mode=0620" + (mapping.mapsTTYGroup ? ",gid=5" : "")
         // The supervisor is single-threaded, so PDEATHSIG means "when the supervisor dies".
         launcher.parentDeathSignal = SIGKILL
-        launcher.descriptors = [(devNull, 0), (console, 1), (console, 2), (listener.raw, agentListenFD)]
+        launcher.descriptors = [(devNull, 0), (console, 1), (console, 2), (listener.raw, agentListenFD),
+                                (tunnel.raw, tunnelListenFD)]
         switch layer {
         case .builtByHost:
             launcher.receivesRoot = true

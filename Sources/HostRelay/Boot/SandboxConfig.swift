@@ -98,8 +98,8 @@ public struct SandboxConfig: Codable, Equatable, Sendable {
     static let agentRuntimeEnvironment = "SWIFT_BACKTRACE=enable=no,swift-backtrace=/dev/null"
 
     /// The agent's arguments after its path, the same for every backend except the address.
-    func agentArguments(listen address: String) -> [String] {
-        var arguments = ["--listen", address, "--hostname", hostname ?? name]
+    func agentArguments(listen address: String, tunnel: String) -> [String] {
+        var arguments = ["--listen", address, "--tunnel", tunnel, "--hostname", hostname ?? name]
         if let initSystem { arguments += ["--init", initSystem] }
         if seccomp != "default" { arguments += ["--seccomp", seccomp] }
         return arguments

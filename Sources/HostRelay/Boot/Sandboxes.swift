@@ -227,6 +227,9 @@ public struct Sandboxes: Sendable {
         // cgroups this supervisor would have made (tether-NAME-PID) are removed.
         unlink(paths.agentSocket.path)
         unlink(paths.relaySocket.path)
+        // Exposed ports end with the sandbox: the next boot of this name starts with none.
+        unlink(paths.tunnelSocket.path)
+        unlink(paths.ports.path)
         let leaf = "tether-\(name)-\(supervisor.pid)"
         if let cgroups = state.cgroups { Cgroup.remove(cgroups.filter { $0.split(separator: "/").last.map(String.init) == leaf }) }
         var ended = state

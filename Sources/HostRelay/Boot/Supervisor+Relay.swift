@@ -19,7 +19,8 @@ extension Supervisor {
         var launcher = NamespaceLauncher(
             path: relay,
             arguments: [relay, "relay", "--agent", "unix:" + paths.agentSocket.path, "--listen", "unix:" + paths.relaySocket.path,
-                        "--name", "tether-relay-" + config.name] + (config.logStdin == true ? ["--log-stdin"] : []),
+                        "--name", "tether-relay-" + config.name,
+                        "--tunnel", "unix:" + paths.tunnelSocket.path, "--ports-file", paths.ports.path] + (config.logStdin == true ? ["--log-stdin"] : []),
             environment: ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" })
         launcher.namespaces = []
         launcher.newSession = false

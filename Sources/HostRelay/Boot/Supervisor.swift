@@ -126,6 +126,8 @@ public final class Supervisor {
 
     func run() -> Int32 {
         try? FileManager.default.removeItem(at: paths.bootError)
+        // Ports exposed in an earlier life of this name (one that ended without cleaning up).
+        unlink(paths.ports.path)
         // A report an earlier boot of this rootfs left behind is not about this one.
         if let directory = agentBootErrorDirectory() { unlinkat(directory.raw, agentBootErrorFile, 0) }
         consoleStart = ((try? FileManager.default.attributesOfItem(atPath: paths.console.path))?[.size] as? UInt64) ?? 0
@@ -357,6 +359,9 @@ public final class Supervisor {
         stopRelay()
         unlink(paths.agentSocket.path)
         unlink(paths.relaySocket.path)
+        // Exposed ports end with the sandbox: the next boot of this name starts with none.
+        unlink(paths.tunnelSocket.path)
+        unlink(paths.ports.path)
         cgroup?.remove()
         stopNetwork()
         if config.ephemeral { try? FileManager.default.removeItem(at: paths.overlay) }

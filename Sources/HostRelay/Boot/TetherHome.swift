@@ -11,6 +11,8 @@ import TetherPosix
 ///   state.json       pids, status, sockets, warnings (SandboxState)
 ///   agent.sock       the agent's socket (namespace: bound by the host; krun: by libkrun)
 ///   relay.sock       where clients connect (`--sandbox NAME` resolves to this)
+///   tunnel.sock      the agent's tunnel endpoint: one connection per tunnelled port connection
+///   ports.json       the exposed ports (the relay's; removed when the sandbox ends)
 ///   boot-error.json  why it did not come up (BootFailure)
 ///   console.log      the agent's stdout/stderr (namespace) or the VM console (krun)
 ///   supervisor.log   the supervisor's own messages
@@ -99,6 +101,10 @@ public struct SandboxPaths: Sendable {
     public var state: URL { file("state.json") }
     public var agentSocket: URL { file("agent.sock") }
     public var relaySocket: URL { file("relay.sock") }
+    /// The agent's tunnel endpoint for exposed ports (namespace: bound by the host; krun: by libkrun).
+    public var tunnelSocket: URL { file("tunnel.sock") }
+    /// The exposed ports, kept by the relay across its restarts; removed when the sandbox ends.
+    public var ports: URL { file("ports.json") }
     public var bootError: URL { file("boot-error.json") }
     public var console: URL { file("console.log") }
     public var supervisorLog: URL { file("supervisor.log") }

@@ -31,6 +31,7 @@ nonisolated(unsafe) let commands: [any Command.Type] = [
     ExecCommand.self, ShellCommand.self, AttachCommand.self, PsCommand.self, KillCommand.self, LogsCommand.self, PingCommand.self,
     StartCommand.self, ProcCommand.self,
     CopyCommand.self, FsCommand.self,
+    PortCommand.self,
     RelayCommand.self,
 ]
 

@@ -32,6 +32,9 @@ enum RelayCommand: Command {
               --no-log              write no exec.log
               --log-stdin           also log what clients send to stdin (off: keystrokes
                                     in a terminal session include typed passwords)
+              --tunnel ADDR         the agent's tunnel endpoint (unix:PATH, vsock:CID:PORT):
+                                    each connection to an exposed port gets one connection there
+              --ports-file PATH     keep the exposed ports here, and listen on them again at start
               --name NAME           the relay's name in its hello (default tether-relay)
               --max-clients N       clients connected at once at most (default 4096); the next
                                     one gets a tooManyClients error and is closed. The relay
@@ -50,6 +53,7 @@ enum RelayCommand: Command {
         OptionSpec("--replay-bytes", value: true), OptionSpec("--log-dir", value: true),
         OptionSpec("--log-max-bytes", value: true), OptionSpec("--log-files", value: true), OptionSpec("--no-log"), OptionSpec("--log-stdin"),
         OptionSpec("--name", value: true), OptionSpec("--max-clients", value: true), OptionSpec("--no-seccomp"),
+        OptionSpec("--tunnel", value: true), OptionSpec("--ports-file", value: true),
     ]
 
     static func run(_ arguments: ArraySlice<String>) -> Int32 {
@@ -84,6 +88,12 @@ enum RelayCommand: Command {
         }
         if let text = parsed.value("replay-bytes") { configuration.replayBytes = try parseByteCount(text, option: "--replay-bytes", command: name) }
         if let text = parsed.value("name") { configuration.name = text }
+        if let text = parsed.value("tunnel") {
+            do { configuration.tunnel = try Address(parsing: text) } catch {
+                throw UsageError(message: "--tunnel: \(error)", command: name)
+            }
+        }
+        configuration.portsFile = parsed.value("ports-file")
         if let text = parsed.value("max-clients") {
             guard let n = Int(text), n >= 1 else { throw UsageError(message: "--max-clients: '\(text)' is not a count of at least 1", command: name) }
             configuration.maxClients = n

@@ -5,7 +5,11 @@ import TetherProtocol
 // agent's loss go to the exec sessions (the one subsystem today); the rest is the router's.
 extension Relay: AgentChannelDelegate {
     func agentReady(_ hello: Hello, first: Bool) {
-        if first { startListening() }
+        if first {
+            // Before the seccomp filter goes on with the listener: saved ports listen again.
+            ports.restore()
+            startListening()
+        }
         exec.requestAdoptionList()
     }
 

@@ -36,6 +36,9 @@ extension Relay: ClientLinksDelegate {
         case .attach: return exec.attach
         case .logs: return exec.startLogs
         case .signalSession: return exec.signalSession
+        case .exposePort: return ports.expose
+        case .unexposePort: return ports.unexpose
+        case .listPorts: return ports.list
         case let kind where kind.isSessionRequest: return { view, _ throws(RelayRefusal) in
             throw RelayRefusal(.unknownKind, "\(view.header.kind) cannot start a session")
         }

@@ -56,8 +56,10 @@ public final class Relay: @unchecked Sendable {
     // Loop-thread state.
     let clients: ClientLinks
     let agent: AgentChannel
-    /// The exec sessions, the one subsystem today.
+    /// The exec sessions.
     let exec: ExecSessions
+    /// Exposed ports and their tunnels (Ports/).
+    let ports: PortForwards
     /// The spare descriptor, the listener's rests and the refusals to report (Relay+Accept).
     let admission = ClientAdmission()
     /// The listening socket, -1 until the agent first answered.
@@ -93,6 +95,8 @@ public final class Relay: @unchecked Sendable {
         exec = ExecSessions(configuration: configuration, log: log, clients: clients, agent: agent) { key, output in
             relay.value?.post(.logOutput(key: key, output))
         }
+        ports = PortForwards(loop: loop, tunnel: configuration.tunnel, file: configuration.portsFile.map { PortsFile(path: $0) },
+                             clients: clients, diagnose: configuration.diagnostics)
         relay.value = self
         clients.delegate = self
         agent.delegate = self
@@ -147,6 +151,7 @@ public final class Relay: @unchecked Sendable {
     private func shutDown() {
         beginStop()
         exec.cancelLogReaders()
+        ports.closeAll()
         // What is queued for a client (the agentGone errors that led here, say) goes out
         // first, as far as its socket takes it without waiting.
         clients.flushAll()

@@ -6,6 +6,11 @@ public struct RelayConfiguration: Sendable {
     public var agent: Address
     /// Where clients connect: `unix:PATH` (or an inherited listening `fd:N`).
     public var listen: Address
+    /// The agent's tunnel endpoint (`--tunnel`): one connection per tunnelled connection of an
+    /// exposed port. nil: ports cannot be exposed.
+    public var tunnel: Address?
+    /// Where the exposed ports are kept across relay restarts (`ports.json`); nil: nowhere.
+    public var portsFile: String?
     /// How long to keep trying to reach the agent (until its hello arrives), at start and
     /// after the connection drops. When it runs out the relay stops.
     public var agentTimeout: Duration = .seconds(30)

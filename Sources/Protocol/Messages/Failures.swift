@@ -49,6 +49,19 @@ public enum ErrorCode: Hashable, Sendable, CaseIterableWire, CustomStringConvert
     case processReadyTimeout
     /// `processFailed`: the process exited before its conditions held, and no restart was left.
     case processExitedBeforeReady
+    /// A port outside 1-65535, or one that is reserved; the message says which and why.
+    case invalidPort
+    /// The guest port is exposed already; the message names its host address and label.
+    case portAlreadyExposed
+    /// `unexposePort` of a guest port that is not exposed.
+    case portNotExposed
+    /// The host address and port are taken (bind(2) said EADDRINUSE).
+    case portInUse
+    /// Nothing listens on the guest port; the message names what listens and where.
+    case serviceNotResponding
+    /// One tunnelled connection: the agent could not connect to the guest port; the message
+    /// names every address it tried.
+    case connectionRefused
     /// A code this build does not know.
     case unrecognized(String)
 
@@ -57,6 +70,7 @@ public enum ErrorCode: Hashable, Sendable, CaseIterableWire, CustomStringConvert
         .shuttingDown, .agentUnresponsive, .agentGone, .agentNotReady, .protocolViolation, .internal,
         .helloRequired, .tooManyClients,
         .processNameInUse, .processNotFound, .processRunning, .processReadyTimeout, .processExitedBeforeReady,
+        .invalidPort, .portAlreadyExposed, .portNotExposed, .portInUse, .serviceNotResponding, .connectionRefused,
     ]
 
     public init(from decoder: any Decoder) throws { try self.init(wireNameFrom: decoder) }
@@ -84,6 +98,12 @@ public enum ErrorCode: Hashable, Sendable, CaseIterableWire, CustomStringConvert
         case .processRunning: "processRunning"
         case .processReadyTimeout: "processReadyTimeout"
         case .processExitedBeforeReady: "processExitedBeforeReady"
+        case .invalidPort: "invalidPort"
+        case .portAlreadyExposed: "portAlreadyExposed"
+        case .portNotExposed: "portNotExposed"
+        case .portInUse: "portInUse"
+        case .serviceNotResponding: "serviceNotResponding"
+        case .connectionRefused: "connectionRefused"
         case .unrecognized(let name): name
         }
     }

@@ -27,6 +27,8 @@ KINDS = {
     "fsStat": 0x30, "fsInfo": 0x31, "fsList": 0x32, "fsEntries": 0x33, "fsMkdir": 0x34, "fsRemove": 0x35,
     "fsRename": 0x36, "fsSetattr": 0x37, "fsRead": 0x38, "fsWrite": 0x39, "fsArchive": 0x3A, "fsExtract": 0x3B,
     "fsWatch": 0x3C, "fsEvents": 0x3D, "fsDone": 0x3E, "fsError": 0x3F,
+    "exposePort": 0x40, "portExposed": 0x41, "unexposePort": 0x42, "listPorts": 0x43, "portList": 0x44,
+    "tunnelOpen": 0x45, "tunnelOpened": 0x46,
 }
 FLAGS = {"end": 0x01, "start": 0x02}
 DATA = {"stdout", "stderr", "stdin"}
@@ -199,6 +201,24 @@ VECTORS = [
     v("fsDone-empty", "fsDone", 23, ["end"], {}),
     v("fsError", "fsError", 32, ["end"], {"kind": "permissionDenied", "op": "open", "path": "/root/secret",
                                           "errno": 13, "message": "open /root/secret: Permission denied"}),
+    # exposed ports: relay requests
+    v("exposePort", "exposePort", 9, ["start"], {"guestPort": 8080, "hostPort": 18080, "hostAddr": "127.0.0.1", "name": "web"}),
+    v("exposePort-unchecked", "exposePort", 9, ["start"], {"guestPort": 3000, "check": False},
+      note="expose even though nothing listens on the guest port yet"),
+    v("portExposed", "portExposed", 9, ["end"], {"port": {"guestPort": 8080, "hostAddr": "127.0.0.1", "hostPort": 18080,
+                                                          "name": "web"}}),
+    v("unexposePort", "unexposePort", 10, ["start"], {"guestPort": 8080}),
+    v("listPorts", "listPorts", 11, ["start"], {}),
+    v("portList", "portList", 11, ["end"], {"ports": [
+        {"guestPort": 3000, "hostAddr": "::1", "hostPort": 3000, "listening": False,
+         "problem": "portInUse: [::1]:3000 is in use on the host"},
+        {"guestPort": 8080, "hostAddr": "127.0.0.1", "hostPort": 18080, "name": "web", "connections": 3, "refusals": 1,
+         "lastRefusal": "connectionRefused: guest port 8080: tried 127.0.0.1:8080 (ECONNREFUSED)"}]}),
+    # exposed ports: the preamble of a tunnel connection (its own socket, id 0)
+    v("tunnelOpen", "tunnelOpen", 0, [], {"guestPort": 8080, "request": 7}),
+    v("tunnelOpen-probe", "tunnelOpen", 0, [], {"guestPort": 8080, "request": 8, "probe": True}),
+    v("tunnelOpened", "tunnelOpened", 0, [], {"address": "127.0.0.1:8080"}),
+    v("tunnelOpened-probe", "tunnelOpened", 0, [], {"listeners": ["127.0.0.1:8080", "[::]:8080"]}),
 ]
 
 

@@ -154,6 +154,22 @@ def typed_payload(kind: str, m: dict[str, Any]) -> bytes:
     if p.KINDS[kind] in p.FS_KINDS:
         # No files API in this package yet: the map is written as the meaning lists it.
         return p.encode_message(m)
+    if kind == "exposePort":
+        return p.expose_port(m["guestPort"], m.get("hostPort"), m.get("hostAddr"), m.get("name"), m.get("check", True))
+    if kind == "unexposePort":
+        return p.unexpose_port(m["guestPort"])
+    if kind == "listPorts":
+        return p.list_ports()
+    if kind in ("portExposed", "portList"):
+        ports = [m["port"]] if kind == "portExposed" else m["ports"]
+        built = [p.port_info(x["guestPort"], x["hostAddr"], x["hostPort"], x.get("name"), x.get("listening", True),
+                             x.get("problem"), x.get("connections", 0), x.get("refusals", 0), x.get("lastRefusal"))
+                 for x in ports]
+        return p.port_exposed(built[0]) if kind == "portExposed" else p.port_list(built)
+    if kind == "tunnelOpen":
+        return p.tunnel_open(m["guestPort"], m["request"], m.get("probe", False))
+    if kind == "tunnelOpened":
+        return p.tunnel_opened(m.get("address"), m.get("listeners"))
     raise AssertionError("no builder for %s" % kind)
 
 

@@ -47,6 +47,8 @@ KINDS: dict[str, int] = {
     "fsStat": 0x30, "fsInfo": 0x31, "fsList": 0x32, "fsEntries": 0x33, "fsMkdir": 0x34, "fsRemove": 0x35,
     "fsRename": 0x36, "fsSetattr": 0x37, "fsRead": 0x38, "fsWrite": 0x39, "fsArchive": 0x3A, "fsExtract": 0x3B,
     "fsWatch": 0x3C, "fsEvents": 0x3D, "fsDone": 0x3E, "fsError": 0x3F,
+    "exposePort": 0x40, "portExposed": 0x41, "unexposePort": 0x42, "listPorts": 0x43, "portList": 0x44,
+    "tunnelOpen": 0x45, "tunnelOpened": 0x46,
 }
 KIND_NAMES: dict[int, str] = {code: name for name, code in KINDS.items()}
 #: Kinds whose payload is raw bytes instead of one CBOR map.
@@ -303,9 +305,48 @@ def process_table(processes: Iterable[Mapping[str, Any]]) -> bytes:
 
 def process_log_position(offset: int, dropped_bytes: int = 0) -> bytes:
     return encode_message({"offset": offset, "droppedBytes": dropped_bytes})
+def expose_port(guest_port: int, host_port: Optional[int] = None, host_addr: Optional[str] = None,
+                name: Optional[str] = None, check: bool = True) -> bytes:
+    """exposePort (capability port/1): the relay listens on host_addr:host_port for guest_port."""
+    return encode_message({"guestPort": guest_port, "hostPort": host_port, "hostAddr": host_addr, "name": name,
+                           "check": None if check else False})
+
+
+def unexpose_port(guest_port: int) -> bytes:
+    return encode_message({"guestPort": guest_port})
+
+
+def list_ports() -> bytes:
+    return encode_message({})
+
+
+def tunnel_open(guest_port: int, request: int, probe: bool = False) -> bytes:
+    """The first frame (id 0) a relay writes on a connection to the agent's tunnel endpoint."""
+    return encode_message({"guestPort": guest_port, "request": request, "probe": True if probe else None})
 
 
 # MARK: payloads a server sends (for tests and tools that serve the protocol)
+
+def port_info(guest_port: int, host_addr: str, host_port: int, name: Optional[str] = None, listening: bool = True,
+              problem: Optional[str] = None, connections: int = 0, refusals: int = 0,
+              last_refusal: Optional[str] = None) -> dict[str, Any]:
+    info = {"guestPort": guest_port, "hostAddr": host_addr, "hostPort": host_port, "name": name,
+            "listening": None if listening else False, "problem": problem,
+            "connections": connections or None, "refusals": refusals or None, "lastRefusal": last_refusal}
+    return {key: value for key, value in info.items() if value is not None}
+
+
+def port_exposed(port: dict[str, Any]) -> bytes:
+    return encode_message({"port": port})
+
+
+def port_list(ports: list[dict[str, Any]]) -> bytes:
+    return encode_message({"ports": ports})
+
+
+def tunnel_opened(address: Optional[str] = None, listeners: Optional[list[str]] = None) -> bytes:
+    return encode_message({"address": address, "listeners": listeners})
+
 
 def started(pid: int) -> bytes:
     return encode_message({"pid": pid})
