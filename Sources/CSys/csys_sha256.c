@@ -8,7 +8,7 @@
 #include <cpuid.h>
 #include <immintrin.h>
 
-static const uint32_t round_constants[64] = {
+const uint32_t csys_sha256_round_constants[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
     0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
     0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
@@ -52,7 +52,7 @@ void csys_sha256_blocks(uint32_t state[8], const uint8_t *data, size_t blocks) {
                 __m128i sum = _mm_add_epi32(_mm_sha256msg1_epu32(w16, w12), _mm_alignr_epi8(w4, w8, 4));
                 group[j & 3] = _mm_sha256msg2_epu32(sum, w4);
             }
-            __m128i message = _mm_add_epi32(group[j & 3], _mm_loadu_si128((const __m128i *)&round_constants[4 * j]));
+            __m128i message = _mm_add_epi32(group[j & 3], _mm_loadu_si128((const __m128i *)&csys_sha256_round_constants[4 * j]));
             cdgh = _mm_sha256rnds2_epu32(cdgh, abef, message);
             message = _mm_shuffle_epi32(message, 0x0E);
             abef = _mm_sha256rnds2_epu32(abef, cdgh, message);

@@ -6,6 +6,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The 64 round constants (FIPS 180-4, 4.2.2), for this file's compression and the portable one. */
+extern const uint32_t csys_sha256_round_constants[64];
+
 /* 1 when this CPU has SHA-NI, SSSE3 and SSE4.1 (CPUID), else 0. */
 int csys_sha256_accelerated(void);
 

@@ -34,19 +34,7 @@ extension Copy {
         do {
             sink = try LocalSink(named: "tether-cp-untar", consume: { extractor.feed($0) }, finish: { extractor.finish() })
         } catch { throw FileCommands.local(error, op: "write", path: local) }
-        let progress = ProgressLine(label: "\(path) -> \(local)", total: nil, enabled: self.progress)
-        defer { progress.finish() }
-        do throws(FileError) {
-            while let chunk = try await stream.next() {
-                try await sink.write(chunk)
-                progress.advance(chunk.count)
-            }
-            try await sink.finish()
-        } catch {
-            sink.cancel()
-            stream.cancel()
-            throw error
-        }
+        try await pump(stream, into: sink, progress: ProgressLine(label: "\(path) -> \(local)", total: nil, enabled: self.progress))
     }
 }
 

@@ -198,7 +198,12 @@ struct Copy: Sendable {
     func copy(_ stream: FileReadStream, to fd: CInt, label: String) async throws(FileError) {
         let sink: LocalSink
         do { sink = try LocalSink(fd: fd, label: label) } catch { throw FileCommands.local(error, op: "write", path: label) }
-        let progress = ProgressLine(label: label, total: stream.info?.size, enabled: self.progress)
+        try await pump(stream, into: sink, progress: ProgressLine(label: label, total: stream.info?.size, enabled: self.progress))
+    }
+
+    /// Every chunk of `stream` into `sink`, counted on `progress`; on a failure of either
+    /// side both are cancelled (the guest stops sending, the local writer stops writing).
+    func pump(_ stream: FileReadStream, into sink: LocalSink, progress: ProgressLine) async throws(FileError) {
         defer { progress.finish() }
         do throws(FileError) {
             while let chunk = try await stream.next() {

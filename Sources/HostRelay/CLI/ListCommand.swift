@@ -42,12 +42,7 @@ enum ListCommand: Command {
                 rows.append([entry.name, status, state?.backend.rawValue ?? "-",
                              entry.isLive ? (state?.sandboxPid.map(String.init) ?? "-") : "-", age, state?.rootfs ?? "-"])
             }
-            let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
-            for row in rows {
-                let cells = row.enumerated().map { $0.offset == row.count - 1 ? $0.element
-                    : $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }
-                writeStandardOutput(cells.joined(separator: "  ") + "\n")
-            }
+            writeStandardOutput(TextTable.render(rows))
             return 0
         }
     }

@@ -93,12 +93,7 @@ enum PortCommand: Command {
             rows.append([String(port.guestPort), port.hostEndpoint, port.name ?? "-", state,
                          "\(port.connections)" + (port.refusals > 0 ? " (\(port.refusals) refused)" : "")])
         }
-        var widths = [Int](repeating: 0, count: rows[0].count)
-        for row in rows { for (i, cell) in row.enumerated() { widths[i] = max(widths[i], cell.count) } }
-        return rows.map { row in
-            row.enumerated().map { i, cell in i == row.count - 1 ? cell : cell.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
-                .joined(separator: "  ")
-        }.joined(separator: "\n") + "\n"
+        return TextTable.render(rows)
     }
 
     static func renderJSON(_ ports: [PortInfo]) -> String {

@@ -157,12 +157,7 @@ enum ProcessTableText {
             rows.append([p.name, String(p.session), String(p.pid), p.state.rawValue, String(p.restarts), exit,
                          time(p.startedNs), time(p.readyNs), CommandLineText.render(p.argv)])
         }
-        var widths = [Int](repeating: 0, count: rows[0].count)
-        for row in rows { for (i, cell) in row.enumerated() { widths[i] = max(widths[i], cell.count) } }
-        return rows.map { row in
-            row.enumerated().map { i, cell in i == row.count - 1 ? cell : cell.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
-                .joined(separator: "  ")
-        }.joined(separator: "\n") + "\n"
+        return TextTable.render(rows)
     }
 
     static func json(_ processes: [ProcessEntry]) -> String {

@@ -58,13 +58,7 @@ enum PsCommand: Command {
             rows.append([String(session.session), String(session.pid), state(session), started,
                          CommandLineText.render(session.argv)])
         }
-        var widths = [Int](repeating: 0, count: 5)
-        for row in rows { for (i, cell) in row.enumerated() { widths[i] = max(widths[i], cell.count) } }
-        var out = ""
-        for row in rows {
-            let cells = row.enumerated().map { i, cell in i == row.count - 1 ? cell : cell.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
-            out += cells.joined(separator: "  ") + "\n"
-        }
+        var out = TextTable.render(rows)
         if sessions.contains(where: { $0.detached && $0.attached && $0.exited == nil }) {
             out += "(detached*: detached, with a client attached now)\n"
         }
