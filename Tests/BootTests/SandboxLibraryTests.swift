@@ -36,6 +36,12 @@ import Testing
             #expect(Fixtures.isRunning(sandbox.state.supervisorPid))
             let output = try await sandbox.shell("echo out; echo err >&2; exit 3")
             let hostname = try await sandbox.exec(["hostname"]).stdoutText
+            // Files, ports and processes are the sandbox's too.
+            try await sandbox.files.write("/tmp/from-library", Array("written\n".utf8))
+            #expect(try await sandbox.shell("cat /tmp/from-library").stdoutText == "written\n")
+            #expect(try await sandbox.files.read("/tmp/from-library") == Array("written\n".utf8))
+            #expect(try await sandbox.ports.list().isEmpty)
+            #expect(try await sandbox.processes.list().isEmpty)
             return (sandbox.state, output, hostname)
         }
         #expect(output.exitCode == 3)

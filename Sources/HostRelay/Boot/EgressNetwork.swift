@@ -166,13 +166,15 @@ public final class EgressNetwork {
     /// pasta's options: the guest's fixed addresses, DNS forwarding, no port forwarding in
     /// either direction (its default, `auto`, would bind every port the guest listens on on the
     /// host, and make every port the host listens on reachable at the guest's own loopback),
-    /// and no gateway mapping to the host's loopback unless `--allow-net` opened it.
+    /// and no gateway mapping to the host's loopback unless `--allow-net` opened it. Quiet: its
+    /// summary of the addresses it set up would reach whoever reads the supervisor's stdout
+    /// (the terminal of `tether boot`); problems still go to its log file.
     func pastaArguments(_ pasta: String) -> [String] {
         var arguments = [pasta, "--foreground", "--config-net", "--ns-ifname", Self.interface,
                          "--address", Self.guestAddress, "--netmask", "\(Self.prefixLength)", "--gateway", Self.gateway,
                          "--dns-forward", Self.nameserver,
                          "--tcp-ports", "none", "--udp-ports", "none", "--tcp-ns", "none", "--udp-ns", "none",
-                         "--log-file", logPath, "--netns", "/proc/self/fd/3"]
+                         "--log-file", logPath, "--quiet", "--netns", "/proc/self/fd/3"]
         if !loopbackOpen { arguments.append("--no-map-gw") }
         if ownerFD >= 0 {
             arguments += ["--userns", "/proc/self/fd/4"]

@@ -141,6 +141,15 @@ public final class Sandbox: Sendable {
         try await client.listSessions()
     }
 
+    /// The sandbox's files, as the guest's root (`client.files(as:cwd:)` for another user).
+    public var files: Files { client.files }
+
+    /// Guest ports exposed on the host.
+    public var ports: TetherClient.Ports { client.ports }
+
+    /// Named background processes.
+    public var processes: Processes { client.processes }
+
     // MARK: blocking work off the cooperative pool
 
     /// Runs blocking work (waitpid, pipe reads, the supervisor's grace) on a thread of its own,
