@@ -294,7 +294,7 @@ import TetherProtocol
     @Test func kindsTheRelayDoesNotKnowArePassedThrough() throws {
         let harness = try RelayHarness()
         let client = try harness.client()
-        let future = FrameKind(rawValue: 0x30)
+        let future = FrameKind(rawValue: 0x70)
         try client.send(Frame(id: 6, flags: .start, kind: future, payload: [0xA0]))
         let atAgent = try harness.agent.expect(future)
         #expect(atAgent.payload == [0xA0])

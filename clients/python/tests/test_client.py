@@ -239,7 +239,7 @@ def test_the_compatibility_rules_hold_on_a_raw_connection(live: LiveRelay) -> No
         reader, writer = await asyncio.open_unix_connection(live.socket_path)
         writer.write(p.frame_bytes(0, p.HELLO, p.hello("client", "raw", os.getpid())))
         writer.write(p.frame_bytes(0, 0x0F, p.empty()))
-        writer.write(p.frame_bytes(7, 0x30, p.empty(), p.FLAG_START))
+        writer.write(p.frame_bytes(7, 0x70, p.empty(), p.FLAG_START))  # no kind yet: files took 0x30
         writer.write(p.frame_bytes(8, 0x2E, p.empty(), p.FLAG_START))
         writer.write(p.frame_bytes(9, p.EXEC, p.encode_message({"cwd": "/"}), p.FLAG_START))
         writer.write(p.frame_bytes(10, p.EXEC, p.exec_request([]), p.FLAG_START))
