@@ -70,21 +70,8 @@ enum FileCommands {
 
     /// A local failure as a `FileError` (same printing, same statuses).
     static func local(_ errno: Errno, op: String, path: String) -> FileError {
-        .file(FsError(kind: kind(of: errno.rawValue), op: op, path: OSString(path), errno: errno.rawValue,
+        .file(FsError(kind: FileErrorKind(errno: errno.rawValue), op: op, path: OSString(path), errno: errno.rawValue,
                       message: "\(op) \(path) (local): \(errno.message)"))
-    }
-
-    static func kind(of code: CInt) -> FileErrorKind {
-        switch code {
-        case ENOENT: .fileNotFound
-        case EEXIST: .fileExists
-        case EACCES, EPERM: .permissionDenied
-        case EISDIR: .isDirectory
-        case ENOTDIR: .notDirectory
-        case ENOSPC, EDQUOT: .noSpace
-        case EROFS: .readOnly
-        default: .other
-        }
     }
 }
 

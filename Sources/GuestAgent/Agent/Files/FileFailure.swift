@@ -7,8 +7,8 @@ import TetherPosix
 import TetherProtocol
 
 /// Why a files request failed, with the operation, the path and the errno: the agent's side
-/// of an `fsError` frame. `init(op:path:errno:)` is the one place an errno becomes a kind
-/// (the table in docs/PROTOCOL.md, "Files").
+/// of an `fsError` frame. `init(op:path:errno:)` makes a failed call one, its kind from
+/// `FileErrorKind(errno:)` (the table in docs/PROTOCOL.md, "Files").
 struct FileFailure: Error, Equatable {
     var kind: FileErrorKind
     var op: String
@@ -26,30 +26,8 @@ struct FileFailure: Error, Equatable {
 
     /// A failed system call on `path`.
     init(op: String, path: OSString?, errno: Errno) {
-        self.init(Self.kind(of: errno.rawValue), op: op, path: path, errno: errno.rawValue,
+        self.init(FileErrorKind(errno: errno.rawValue), op: op, path: path, errno: errno.rawValue,
                   "\(op) \(path?.description ?? ""): \(errno.message)")
-    }
-
-    static func kind(of code: CInt) -> FileErrorKind {
-        switch code {
-        case ENOENT: .fileNotFound
-        case EEXIST: .fileExists
-        case EACCES, EPERM: .permissionDenied
-        case EISDIR: .isDirectory
-        case ENOTDIR: .notDirectory
-        case ENOTEMPTY: .directoryNotEmpty
-        case EFBIG: .fileTooLarge
-        case ENOSPC, EDQUOT: .noSpace
-        case EROFS: .readOnly
-        case ENAMETOOLONG: .nameTooLong
-        case EXDEV: .crossDevice
-        case EMLINK, ELOOP: .tooManyLinks
-        case EBUSY, ETXTBSY: .busy
-        case EINVAL: .invalidArgument
-        case EIO: .ioError
-        case EMFILE, ENFILE, ENOMEM: .resourceLimit
-        default: .other
-        }
     }
 
     var frame: FsError { FsError(kind: kind, op: op, path: path, errno: errno, message: message) }
