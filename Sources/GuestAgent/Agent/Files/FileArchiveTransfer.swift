@@ -132,23 +132,12 @@ final class FileArchiveTransfer: FileTransfer {
 
     private func sendFileBytes(_ current: (fd: CInt, remaining: UInt64, size: UInt64, offset: UInt64, name: [UInt8])) throws(FileFailure) {
         let limit = Int(min(UInt64(min(window, Frame.maxDataPayloadBytes)), current.remaining))
-        var failure: CInt = 0
-        let n = link.appendData(id: id, kind: .stdout, maxPayload: limit) { buffer in
-            while true {
-                let n = pread(current.fd, buffer.baseAddress, buffer.count, off_t(current.offset))
-                if n >= 0 {
-                    if n > 0 { hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n])) }
-                    return n
-                }
-                if errno == EINTR { continue }
-                failure = errno
-                return -1
-            }
+        let n: Int
+        switch sendFileChunk(from: current.fd, at: current.offset, limit: limit, id: id, on: link, hashing: &hasher) {
+        case .success(let count): n = count
+        case .failure(let errno): throw FileFailure(op: "read", path: root.child(current.name).os, errno: errno)
         }
-        if failure != 0 {
-            throw FileFailure(op: "read", path: root.child(current.name).os, errno: Errno(rawValue: failure))
-        }
-        if n <= 0 {
+        if n == 0 {
             // Shrunk since its header: zeros for the rest keep the archive readable.
             pending = [UInt8](repeating: 0, count: Int(current.remaining)) + TarWriter.padding(current.size)
             close(current.fd)

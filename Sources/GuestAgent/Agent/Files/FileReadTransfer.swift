@@ -16,8 +16,8 @@ final class FileReadTransfer: FileTransfer {
     private let id: UInt32
     private let link: FramedConnection
     private let path: OSString
-    /// The open file (inotify descriptor), closed once by `closeFile()` (or when this goes).
-    private var fd: CInt?
+    /// The open file: closed by `fd = nil` at the end, or when this goes.
+    private var fd: OwnedFD?
     private var offset: UInt64
     private var remaining: UInt64
     private var window = FlowControl.initialWindowBytes
@@ -30,18 +30,11 @@ final class FileReadTransfer: FileTransfer {
         self.id = id
         self.link = link
         self.path = path
-        self.fd = fd
+        self.fd = OwnedFD(adopting: fd)
         self.offset = offset
         self.remaining = length
         self.onEnd = onEnd
     }
-
-    private func closeFile() {
-        if let fd { _ = close(fd) }
-        fd = nil
-    }
-
-    deinit { closeFile() }
 
     func handle(_ frame: FrameView) throws(RequestError) {
         switch frame.header.kind {
@@ -57,32 +50,21 @@ final class FileReadTransfer: FileTransfer {
 
     func linkDrained() { pump() }
 
-    func abort() { closeFile() }
+    func abort() { fd = nil }
 
     /// Sends what the window and the link allow; the end once the bytes are out.
     func pump() {
-        guard let raw = fd else { return }
+        guard let raw = fd?.raw else { return }
         while remaining > 0 && window > 0 && !link.congested {
             let limit = Int(min(UInt64(min(window, Frame.maxDataPayloadBytes)), remaining))
-            var failure: CInt = 0
-            let at = offset
-            let n = link.appendData(id: id, kind: .stdout, maxPayload: limit) { buffer in
-                while true {
-                    let n = pread(raw, buffer.baseAddress, buffer.count, off_t(at))
-                    if n >= 0 {
-                        if n > 0 { hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n])) }
-                        return n
-                    }
-                    if errno == EINTR { continue }
-                    failure = errno
-                    return -1
-                }
-            }
-            if failure != 0 {
+            let n: Int
+            switch sendFileChunk(from: raw, at: offset, limit: limit, id: id, on: link, hashing: &hasher) {
+            case .success(let count): n = count
+            case .failure(let errno):
                 link.queued()
-                return end(failure: FileFailure(op: "read", path: path, errno: Errno(rawValue: failure)))
+                return end(failure: FileFailure(op: "read", path: path, errno: errno))
             }
-            if n <= 0 { remaining = 0; break }   // the file became shorter: what was there is sent
+            if n == 0 { remaining = 0; break }   // the file became shorter: what was there is sent
             offset += UInt64(n)
             remaining -= UInt64(n)
             window -= n
@@ -90,14 +72,14 @@ final class FileReadTransfer: FileTransfer {
         }
         link.queued()
         if remaining == 0 {
-            closeFile()
+            fd = nil
             link.send(FsDone(bytes: sent, sha256: hasher.finish()), id: id, flags: .end)
             onEnd()
         }
     }
 
     private func end(failure: FileFailure) {
-        closeFile()
+        fd = nil
         sendFailure(failure, id: id, on: link)
         onEnd()
     }

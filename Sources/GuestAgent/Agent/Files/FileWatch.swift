@@ -25,8 +25,8 @@ final class FileWatch: FileTransfer {
     private let root: FilePath
     private let recursive: Bool
     private let exclude: Set<[UInt8]>
-    /// The open file (inotify descriptor), closed once by `closeFile()` (or when this goes).
-    private var fd: CInt?
+    /// The inotify descriptor: closed by `fd = nil` in `stop()`, or when this goes.
+    private var fd: OwnedFD?
     /// Watch descriptor -> path below the root ([] for the root).
     private var watched: [CInt: [UInt8]] = [:]
     private var reading = false
@@ -43,7 +43,7 @@ final class FileWatch: FileTransfer {
         self.exclude = Set(request.exclude.map { Array($0.utf8) })
         self.onEnd = onEnd
         let raw = try fileShim("inotify_init", root.given, csys_inotify_init1(O_NONBLOCK | O_CLOEXEC))
-        fd = raw
+        fd = OwnedFD(adopting: raw)
         try identity.run(as: user) { () throws(FileFailure) in
             try add(root, relative: [], required: true)
         }
@@ -55,7 +55,7 @@ final class FileWatch: FileTransfer {
 
     /// Watches `path`; a directory below the root adds its own subdirectories when recursive.
     private func add(_ path: FilePath, relative: [UInt8], required: Bool) throws(FileFailure) {
-        guard let raw = fd else { return }
+        guard let raw = fd?.raw else { return }
         let wd = csys_inotify_add_watch(raw, path.c, Self.mask)
         if wd < 0 {
             if required { throw FileFailure(op: "inotify_add_watch", path: path.given, errno: Errno(rawValue: -wd)) }
@@ -73,13 +73,6 @@ final class FileWatch: FileTransfer {
 
     private func joined(_ base: [UInt8], _ name: [UInt8]) -> [UInt8] { base.isEmpty ? name : base + [UInt8(ascii: "/")] + name }
 
-    private func closeFile() {
-        if let fd { _ = close(fd) }
-        fd = nil
-    }
-
-    deinit { closeFile() }
-
     func handle(_ frame: FrameView) throws(RequestError) {
         switch frame.header.kind {
         case .kill:
@@ -94,7 +87,7 @@ final class FileWatch: FileTransfer {
     }
 
     func linkDrained() {
-        guard !reading, let raw = fd else { return }
+        guard !reading, let raw = fd?.raw else { return }
         do { try loop.watch(raw, events: EventLoop.readable) { [unowned self] _ in readEvents() } } catch { return }
         reading = true
         readEvents()
@@ -103,13 +96,13 @@ final class FileWatch: FileTransfer {
     func abort() { stop() }
 
     private func stop() {
-        if reading, let raw = fd { _ = loop.unwatch(raw) }
+        if reading, let raw = fd?.raw { _ = loop.unwatch(raw) }
         reading = false
-        closeFile()
+        fd = nil
     }
 
     private func readEvents() {
-        guard let raw = fd else { return }
+        guard let raw = fd?.raw else { return }
         var events: [FileEvent] = []
         var rootGone = false
         let n = buffer.withUnsafeMutableBytes { read(raw, $0.baseAddress, $0.count) }

@@ -27,8 +27,8 @@ final class FileWriteTransfer: FileTransfer {
     private let target: FilePath
     private let user: ResolvedUser?
     private let identity: FileIdentity
-    /// The open file (inotify descriptor), closed once by `closeFile()` (or when this goes).
-    private var fd: CInt?
+    /// The file being written (the temporary): closed by `fd = nil` once in place or given up, or when this goes.
+    private var fd: OwnedFD?
     /// The named temporary file, while it exists (nil with O_TMPFILE until linked, and in place).
     private var tempName: FilePath?
     private let inPlace: Bool
@@ -91,16 +91,9 @@ final class FileWriteTransfer: FileTransfer {
             }
             return found ? st : nil
         }
-        fd = opened
+        fd = OwnedFD(adopting: opened)
         tempName = named
     }
-
-    private func closeFile() {
-        if let fd { _ = close(fd) }
-        fd = nil
-    }
-
-    deinit { closeFile() }
 
     func handle(_ frame: FrameView) throws(RequestError) {
         switch frame.header.kind {
@@ -124,13 +117,13 @@ final class FileWriteTransfer: FileTransfer {
     func linkDrained() {}
 
     func abort() {
-        closeFile()
+        fd = nil
         if let tempName { unlink(tempName.c) }
         tempName = nil
     }
 
     private func write(_ bytes: UnsafeRawBufferPointer) throws(FileFailure) {
-        guard let raw = fd, !bytes.isEmpty else { return }
+        guard let raw = fd?.raw, !bytes.isEmpty else { return }
         if let limit = request.limit, written + UInt64(bytes.count) > limit {
             throw FileFailure(.fileTooLarge, op: "write", path: target.given, "more than the limit of \(limit) bytes")
         }
@@ -141,7 +134,7 @@ final class FileWriteTransfer: FileTransfer {
 
     /// The last byte arrived: check, make durable, put in place.
     private func finish() throws(FileFailure) {
-        guard let raw = fd else { return }
+        guard let raw = fd?.raw else { return }
         let digest = hasher.finish()
         if let expected = request.sha256, expected != digest {
             throw FileFailure(.checksumMismatch, op: "write", path: target.given,
@@ -169,7 +162,7 @@ final class FileWriteTransfer: FileTransfer {
                 close(directory)
             }
         }
-        closeFile()
+        fd = nil
         link.send(FsDone(bytes: written, sha256: digest), id: id, flags: .end)
         onEnd()
     }
