@@ -147,13 +147,8 @@ enum FsOutput {
         return lines.joined(separator: "\n") + "\n"
     }
 
-    static func encode(_ object: Any) -> String {
-        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("null".utf8)
-        return String(decoding: data, as: UTF8.self)
-    }
-
     static func json(_ entries: [FileEntry]) -> String {
-        encode(entries.map { ["name": $0.name.description, "type": $0.type.rawValue, "size": $0.size, "mode": $0.mode,
+        JSONText.render(entries.map { ["name": $0.name.description, "type": $0.type.rawValue, "size": $0.size, "mode": $0.mode,
                               "mtimeNs": $0.mtimeNs] as [String: Any] }) + "\n"
     }
 
@@ -162,13 +157,13 @@ enum FsOutput {
                                      "mtimeNs": info.mtimeNs, "atimeNs": info.atimeNs, "ctimeNs": info.ctimeNs, "ino": info.ino,
                                      "nlink": info.nlink]
         if let target = info.target { object["target"] = target.description }
-        return encode(object) + "\n"
+        return JSONText.render(object) + "\n"
     }
 
     static func json(_ event: FileEvent) -> String {
         var object: [String: Any] = ["type": event.type.rawValue, "path": event.path.description]
         if let cookie = event.cookie { object["cookie"] = cookie }
-        return encode(object)
+        return JSONText.render(object)
     }
 }
 

@@ -105,7 +105,6 @@ enum PortCommand: Command {
             if let refusal = p.lastRefusal { object["lastRefusal"] = refusal }
             return object
         }
-        let data = (try? JSONSerialization.data(withJSONObject: objects, options: [.sortedKeys])) ?? Data("[]".utf8)
-        return String(decoding: data, as: UTF8.self) + "\n"
+        return JSONText.render(objects, fallback: "[]") + "\n"
     }
 }

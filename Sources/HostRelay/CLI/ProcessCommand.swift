@@ -165,15 +165,9 @@ enum ProcessTableText {
             var object: [String: Any] = ["name": p.name, "session": p.session, "pid": p.pid, "state": p.state.rawValue, "argv": p.argv,
                                          "restarts": p.restarts, "startedNs": p.startedNs, "logStart": p.logStart, "logEnd": p.logEnd]
             if let readyNs = p.readyNs { object["readyNs"] = readyNs }
-            if let exited = p.exited {
-                var status: [String: Any] = ["coreDumped": exited.coreDumped]
-                if let code = exited.code { status["code"] = code }
-                if let signal = exited.signal { status["signal"] = signal }
-                object["exited"] = status
-            }
+            if let exited = p.exited { object["exited"] = JSONText.exited(exited) }
             return object
         }
-        let data = (try? JSONSerialization.data(withJSONObject: objects, options: [.sortedKeys])) ?? Data("[]".utf8)
-        return String(decoding: data, as: UTF8.self) + "\n"
+        return JSONText.render(objects, fallback: "[]") + "\n"
     }
 }

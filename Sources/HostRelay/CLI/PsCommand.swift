@@ -69,15 +69,9 @@ enum PsCommand: Command {
         let objects: [[String: Any]] = sessions.map { s in
             var object: [String: Any] = ["session": s.session, "pid": s.pid, "argv": s.argv, "tty": s.tty,
                                          "detached": s.detached, "attached": s.attached, "startedNs": s.startedNs]
-            if let exited = s.exited {
-                var status: [String: Any] = ["coreDumped": exited.coreDumped]
-                if let code = exited.code { status["code"] = code }
-                if let signal = exited.signal { status["signal"] = signal }
-                object["exited"] = status
-            }
+            if let exited = s.exited { object["exited"] = JSONText.exited(exited) }
             return object
         }
-        let data = (try? JSONSerialization.data(withJSONObject: objects, options: [.sortedKeys])) ?? Data("[]".utf8)
-        return String(decoding: data, as: UTF8.self) + "\n"
+        return JSONText.render(objects, fallback: "[]") + "\n"
     }
 }
