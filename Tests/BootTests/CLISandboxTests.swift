@@ -16,17 +16,10 @@ import Testing
 
     /// Runs `tether ARGS...` with this test's `$TETHER_HOME` and the static agent.
     func tether(_ arguments: [String], extra: [String: String] = [:]) throws -> Fixtures.Output {
-        var environment = ProcessInfo.processInfo.environment
-        environment["TETHER_HOME"] = home.path
-        environment["TETHER_AGENT_STATIC"] = try Fixtures.staticAgent()
-        environment.removeValue(forKey: "TETHER_SOCKET")
-        for (key, value) in extra { environment[key] = value }
-        return try Fixtures.run([Binaries.product("tether").path] + arguments, environment: environment)
+        try Fixtures.tether(arguments, home: home, extra: extra)
     }
 
-    var sandboxes: Sandboxes {
-        Sandboxes(home: TetherHome(root: home), supervisorExecutable: Binaries.product("tether-sandbox").path)
-    }
+    var sandboxes: Sandboxes { Fixtures.sandboxes(home: home) }
 
     /// Stops whatever a failed expectation left running.
     func cleanUp(_ names: [String]) {

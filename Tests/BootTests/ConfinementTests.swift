@@ -30,18 +30,10 @@ import Testing
 
     /// Runs `tether ARGS...` with this test's `$TETHER_HOME` and the static agent.
     func tether(_ arguments: [String], standardInput: String? = nil) throws -> Fixtures.Output {
-        var environment = ProcessInfo.processInfo.environment
-        environment["TETHER_HOME"] = home.path
-        environment["TETHER_AGENT_STATIC"] = try Fixtures.staticAgent()
-        environment.removeValue(forKey: "TETHER_SOCKET")
-        let argv = [Binaries.product("tether").path] + arguments
-        if let standardInput { return try Fixtures.run(argv, environment: environment, standardInput: standardInput) }
-        return try Fixtures.run(argv, environment: environment)
+        try Fixtures.tether(arguments, home: home, standardInput: standardInput)
     }
 
-    var sandboxes: Sandboxes {
-        Sandboxes(home: TetherHome(root: home), supervisorExecutable: Binaries.product("tether-sandbox").path)
-    }
+    var sandboxes: Sandboxes { Fixtures.sandboxes(home: home) }
 
     /// Stops whatever a test (or a failed expectation) left running.
     func cleanUp(_ names: [String]) {

@@ -17,18 +17,10 @@ import Testing
     let home = Fixtures.temporaryDirectory("egress")
 
     func tether(_ arguments: [String], standardInput: String? = nil) throws -> Fixtures.Output {
-        var environment = ProcessInfo.processInfo.environment
-        environment["TETHER_HOME"] = home.path
-        environment["TETHER_AGENT_STATIC"] = try Fixtures.staticAgent()
-        environment.removeValue(forKey: "TETHER_SOCKET")
-        let argv = [Binaries.product("tether").path] + arguments
-        if let standardInput { return try Fixtures.run(argv, environment: environment, standardInput: standardInput) }
-        return try Fixtures.run(argv, environment: environment)
+        try Fixtures.tether(arguments, home: home, standardInput: standardInput)
     }
 
-    var sandboxes: Sandboxes {
-        Sandboxes(home: TetherHome(root: home), supervisorExecutable: Binaries.product("tether-sandbox").path)
-    }
+    var sandboxes: Sandboxes { Fixtures.sandboxes(home: home) }
 
     func cleanUp(_ name: String) {
         if sandboxes.entry(name).isLive { _ = try? sandboxes.stop(name, graceMs: 1_000) }

@@ -15,14 +15,7 @@ import Testing
     let home = Fixtures.temporaryDirectory("files")
 
     func tether(_ arguments: [String], standardInput: String? = nil) throws -> Fixtures.Output {
-        var environment = ProcessInfo.processInfo.environment
-        environment["TETHER_HOME"] = home.path
-        environment["TETHER_AGENT_STATIC"] = try Fixtures.staticAgent()
-        environment.removeValue(forKey: "TETHER_SOCKET")
-        environment.removeValue(forKey: "TETHER_ERRORS")
-        let argv = [Binaries.product("tether").path] + arguments
-        if let standardInput { return try Fixtures.run(argv, environment: environment, standardInput: standardInput) }
-        return try Fixtures.run(argv, environment: environment)
+        try Fixtures.tether(arguments, home: home, standardInput: standardInput)
     }
 
     func sha256(_ path: String) throws -> String {

@@ -6,6 +6,7 @@ import Musl
 import Foundation
 import Synchronization
 import TestSupport
+import TetherBoot
 import Testing
 
 /// What the boot tests need from the machine: root, the static agent, guest trees (built once
@@ -126,6 +127,27 @@ enum Fixtures {
         let process = try ChildProcess(argv, environment: environment)
         guard let status = process.wait(timeout: 600) else { throw FixtureError.failed("\(argv[0]) did not finish in 10 minutes") }
         return Output(status: status, stdout: process.stdout, stderr: process.stderr)
+    }
+
+    /// `tether ARGS` as a user runs it, with its state under `home`: the static agent for the
+    /// default rootfs (unless `staticAgent` is false), nothing of the test's own TETHER_SOCKET
+    /// or TETHER_ERRORS, `extra` on top; stdin from the file `standardInput` if given.
+    static func tether(_ arguments: [String], home: URL, standardInput: String? = nil,
+                       extra: [String: String] = [:], staticAgent: Bool = true) throws -> Output {
+        var environment = ProcessInfo.processInfo.environment
+        environment["TETHER_HOME"] = home.path
+        if staticAgent { environment["TETHER_AGENT_STATIC"] = try Self.staticAgent() }
+        environment.removeValue(forKey: "TETHER_SOCKET")
+        environment.removeValue(forKey: "TETHER_ERRORS")
+        for (key, value) in extra { environment[key] = value }
+        let argv = [Binaries.product("tether").path] + arguments
+        if let standardInput { return try run(argv, environment: environment, standardInput: standardInput) }
+        return try run(argv, environment: environment)
+    }
+
+    /// The sandboxes under `home`, as the tests' own `tether` commands see them.
+    static func sandboxes(home: URL) -> Sandboxes {
+        Sandboxes(home: TetherHome(root: home), supervisorExecutable: Binaries.product("tether-sandbox").path)
     }
 
     /// Runs a program to completion with its stdin read from the file at `path` (the shell's

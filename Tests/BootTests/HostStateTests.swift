@@ -15,16 +15,11 @@ import Testing
 @Suite(.serialized) struct HostStateTests {
     let home = Fixtures.temporaryDirectory("hs")
 
-    var sandboxes: Sandboxes {
-        Sandboxes(home: TetherHome(root: home), supervisorExecutable: Binaries.product("tether-sandbox").path)
-    }
+    var sandboxes: Sandboxes { Fixtures.sandboxes(home: home) }
 
     /// Runs `tether ARGS...` with this test's `$TETHER_HOME`.
     func tether(_ arguments: [String]) throws -> Fixtures.Output {
-        var environment = ProcessInfo.processInfo.environment
-        environment["TETHER_HOME"] = home.path
-        environment.removeValue(forKey: "TETHER_SOCKET")
-        return try Fixtures.run([Binaries.product("tether").path] + arguments, environment: environment)
+        try Fixtures.tether(arguments, home: home, staticAgent: false)
     }
 
     /// A file outside the state directories that a planted link points at, and its contents.

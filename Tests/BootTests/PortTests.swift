@@ -17,16 +17,10 @@ import Testing
     let home = Fixtures.temporaryDirectory("ports")
 
     func tether(_ arguments: [String]) throws -> Fixtures.Output {
-        var environment = ProcessInfo.processInfo.environment
-        environment["TETHER_HOME"] = home.path
-        environment["TETHER_AGENT_STATIC"] = try Fixtures.staticAgent()
-        environment.removeValue(forKey: "TETHER_SOCKET")
-        return try Fixtures.run([Binaries.product("tether").path] + arguments, environment: environment)
+        try Fixtures.tether(arguments, home: home)
     }
 
-    var sandboxes: Sandboxes {
-        Sandboxes(home: TetherHome(root: home), supervisorExecutable: Binaries.product("tether-sandbox").path)
-    }
+    var sandboxes: Sandboxes { Fixtures.sandboxes(home: home) }
 
     /// Boots `name` (without options: the default network mode, none) and returns a client of
     /// its relay.

@@ -16,16 +16,10 @@ import Testing
     let home = Fixtures.temporaryDirectory("proc")
 
     func tether(_ arguments: [String]) throws -> Fixtures.Output {
-        var environment = ProcessInfo.processInfo.environment
-        environment["TETHER_HOME"] = home.path
-        environment["TETHER_AGENT_STATIC"] = try Fixtures.staticAgent()
-        environment.removeValue(forKey: "TETHER_SOCKET")
-        return try Fixtures.run([Binaries.product("tether").path] + arguments, environment: environment)
+        try Fixtures.tether(arguments, home: home)
     }
 
-    var sandboxes: Sandboxes {
-        Sandboxes(home: TetherHome(root: home), supervisorExecutable: Binaries.product("tether-sandbox").path)
-    }
+    var sandboxes: Sandboxes { Fixtures.sandboxes(home: home) }
 
     @Test(.timeLimit(.minutes(5)))
     func httpdReadyAtOnceAndItsLogSurvivesTheRelayBeingKilled() throws {
