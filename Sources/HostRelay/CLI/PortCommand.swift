@@ -30,9 +30,10 @@ enum PortCommand: Command {
 
         """
 
+    /// --json (ls as JSON) is one of `TetherCLI.commonOptions`.
     static let options: [OptionSpec] = [
         OptionSpec("--host-port", value: true), OptionSpec("--host-addr", value: true), OptionSpec("--name", value: true),
-        OptionSpec("--no-check"), OptionSpec("--json"),
+        OptionSpec("--no-check"),
     ] + RelayTarget.options
 
     static func run(_ arguments: ArraySlice<String>) -> Int32 {
