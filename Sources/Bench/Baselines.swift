@@ -103,34 +103,29 @@ extension Baselines {
         DedicatedThread.start(named: "bench-echo") {
             var buffer = [UInt8](repeating: 0, count: size)
             for _ in 0..<total {
-                guard readFully(echoFD, &buffer), writeFully(echoFD, buffer) else { return }
+                guard readFully(echoFD, &buffer), (try? FileIO.writeAll(echoFD, buffer)) != nil else { return }
             }
         }
         var buffer = [UInt8](repeating: 0x5A, count: size)
         var timings = Timings(reserving: count)
         for i in 0..<total {
             let start = Clock.monotonicNs()
-            guard writeFully(fd, buffer), readFully(fd, &buffer) else { throw BenchError.failed("unix round trip: \(Errno.current)") }
+            guard (try? FileIO.writeAll(fd, buffer)) != nil, readFully(fd, &buffer) else { throw BenchError.failed("unix round trip: \(Errno.current)") }
             if i >= total - count { timings.add(Clock.monotonicNs() - start) }
         }
         _ = pair
         return timings
     }
 
+    /// Reads exactly `buffer.count` bytes (a blocking socket); false at EOF or on an error.
     private static func readFully(_ fd: CInt, _ buffer: inout [UInt8]) -> Bool {
         var got = 0
         while got < buffer.count {
-            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + got, $0.count - got) }
-            if n > 0 { got += n } else if n < 0 && errno == EINTR { continue } else { return false }
-        }
-        return true
-    }
-
-    private static func writeFully(_ fd: CInt, _ buffer: [UInt8]) -> Bool {
-        var sent = 0
-        while sent < buffer.count {
-            let n = buffer.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + sent, $0.count - sent) }
-            if n > 0 { sent += n } else if n < 0 && errno == EINTR { continue } else { return false }
+            let result = buffer.withUnsafeMutableBytes { raw in
+                try? FileIO.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: raw[got...]))
+            }
+            guard case .bytes(let n) = result else { return false }
+            got += n
         }
         return true
     }
