@@ -150,21 +150,14 @@ struct ResidentSet {
     }
 }
 
-/// CPU time a process has used so far (user + system, /proc/PID/stat fields 14 and 15).
+/// CPU time a process has used so far (`ProcessHandle.cpuSeconds`).
 struct ProcessCPU {
     let seconds: Double
 
     init(pid: pid_t) throws {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else {
-            throw BenchError.failed("cannot read /proc/\(pid)/stat")
+        do { seconds = try ProcessHandle.cpuSeconds(of: pid) } catch {
+            throw BenchError.failed("cannot read /proc/\(pid)/stat: \(error)")
         }
-        // Fields after the command name (which may hold spaces), from field 3 (state) on.
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else {
-            throw BenchError.failed("/proc/\(pid)/stat has no utime/stime")
-        }
-        seconds = (user + system) / Double(sysconf(CInt(_SC_CLK_TCK)))
     }
 }
 

@@ -80,6 +80,22 @@ public struct ProcessHandle: ~Copyable {
         return ticks
     }
 
+    /// CPU time the process has used so far, all threads, user and system, in clock ticks
+    /// (`clockTicksPerSecond`): fields 14 and 15 of /proc/PID/stat.
+    public static func cpuTicks(of pid: pid_t) throws(Errno) -> UInt64 {
+        let fields = try statFields(of: pid)
+        guard fields.count > 12, let user = UInt64(fields[11]), let system = UInt64(fields[12]) else { throw Errno(rawValue: EINVAL) }
+        return user + system
+    }
+
+    /// The same in seconds.
+    public static func cpuSeconds(of pid: pid_t) throws(Errno) -> Double {
+        Double(try cpuTicks(of: pid)) / Double(clockTicksPerSecond)
+    }
+
+    /// The unit of /proc's process times: sysconf(_SC_CLK_TCK), 100 on Linux.
+    public static let clockTicksPerSecond = UInt64(sysconf(CInt(_SC_CLK_TCK)))
+
     /// The parent's PID: field 4 of /proc/PID/stat.
     public static func parentPid(of pid: pid_t) throws(Errno) -> pid_t {
         let fields = try statFields(of: pid)

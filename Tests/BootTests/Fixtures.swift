@@ -76,16 +76,6 @@ enum Fixtures {
         return URL(fileURLWithPath: path, isDirectory: true)
     }
 
-    /// CPU time a process has used so far (utime + stime, in clock ticks: 100 a second), or 0.
-    static func cpuTicks(_ pid: Int32?) -> Int {
-        guard let pid, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return 0 }
-        // Fields after the command: state is field 3, utime 14 and stime 15 (proc(5)).
-        let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
-        guard fields.count > 12, let user = Int(fields[11]), let system = Int(fields[12]) else { return 0 }
-        return user + system
-    }
-
     /// Whether a process still runs: not gone and not a zombie waiting for its (re)parent to
     /// reap it (a detached supervisor is reaped by init, some time after it exited).
     static func isRunning(_ pid: Int32?) -> Bool {

@@ -6,6 +6,7 @@ import Musl
 import Foundation
 import TestSupport
 import TetherBoot
+import TetherPosix
 import TetherProtocol
 import Testing
 
@@ -48,7 +49,7 @@ import Testing
 
         // An idle sandbox costs no CPU: the supervisor sleeps in poll(2) until the sandbox ends
         // or a stop arrives (it once spun on poll(0) and burnt a core per sandbox).
-        let supervisorTicks = { Fixtures.cpuTicks(state.supervisorPid) }
+        let supervisorTicks = { Int((try? ProcessHandle.cpuTicks(of: state.supervisorPid)) ?? 0) }
         let before = supervisorTicks()
         usleep(1_000_000)
         let spent = supervisorTicks() - before

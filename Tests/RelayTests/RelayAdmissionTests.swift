@@ -306,11 +306,7 @@ final class RelayProcess {
 
     /// User plus system CPU time of the relay, all threads (/proc/PID/stat fields 14 and 15).
     func cpuSeconds() -> Double {
-        guard let stat = try? String(contentsOfFile: "/proc/\(process.pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return 0 }
-        let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
-        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
-        return (user + system) / Double(sysconf(CInt(_SC_CLK_TCK)))
+        (try? ProcessHandle.cpuSeconds(of: process.pid)) ?? 0
     }
 }
 
