@@ -147,6 +147,29 @@ import TetherProtocol
         #expect(eventually { childProcesses(of: agent.pid).isEmpty })
     }
 
+    /// The agent's link to a client that stopped reading passes its high-water mark: every
+    /// session then stops feeding it, keeps what its program wrote, and must start again when
+    /// the link drains, including the one whose own frames tipped the link over and those that
+    /// ended (exit and drain time) while it was full. This hung the benchmark's 1,000 sessions.
+    @Test(.timeLimit(.minutes(2)))
+    func sessionsHeldBackByACongestedLinkAllFinishOnceTheClientReadsAgain() throws {
+        let agent = try startAgent()
+        let bytes = 16 << 10
+        // 300 x 16 KiB = 4.7 MiB: well past the 1 MiB high-water mark and the socket's buffer,
+        // and each under the ack threshold, so no ack ever nudges a session.
+        let ids = (1...300).map { UInt32($0) }
+        for id in ids { try agent.client.exec(ExecRequest(argv: ["head", "-c", OSString(String(bytes)), "/dev/zero"]), id: id) }
+        #expect(eventually { childProcesses(of: agent.pid).isEmpty })
+        // Past every session's drain time with the link still full.
+        Thread.sleep(forTimeInterval: Double(ExecRequest.defaultDrainMs) / 1000 + 0.5)
+        for id in ids {
+            let t = try agent.client.collect(id: id, timeout: 10)
+            #expect(t.stdout.count == bytes, "session \(id)")
+            #expect(t.exited == .code(0), "session \(id)")
+            #expect(t.endKind == .done, "session \(id)")
+        }
+    }
+
     @Test(.timeLimit(.minutes(2)))
     func noDescriptorLeaksOverAThousandSpawns() throws {
         let agent = try startAgent()

@@ -48,7 +48,6 @@ extension Session {
         guard output.streams[index].isOpen else { return }
         if let client {
             let link = client.link
-            if link.congested { waitForRoom() }
             guard backlog.isEmpty, client.window > 0, !link.congested else {
                 refreshInterest()
                 return
@@ -105,8 +104,8 @@ extension Session {
         refreshInterest()
     }
 
-    /// The link is congested: stop reading until the owner resumes this session.
-    private func waitForRoom() {
+    /// The link is congested: the owner pumps this session again once it drains.
+    func waitForRoom() {
         guard let client, !client.waitsForRoom else { return }
         self.client?.waitsForRoom = true
         owner?.sessionWaitsForRoom(self)

@@ -272,6 +272,10 @@ final class Session {
         guard phase != .finished else { return }
         let reading: Bool
         if let client {
+            // Whatever stopped this session (a full pipe read, the backlog's pump, an exit
+            // snapshot), a congested link must wake it again once it drains: nothing else
+            // will while its descriptors are out of epoll.
+            if client.link.congested { waitForRoom() }
             reading = backlog.isEmpty && client.window > 0 && !client.link.congested && phase != .spawning
         } else {
             reading = phase != .spawning
