@@ -135,9 +135,9 @@ public final class StreamBridge {
             bytes.withUnsafeBytes { raw in buffer.baseAddress!.copyMemory(from: raw.baseAddress!, byteCount: count) }
             directions[0].end = count
             directions[0].held = count
-        } else if let written = try? FileIO.write(directions[0].pipeWrite, UnsafeRawBufferPointer(start: bytes, count: bytes.count)),
-                  case .wrote(let count) = written {
-            directions[0].held = count
+        } else {
+            let written = bytes.withUnsafeBytes { raw in try? FileIO.write(directions[0].pipeWrite, raw) }
+            if case .wrote(let count)? = written { directions[0].held = count }
         }
     }
 
