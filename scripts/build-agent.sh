@@ -11,21 +11,46 @@
 # - --icf=all folds functions whose code is identical (generic specialisations, thunks):
 #   147 KB less (7.72 -> 7.57 MB).
 # - lld (shipped with Swift) links instead of gold: 40 KB less (8,297,072 -> 8,257,208 bytes) at
-#   the same flags, and it answers --why-live=SYMBOL (what keeps a symbol in the link).
+#   the same flags, and it answers --why-live=SYMBOL, which is how the steps below were found.
+# - No unwind tables (agent-link/no-unwind-tables.ld): .eh_frame + .eh_frame_hdr, 1.0 MB
+#   (-> 7,257,632). The agent never unwinds; agent-link/unwind_without_tables.c routes the two
+#   reachable callers of the unwinder (a crash report's backtrace, a C++ throw that nothing
+#   catches) so that each crash path ends as it did, minus the stack trace. Cost: no backtrace of
+#   the agent's frames in those reports, and debuggers/profilers cannot unwind by .eh_frame.
 # What the rest is: README, Performance.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v swift >/dev/null 2>&1 || export PATH=/opt/swift/usr/bin:$PATH
 scratch=.build-static
+link="$PWD/scripts/agent-link"
+mkdir -p "$scratch/agent-link"
+# The link-time replacements, compiled with the toolchain's clang. SwiftPM does not know these
+# objects are inputs of the link, so a changed object removes the linked agent to force a relink.
+for source in unwind_without_tables; do
+  object="$scratch/agent-link/$source.o"
+  clang -O2 -Wall -Wextra -Werror -fno-asynchronous-unwind-tables -c \
+    -o "$object.new" "$link/$source.c"
+  if cmp -s "$object.new" "$object"; then rm "$object.new"; else
+    mv "$object.new" "$object"
+    rm -f "$scratch"/*/release/tether-agent
+  fi
+done
 flags=(-c release --product tether-agent --scratch-path "$scratch"
        -Xswiftc -static-executable -Xswiftc -use-ld=lld
        -Xlinker --gc-sections -Xlinker --icf=all
+       -Xlinker -T -Xlinker "$link/no-unwind-tables.ld"
+       -Xlinker --wrap=_Unwind_Backtrace -Xlinker --wrap=_Unwind_RaiseException
+       -Xlinker "$PWD/$scratch/agent-link/unwind_without_tables.o"
        -Xswiftc -Xfrontend -Xswiftc -disable-implicit-string-processing-module-import)
 swift build "${flags[@]}" >&2
 bin="$(swift build "${flags[@]}" --show-bin-path)/tether-agent"
 strip -o "$scratch/tether-agent" "$bin"
 if readelf -l "$scratch/tether-agent" | grep -q INTERP; then
   echo "build-agent.sh: $scratch/tether-agent is not static" >&2
+  exit 1
+fi
+if readelf -S "$scratch/tether-agent" | grep -q eh_frame; then
+  echo "build-agent.sh: $scratch/tether-agent still has unwind tables" >&2
   exit 1
 fi
 echo "build-agent.sh: $(stat -c %s "$scratch/tether-agent") bytes stripped" >&2
