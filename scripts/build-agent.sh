@@ -50,6 +50,7 @@ flags=(-c release --product tether-agent --scratch-path "$scratch"
        -Xlinker "$PWD/$scratch/agent-link/unwind_without_tables.o"
        -Xlinker --wrap=_swift_stdlib_getScalarName
        -Xlinker "$PWD/$scratch/agent-link/no_scalar_names.o"
+       -Xlinker -T -Xlinker "$link/backtrace-buffers-nobits.ld"
        -Xswiftc -Xfrontend -Xswiftc -disable-implicit-string-processing-module-import)
 swift build "${flags[@]}" >&2
 bin="$(swift build "${flags[@]}" --show-bin-path)/tether-agent"
