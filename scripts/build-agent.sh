@@ -33,7 +33,7 @@ link="$PWD/scripts/agent-link"
 mkdir -p "$scratch/agent-link"
 # The link-time replacements, compiled with the toolchain's clang. SwiftPM does not know these
 # objects are inputs of the link, so a changed object removes the linked agent to force a relink.
-for source in unwind_without_tables no_scalar_names; do
+for source in unwind_without_tables no_scalar_names no_cxx_demangler; do
   object="$scratch/agent-link/$source.o"
   clang -O2 -Wall -Wextra -Werror -fno-asynchronous-unwind-tables -c \
     -o "$object.new" "$link/$source.c"
@@ -50,6 +50,7 @@ flags=(-c release --product tether-agent --scratch-path "$scratch"
        -Xlinker "$PWD/$scratch/agent-link/unwind_without_tables.o"
        -Xlinker --wrap=_swift_stdlib_getScalarName
        -Xlinker "$PWD/$scratch/agent-link/no_scalar_names.o"
+       -Xlinker --wrap=__cxa_demangle -Xlinker "$PWD/$scratch/agent-link/no_cxx_demangler.o"
        -Xlinker -T -Xlinker "$link/backtrace-buffers-nobits.ld"
        -Xswiftc -Xfrontend -Xswiftc -disable-implicit-string-processing-module-import)
 swift build "${flags[@]}" >&2
