@@ -10,32 +10,46 @@
 # - --gc-sections drops unreferenced code; .init_array (the CSys early-init constructor) is kept.
 # - --icf=all folds functions whose code is identical (generic specialisations, thunks):
 #   147 KB less (7.72 -> 7.57 MB).
-# - lld (shipped with Swift) links instead of gold: 40 KB less (8,297,072 -> 8,257,208 bytes) at
-#   the same flags, and it answers --why-live=SYMBOL, which is how the steps below were found.
-# - No unwind tables (agent-link/no-unwind-tables.ld): .eh_frame + .eh_frame_hdr, 1.0 MB
-#   (-> 7,257,632). The agent never unwinds; agent-link/unwind_without_tables.c routes the two
+# Each step below, in the order taken, with the stripped size after it (from 8,297,072 bytes):
+# - lld (shipped with Swift) links instead of gold: -40 KB (8,257,208), and it answers
+#   --why-live=SYMBOL (what keeps a symbol in the link), which is how the next steps were found.
+# - No unwind tables (agent-link/no-unwind-tables.ld): .eh_frame and its index, -1.0 MB
+#   (7,257,632). The agent never unwinds; agent-link/unwind_without_tables.c routes the two
 #   reachable callers of the unwinder (a crash report's backtrace, a C++ throw that nothing
-#   catches) so that each crash path ends as it did, minus the stack trace. Cost: no backtrace of
-#   the agent's frames in those reports, and debuggers/profilers cannot unwind by .eh_frame.
-# - No Unicode scalar names (agent-link/no_scalar_names.c): the runtime's name tables, 553 KB
-#   (-> 6,704,672), kept only by Unicode.Scalar.Properties.name, which the agent never asks for;
-#   in the agent it returns nil. Comparison, normalisation, grapheme breaking and case mapping
+#   catches) so that each crash path ends as it did, minus its stack trace. Cost: no frames in
+#   those reports, and debuggers/profilers cannot unwind the agent by .eh_frame.
+# - No Unicode scalar names (agent-link/no_scalar_names.c): the runtime's name tables, -553 KB
+#   (6,704,672), read only by Unicode.Scalar.Properties.name, which the agent never asks for;
+#   in the agent it answers nil. Comparison, normalisation, grapheme breaking and case mapping
 #   keep their tables.
-# - Measured and not taken: -Osize, a further 168 KB (our modules 1.07 -> 0.91 MB), its speed on
-#   CBOR, framing and the exec path unmeasured; -disable-reflection-metadata, 41 KB, changes
-#   how our enums print in "\(value)" (their case names come from that metadata).
-# What the rest is: README, Performance.
+# - The runtime's backtracer buffers, 64 KB of zeros in a section of their own, become
+#   zero-filled memory (agent-link/backtrace-buffers-nobits.ld): -66 KB (6,639,040).
+# - No C++ demangler (agent-link/no_cxx_demangler.c): -44 KB (6,594,720); a C++ terminate
+#   message names the exception's type mangled.
+# - Measured and not taken: -Osize, a further -168 KB (our modules 1.07 -> 0.91 MB), its speed
+#   on CBOR, framing and the exec path unmeasured: TETHER_AGENT_OPTIMIZE=size builds that
+#   variant into .build-static-osize to measure it beside the default. -disable-reflection-
+#   metadata, -41 KB: our enums then print as their type's name in "\(value)" (log lines, error
+#   texts), their case names come from that metadata.
+# What the rest is, and why 4 MB is out of reach with the toolchain's prebuilt libraries:
+# README, Performance.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v swift >/dev/null 2>&1 || export PATH=/opt/swift/usr/bin:$PATH
 scratch=.build-static
+optimize=()
+if [[ "${TETHER_AGENT_OPTIMIZE:-speed}" == size ]]; then
+  scratch=.build-static-osize
+  optimize=(-Xswiftc -Osize)
+fi
 link="$PWD/scripts/agent-link"
 mkdir -p "$scratch/agent-link"
 # The link-time replacements, compiled with the toolchain's clang. SwiftPM does not know these
 # objects are inputs of the link, so a changed object removes the linked agent to force a relink.
+clang="$(dirname "$(command -v swift)")/clang"
 for source in unwind_without_tables no_scalar_names no_cxx_demangler; do
   object="$scratch/agent-link/$source.o"
-  clang -O2 -Wall -Wextra -Werror -fno-asynchronous-unwind-tables -c \
+  "$clang" -O2 -Wall -Wextra -Werror -fno-asynchronous-unwind-tables -c \
     -o "$object.new" "$link/$source.c"
   if cmp -s "$object.new" "$object"; then rm "$object.new"; else
     mv "$object.new" "$object"
@@ -52,7 +66,8 @@ flags=(-c release --product tether-agent --scratch-path "$scratch"
        -Xlinker "$PWD/$scratch/agent-link/no_scalar_names.o"
        -Xlinker --wrap=__cxa_demangle -Xlinker "$PWD/$scratch/agent-link/no_cxx_demangler.o"
        -Xlinker -T -Xlinker "$link/backtrace-buffers-nobits.ld"
-       -Xswiftc -Xfrontend -Xswiftc -disable-implicit-string-processing-module-import)
+       -Xswiftc -Xfrontend -Xswiftc -disable-implicit-string-processing-module-import
+       "${optimize[@]}")
 swift build "${flags[@]}" >&2
 bin="$(swift build "${flags[@]}" --show-bin-path)/tether-agent"
 strip -o "$scratch/tether-agent" "$bin"
