@@ -184,8 +184,11 @@ do {
     report.value("stdout / pipe ceiling", formatted(100 * stdoutMBps / pipeMBps, decimals: 0) + "% (target >= 60% and >= 1000 MB/s)")
     report.value("stdin / pipe ceiling", formatted(100 * stdinMBps / pipeMBps, decimals: 0) + "% (target >= 60%)")
     report.value("stdin / socket ceiling", formatted(100 * stdinMBps / socketMBps, decimals: 0) + "%")
-    report.value("exposed port / socket ceiling", formatted(100 * tunnelMBps / socketMBps, decimals: 0) + "% (target >= 50%)")
-    report.value("exposed port / TCP loopback ceiling", formatted(100 * tunnelMBps / loopbackMBps, decimals: 0) + "%")
+    // An exposed port's ceiling is the connection it replaces: the same client straight to the
+    // service over TCP loopback. The socketpair figure swings 2-9 GB/s with where the two
+    // threads run (one core's cache or two), so it is only a second bound.
+    report.value("exposed port / TCP loopback ceiling", formatted(100 * tunnelMBps / loopbackMBps, decimals: 0) + "% (target >= 50%)")
+    report.value("exposed port / socket ceiling", formatted(100 * tunnelMBps / socketMBps, decimals: 0) + "%")
     report.value("exec while a tunnel streams / idle", formatted(Double(busyExec.median) / Double(idleExec.median), decimals: 2)
                  + "x (target <= 1.5x)")
     report.value("agent peak RSS", megabytes(bytes: streaming.peakKiB * 1024) + " (target <= 8 MB)")
