@@ -28,32 +28,59 @@ enum Baselines {
     /// A spawned `head -c BYTES /dev/zero` read through a pipe: the ceiling for a child's
     /// stdout on this machine. Returns the elapsed ns from spawn to EOF.
     static func pipeThroughput(bytes: Int, readSize: Int = 256 << 10) throws -> UInt64 {
+        try spawnedStream(["/usr/bin/head", "-c", String(bytes), "/dev/zero"], expected: bytes, readSize: readSize)
+    }
+
+    /// `head -c BYTES /dev/zero` through a pipe into a new file at `path`, fsynced: the
+    /// ceiling for a copy into the guest (what arrives must land on its disk). The file is
+    /// removed afterwards.
+    static func fileWriteThroughput(bytes: Int, path: String) throws -> UInt64 {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw BenchError.failed("open \(path): \(Errno.current)") }
+        let file = OwnedFD(adopting: fd)
+        defer { unlink(path) }
+        return try spawnedStream(["/usr/bin/head", "-c", String(bytes), "/dev/zero"], expected: bytes, readSize: 1 << 20, into: file.raw)
+    }
+
+    /// `cat PATH` (a file of `bytes` bytes in the page cache) read through a pipe: the ceiling
+    /// for a copy out of the guest.
+    static func fileReadThroughput(path: String, bytes: Int) throws -> UInt64 {
+        try spawnedStream(["/bin/cat", path], expected: bytes, readSize: 1 << 20)
+    }
+
+    /// Runs `command` with its stdout on a pipe and reads it to EOF, writing what it reads into
+    /// `file` (then fsync) when there is one (it stays the caller's). Elapsed ns from the spawn to the end.
+    private static func spawnedStream(_ command: [String], expected bytes: Int, readSize: Int, into file: CInt? = nil) throws -> UInt64 {
         let pipe = try TetherPosix.Pipe()
         let readEnd = pipe.readEnd
-        let args = ["head", "-c", String(bytes), "/dev/zero"]
-        let argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
+        let argv: [UnsafeMutablePointer<CChar>?] = command.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         let envp: [UnsafeMutablePointer<CChar>?] = [nil]
         let start = Clock.monotonicNs()
         var pid: pid_t = 0
         do {
-            // The write end is closed when this scope ends, so the read sees EOF when head exits.
+            // The write end is closed when this scope ends, so the read sees EOF when the child exits.
             let writeEnd = pipe.writeEnd
             var actions = posix_spawn_file_actions_t()
             posix_spawn_file_actions_init(&actions)
             defer { posix_spawn_file_actions_destroy(&actions) }
             posix_spawn_file_actions_adddup2(&actions, writeEnd.raw, 1)
-            let rc = posix_spawn(&pid, "/usr/bin/head", &actions, nil, argv, envp)
+            let rc = posix_spawn(&pid, command[0], &actions, nil, argv, envp)
             guard rc == 0 else { throw Errno(rawValue: rc) }
         }
         var total = 0
         var buffer = [UInt8](repeating: 0, count: readSize)
         while true {
             let n = buffer.withUnsafeMutableBytes { Glibc.read(readEnd.raw, $0.baseAddress, $0.count) }
-            if n > 0 { total += n; continue }
+            if n > 0 {
+                total += n
+                if let file { try buffer.withUnsafeBytes { try FileIO.writeAll(file, UnsafeRawBufferPointer(rebasing: $0[0..<n])) } }
+                continue
+            }
             if n < 0 && errno == EINTR { continue }
             break
         }
+        if let file, fsync(file) != 0 { throw BenchError.failed("fsync: \(Errno.current)") }
         let elapsed = Clock.monotonicNs() - start
         var status: CInt = 0
         _ = try retrying { waitpid(pid, &status, 0) }

@@ -40,3 +40,18 @@ func formatted(_ value: Double, decimals: Int) -> String {
     }
     return text
 }
+
+/// The median of `runs` elapsed times of one bulk transfer. On a shared two-core machine one
+/// run of the same transfer varies by up to 2x; every bulk figure, the kernel's ceilings and
+/// Tether's alike, is the median of the same number of runs so that their ratios hold.
+func medianElapsed(_ runs: Int, _ body: () throws -> UInt64) rethrows -> UInt64 {
+    var timings = Timings(reserving: runs)
+    for _ in 0..<max(runs, 1) { timings.add(try body()) }
+    return timings.median
+}
+
+func medianElapsed(_ runs: Int, _ body: () async throws -> UInt64) async rethrows -> UInt64 {
+    var timings = Timings(reserving: runs)
+    for _ in 0..<max(runs, 1) { timings.add(try await body()) }
+    return timings.median
+}

@@ -52,7 +52,9 @@ public struct SeccompFilter: ~Copyable {
         // emulates the filter once per syscall number (seccomp_cache_prepare, kernel 5.11+, to
         // find the calls it may allow without running it), with interrupts off: over a list
         // of ~100 rules for three ABIs that emulation was the largest single cost of an exec.
-        try check("seccomp_attr_set(CTL_OPTIMIZE)", seccomp_attr_set(context, SCMP_FLTATR_CTL_OPTIMIZE, 2))
+        // An optimisation only: a libseccomp before 2.5 refuses the attribute (EINVAL) and
+        // builds the same filter as a list.
+        _ = seccomp_attr_set(context, SCMP_FLTATR_CTL_OPTIMIZE, 2)
         if policy.coverCompatibilityABIs && seccomp_arch_native() == cseccomp_arch_x86_64() {
             for arch in [cseccomp_arch_x86(), cseccomp_arch_x32()] {
                 let rc = seccomp_arch_add(context, arch)
