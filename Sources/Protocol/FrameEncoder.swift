@@ -88,4 +88,8 @@ public enum FlowControl {
     public static let initialWindowBytes = 256 << 10
     /// A reader acks at least every this many consumed bytes.
     public static let ackThresholdBytes = initialWindowBytes / 2
+    /// The stdin window of an `fsWrite`: the agent acks this much beyond the initial window
+    /// as soon as it accepts the request. An upload hashes on both ends; with one window in
+    /// flight the client and the agent took turns at it instead of working at once.
+    public static let uploadWindowBytes = 4 * initialWindowBytes
 }

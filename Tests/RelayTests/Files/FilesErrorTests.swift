@@ -108,6 +108,33 @@ import Testing
         #expect(FilesSupport.names(in: live.directory.path).filter { $0.hasPrefix(".target") }.isEmpty)
     }
 
+    /// An upload's window is 1 MiB (PROTOCOL.md, section 8): the agent acks ahead as soon as it
+    /// accepts the request, and a client may then send a whole MiB before the first write is
+    /// acked, through the relay, which counts that ack like any other.
+    @Test(.timeLimit(.minutes(2)))
+    func anUploadMaySendOneMiBBeforeItsFirstWriteIsAcked() throws {
+        let live = try FilesSupport.relay("fswin")
+        let path = live.directory.path + "/upload"
+        let peer = try FramePeer.connect(live.socketPath)
+        try peer.send(id: 0, Hello(role: .client, name: "files-test", pid: getpid()))
+        _ = try peer.expect(.hello, id: 0)
+
+        try peer.send(id: 1, flags: .start, FsWrite(FileScope(path: OSString(path))))
+        let ahead = try peer.expect(.ack, id: 1)
+        #expect(try ahead.decode(Ack.self).bytes == UInt64(FlowControl.uploadWindowBytes - FlowControl.initialWindowBytes))
+        let chunks = FlowControl.uploadWindowBytes / Frame.maxDataPayloadBytes
+        for i in 0..<chunks {
+            try peer.send(Frame(id: 1, flags: i == chunks - 1 ? .end : [], kind: .stdin,
+                                payload: [UInt8](repeating: UInt8(i), count: Frame.maxDataPayloadBytes)))
+        }
+        let end = try peer.receive(where: { $0.id == 1 && $0.flags.contains(.end) })
+        #expect(end.kind == .fsDone)
+        #expect(try end.decode(FsDone.self).bytes == UInt64(FlowControl.uploadWindowBytes))
+        let written = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
+        #expect(written.count == FlowControl.uploadWindowBytes)
+        #expect(written.last == UInt8(chunks - 1))
+    }
+
     /// The client of a `Files` (for a second view as another user).
     private func client(_ files: Files) -> TetherClient { files.client }
 }
