@@ -31,9 +31,9 @@
 #   take or leave whole; apart, 1,092 more of our functions fold into an identical one and a
 #   few unused ones go. The same machine code, only placed apart. (C's -ffunction-sections for
 #   CSys: -480 bytes; not taken.)
-# - Measured and not taken: -Osize, a further -153 KB (6,344,032), its speed
-#   on CBOR, framing and the exec path unmeasured: TETHER_AGENT_OPTIMIZE=size builds that
-#   variant into .build-static-osize to measure it beside the default. -disable-reflection-
+# - Measured and not taken: -Osize, a further -153 KB (6,344,032), for an exec about 1% slower
+#   and the same CPU per byte streamed (README, Performance): TETHER_AGENT_OPTIMIZE=size builds
+#   that variant into .build-static-osize to measure it beside the default. -disable-reflection-
 #   metadata, -41 KB: our enums then print as their type's name in "\(value)" (log lines, error
 #   texts), their case names come from that metadata.
 # What the rest is, and why 4 MB is out of reach with the toolchain's prebuilt libraries:

@@ -10,35 +10,36 @@ import TetherProtocol
 /// library streams it, and the round trip of one `fs.stat`. The bench's agent runs on this
 /// machine, so its files are in a scratch directory here.
 enum FileMeasurements {
-    /// Pseudo-random chunks made as they are taken (a 1 GiB transfer does not hold 1 GiB).
+    /// 1 MiB chunks of pseudo-random bytes, `total` in all, cut from a pool made before the
+    /// clock starts (8 MiB, so a 1 GiB transfer holds no more): the producer costs a copy per
+    /// chunk, as `head -c` costs next to nothing in the ceiling it is compared with, instead of
+    /// a generator running in the timed task. The pool's chunks start at offsets that do not
+    /// repeat with the file's MiB boundaries: no two MiB of a file under 1.75 GiB are the same.
     struct RandomChunks: AsyncSequence, Sendable {
         typealias Element = [UInt8]
+        static let chunk = 1 << 20
+        static let pool = TetherMeasurements.pseudoRandomBytes(count: 8 << 20)
         let total: Int
-        let chunk = 1 << 20
         struct AsyncIterator: AsyncIteratorProtocol {
             var left: Int
-            let chunk: Int
-            var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+            var index = 0
             mutating func next() async -> [UInt8]? {
                 guard left > 0 else { return nil }
-                let count = Swift.min(chunk, left)
+                let count = Swift.min(RandomChunks.chunk, left)
                 left -= count
-                var bytes = [UInt8](repeating: 0, count: count)
-                bytes.withUnsafeMutableBytes { raw in
-                    let words = raw.baseAddress!.assumingMemoryBound(to: UInt64.self)
-                    for i in 0..<(count / 8) {
-                        state ^= state >> 12; state ^= state << 25; state ^= state >> 27
-                        words[i] = state &* 0x2545_F491_4F6C_DD1D
-                    }
-                }
-                return bytes
+                let pool = RandomChunks.pool
+                // A step of 1 MiB + 4 KiB through the pool, wrapping: 7 MiB of room for each start.
+                let start = (index * (RandomChunks.chunk + 4096)) % (pool.count - RandomChunks.chunk)
+                index += 1
+                return Array(pool[start..<(start + count)])
             }
         }
-        func makeAsyncIterator() -> AsyncIterator { AsyncIterator(left: total, chunk: chunk) }
+        func makeAsyncIterator() -> AsyncIterator { AsyncIterator(left: total) }
     }
 
     /// host -> guest: `bytes` written to `path` (atomic write, SHA-256 checked by both ends).
     static func upload(_ client: TetherClient, path: String, bytes: Int) async throws -> (ns: UInt64, sha256: [UInt8]) {
+        _ = RandomChunks.pool   // made before the clock starts
         let start = Clock.monotonicNs()
         let result = try await client.files.write(path, contents: RandomChunks(total: bytes))
         let elapsed = Clock.monotonicNs() - start
