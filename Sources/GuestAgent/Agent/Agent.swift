@@ -140,6 +140,16 @@ public final class Agent {
 
     // MARK: the link
 
+    /// Reads of up to 256 KiB per readiness event: a full data frame is 64 KiB plus its
+    /// header, so 64 KiB reads (the default, for peers among many) took two reads and two
+    /// epoll rounds per frame of an upload or of stdin. The agent has one peer, its host.
+    static let linkLimits: FramedConnection.Limits = {
+        var limits = FramedConnection.Limits()
+        limits.readChunkBytes = 256 << 10
+        limits.readLimitBytes = 256 << 10
+        return limits
+    }()
+
     private func connected(_ fd: consuming OwnedFD) {
         let socket: FrameSocket
         do { socket = try FrameSocket(adopting: fd) } catch {
@@ -147,7 +157,7 @@ public final class Agent {
             endpoint.resume()
             return
         }
-        let link = FramedConnection(socket: socket, loop: loop)
+        let link = FramedConnection(socket: socket, loop: loop, limits: Self.linkLimits)
         self.link = link
         link.onFrame = { [unowned self, unowned link] frame in route(frame, on: link) }
         link.onFramingError = { [unowned self, unowned link] error in
