@@ -17,10 +17,24 @@ import TestSupport
         flow.clientAcked(100)
         #expect(flow.agentGrant(attached: true) == 100)
         #expect(flow.agentGrant(attached: true) == 0)
-        // Acks beyond what was sent are clamped.
+        // Acks beyond what was sent widen the window (acking ahead), to 512 KiB and no further.
         flow.clientAcked(UInt64(10 * window))
-        #expect(flow.agentGrant(attached: true) == window - 100)
-        #expect(flow.clientCredit == window)
+        #expect(flow.clientCredit == OutputFlow.maxWindow)
+        #expect(flow.agentGrant(attached: true) == OutputFlow.maxWindow - 100)
+    }
+
+    @Test func aClientThatAcksAheadGetsTheWiderWindowEndToEnd() {
+        var flow = OutputFlow()
+        flow.clientAcked(UInt64(OutputFlow.maxWindow - window))
+        // The agent may send the whole widened window before the client acks anything more.
+        #expect(flow.agentGrant(attached: true) == OutputFlow.maxWindow - window)
+        flow.receivedFromAgent(Int(OutputFlow.maxWindow))
+        flow.sentToClient(Int(OutputFlow.maxWindow))
+        #expect(flow.clientCredit == 0)
+        #expect(flow.agentGrant(attached: true) == 0)
+        // From then on the agent gets what the client acks, as with the initial window.
+        flow.clientAcked(4096)
+        #expect(flow.agentGrant(attached: true) == 4096)
     }
 
     @Test func heldBytesCountAgainstTheAgentsWindow() {

@@ -115,6 +115,7 @@ extension Files {
         async throws(FileError) -> FileReadStream {
         let outcome = await Self.retrying(client.options, op: "read") { () async throws(FileError) -> FileReadStream in
             let channel = try await open(FsRead(fileScope(path), offset: offset, length: length, limit: limit), op: "read", path: path)
+            channel.widenOutputWindow()
             let item: ChannelItem?
             do throws(TetherError) { item = try await channel.next() } catch { throw .client(error) }
             if case .failed(let error)? = channel.end, item == nil { throw .client(error) }

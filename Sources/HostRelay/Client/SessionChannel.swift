@@ -173,6 +173,14 @@ final class SessionChannel: Sendable {
         }
     }
 
+    /// Acks output ahead, before any arrives: the session's output window becomes
+    /// `FlowControl.outputWindowBytes` (PROTOCOL.md 8; a relay lets it grow that far). For
+    /// sessions that stream (exec, file reads); the caller still acks what it consumes.
+    func widenOutputWindow() {
+        let ahead = FlowControl.outputWindowBytes - FlowControl.initialWindowBytes
+        connection.send(Frame(id: id, kind: .ack, payload: Ack(bytes: UInt64(ahead)).cborBytes), for: self)
+    }
+
     var end: ChannelEnd? { state.withLock { $0.end } }
     var exit: ExitStatus? { state.withLock { $0.exit } }
 

@@ -107,6 +107,7 @@ public final class TetherClient: Sendable {
         }
         return try await Retry(options, operation: "exec").run { () async throws(TetherError) -> ExecHandle in
             let channel = try await connection().startSession(kind: .exec, payload: payload, operation: "exec", context: context)
+            channel.widenOutputWindow()
             // Wait for `started` (or the reason there is none); the event stays for `events`.
             let first = try await channel.peek()
             let tty = request.tty != nil

@@ -118,7 +118,7 @@ extension ExecSessions {
         session.flow.pending.append(kind: view.header.kind, flags: view.header.flags, payload: view.payload)
         // Nobody attached: keep the newest replayBytes. Attached: the agent keeps to the
         // window, so this bound is reached only by an agent that does not.
-        let limit = configuration.replayBytes + (session.owner == nil ? 0 : 2 * Int(OutputFlow.window))
+        let limit = configuration.replayBytes + (session.owner == nil ? 0 : 2 * Int(OutputFlow.maxWindow))
         let dropped = session.flow.pending.trimData(toAtMost: limit)
         if dropped > 0 { session.flow.droppedBytes += UInt64(dropped) }
         if session.owner != nil { flushSession(session) } else { grantAgent(session) }

@@ -68,7 +68,8 @@ struct PendingFrames {
 
 /// Output flow control of one session across the relay: the
 /// agent's window towards the relay, and the client's window from the relay, kept so that
-/// what the relay holds plus what the client has not acked never exceeds one window.
+/// what the relay holds plus what the client has not acked never exceeds the client's window
+/// (256 KiB, or up to `maxWindow` for a client that acked ahead).
 ///
 /// While a client is attached, the relay acks the agent exactly as fast as the client
 /// consumes, so the window is end to end and a slow client slows only its own program.
@@ -76,6 +77,9 @@ struct PendingFrames {
 /// arrives and keeps the newest `replayBytes` for the next attach.
 struct OutputFlow {
     static let window = Int64(FlowControl.initialWindowBytes)
+    /// How far a client may widen its window by acking ahead (PROTOCOL.md 8): the most the
+    /// relay lets the agent send of one session before its client has room for it.
+    static let maxWindow = Int64(FlowControl.outputWindowBytes)
 
     /// Total data bytes the agent may have sent: the initial window plus every ack sent.
     private(set) var agentGranted: Int64 = window
@@ -97,11 +101,11 @@ struct OutputFlow {
     mutating func receivedFromAgent(_ bytes: Int) { received += Int64(bytes) }
     mutating func sentToClient(_ bytes: Int) { sent += Int64(bytes) }
 
-    /// The client acked `bytes`; more than it was sent is ignored (it cannot grant the relay
-    /// room for bytes that do not exist).
+    /// The client acked `bytes`. Beyond what it was sent it widens its window (acking ahead),
+    /// up to `maxWindow` of credit and no further.
     mutating func clientAcked(_ bytes: UInt64) {
         let acked = Int64(clamping: bytes)
-        clientGranted = min(clientGranted &+ acked, sent + Self.window)
+        clientGranted = min(clientGranted &+ acked, sent + Self.maxWindow)
     }
 
     /// A new client takes over (attach) or the last one left: its window starts afresh.
@@ -120,8 +124,8 @@ struct OutputFlow {
     mutating func agentGrant(attached: Bool) -> Int64 {
         let target: Int64
         if attached {
-            let held = Int64(pending.dataBytes) + clientOutstanding
-            target = max(0, Self.window - held)
+            // What the client has room for, less what the relay already holds for it.
+            target = max(0, clientCredit - Int64(pending.dataBytes))
         } else {
             target = Self.window
         }
