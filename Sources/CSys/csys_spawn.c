@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -427,6 +428,8 @@ int csys_set_dumpable(int value) {
     errno = saved;
     return result;
 }
+
+int csys_set_mmap_threshold(int bytes) { return mallopt(M_MMAP_THRESHOLD, bytes); }
 
 int csys_reboot_power_off(void) {
     int saved = errno;

@@ -182,6 +182,11 @@ int csys_capability_in_bounding_set(int cap);
  * root's alone and refuses ptrace without CAP_SYS_PTRACE. Returns 0 or -errno. */
 int csys_set_dumpable(int value);
 
+/* mallopt(M_MMAP_THRESHOLD, bytes): allocations of `bytes` and more are mapped and unmapped
+ * whole, and glibc stops raising that threshold to the largest block freed. Returns mallopt's
+ * 1 on success, 0 on failure. */
+int csys_set_mmap_threshold(int bytes);
+
 /* TIOCSCTTY-free helpers the Glibc module does not export. */
 int csys_reboot_power_off(void);          /* reboot(2) RB_POWER_OFF; -errno on failure */
 dev_t csys_makedev(unsigned int major, unsigned int minor);

@@ -140,13 +140,18 @@ public final class Agent {
 
     // MARK: the link
 
-    /// Reads of up to 256 KiB per readiness event: a full data frame is 64 KiB plus its
-    /// header, so 64 KiB reads (the default, for peers among many) took two reads and two
-    /// epoll rounds per frame of an upload or of stdin. The agent has one peer, its host.
+    /// The agent's one link, to its host:
+    /// - up to 128 KiB read per readiness event (in 64 KiB reads): a full data frame is 64 KiB
+    ///   plus its header, and one 64 KiB read per event took two reads and two epoll rounds
+    ///   per frame of an upload (256 KiB was no faster, and its read buffer cost RSS);
+    /// - congested at 512 KiB queued (sessions stop reading their pipes), resumed at 128 KiB:
+    ///   with output windows widened to 512 KiB (PROTOCOL.md 8) the default 1 MiB let the
+    ///   queue's buffer double to 2 MiB, and the agent's peak RSS pass its 8 MB budget.
     static let linkLimits: FramedConnection.Limits = {
         var limits = FramedConnection.Limits()
-        limits.readChunkBytes = 256 << 10
-        limits.readLimitBytes = 256 << 10
+        limits.readLimitBytes = 128 << 10
+        limits.highWaterBytes = 512 << 10
+        limits.lowWaterBytes = 128 << 10
         return limits
     }()
 
