@@ -738,6 +738,8 @@ class AsyncClient:
         async def attempt() -> AsyncExecHandle:
             await self._connection()
             session = self._start(p.EXEC, payload, "exec", context)
+            # Acked ahead: the output window becomes OUTPUT_WINDOW_BYTES.
+            self._send(session.id, p.ACK, p.ack(p.OUTPUT_WINDOW_BYTES - p.WINDOW_BYTES), session=session)
             first = await session.peek()
             if isinstance(first, Started):
                 return AsyncExecHandle(session, first.pid, tty is not None)

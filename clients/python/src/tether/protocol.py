@@ -29,6 +29,9 @@ MAX_DATA_PAYLOAD = 64 << 10
 WINDOW_BYTES = 256 << 10
 #: A reader acknowledges at least every this many consumed bytes.
 ACK_THRESHOLD = WINDOW_BYTES // 2
+#: An exec's output window once the client acks ahead (PROTOCOL.md 8): with one 256 KiB window
+#: in flight the program, agent, relay and client took turns; a relay allows this much.
+OUTPUT_WINDOW_BYTES = 2 * WINDOW_BYTES
 
 FLAG_END = 0x01
 FLAG_START = 0x02
