@@ -164,9 +164,7 @@ final class AgentProcesses: AgentSubsystem, ManagedProcessOwner {
     static func conditions(_ ready: Readiness) throws(RequestError) -> [ReadinessWatch.Condition] {
         var result: [ReadinessWatch.Condition] = ready.ports.map { .port($0) }
         for probe in ready.http {
-            var address = in6_addr()
-            let host = probe.host == "localhost" ? "127.0.0.1" : probe.host
-            guard inet_pton(AF_INET, host, &address) == 1 || inet_pton(AF_INET6, host, &address) == 1 else {
+            guard ReadinessProbes.address(of: probe) != nil else {
                 throw RequestError(.badPayload, "ready.http: host '\(probe.host)' is not an IP address or localhost")
             }
             result.append(.http(probe))

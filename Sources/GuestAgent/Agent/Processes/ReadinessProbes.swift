@@ -51,6 +51,14 @@ enum ReadinessProbes {
         return [12, 8, 4, 0].map { digits[Int((port >> UInt16($0)) & 0xF)] }
     }
 
+    /// Where an HTTP probe connects: `localhost` is 127.0.0.1, anything else must be a bare
+    /// numeric IPv4 or IPv6 address (names are not resolved, brackets are not taken); nil
+    /// otherwise, which refuses the request.
+    static func address(of probe: HTTPProbe) -> IPAddress? {
+        if probe.host == "localhost" { return .loopback4 }
+        return probe.host.hasPrefix("[") ? nil : IPAddress(parsing: probe.host)
+    }
+
     /// Whether `path` exists (stat(2) follows symbolic links; a dangling one does not count).
     static func exists(_ path: String) -> Bool {
         var info = stat()
@@ -114,35 +122,10 @@ final class HTTPCheck {
     }
 
     private func openAndConnect() -> Bool {
-        let host = probe.host == "localhost" ? "127.0.0.1" : probe.host
-        var storage = sockaddr_storage()
-        var length: socklen_t
-        var family: CInt
-        var v4 = in_addr()
-        var v6 = in6_addr()
-        if inet_pton(AF_INET, host, &v4) == 1 {
-            family = AF_INET
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = probe.port.bigEndian
-            address.sin_addr = v4
-            length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            withUnsafeBytes(of: &address) { raw in withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: raw) } }
-        } else if inet_pton(AF_INET6, host, &v6) == 1 {
-            family = AF_INET6
-            var address = sockaddr_in6()
-            address.sin6_family = sa_family_t(AF_INET6)
-            address.sin6_port = probe.port.bigEndian
-            address.sin6_addr = v6
-            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
-            withUnsafeBytes(of: &address) { raw in withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: raw) } }
-        } else {
-            return false   // checked when the request arrived; names other than localhost are not resolved
-        }
-        fd = socket(family, CInt(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue | SOCK_NONBLOCK.rawValue), 0)
-        guard fd >= 0 else { return false }
-        let rc = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, length) } }
-        if rc != 0 && errno != EINPROGRESS { return false }
+        // The address was checked when the request arrived.
+        guard let address = ReadinessProbes.address(of: probe),
+              let connecting = try? InternetSocket.connect(address, port: probe.port) else { return false }
+        fd = connecting.release().fd
         do {
             try loop.watch(fd, events: EventLoop.writable) { [unowned self] events in ready(events) }
         } catch { return false }
@@ -151,9 +134,7 @@ final class HTTPCheck {
 
     private func ready(_ events: UInt32) {
         if sent < request.count {
-            var error: CInt = 0
-            var size = socklen_t(MemoryLayout<CInt>.size)
-            guard getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &size) == 0, error == 0 else { return finish(false) }
+            guard NonBlockingConnect.result(of: fd) == nil else { return finish(false) }
             let n = request.withUnsafeBytes { raw in send(fd, raw.baseAddress! + sent, raw.count - sent, CInt(MSG_NOSIGNAL)) }
             if n < 0 {
                 if errno == EAGAIN || errno == EINTR { return }
