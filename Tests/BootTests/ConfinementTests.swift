@@ -301,7 +301,8 @@ import Testing
     @Test(.timeLimit(.minutes(5)))
     func aHostLoopbackListenerIsUnreachableByDefault() throws {
         try Fixtures.requireRoot()
-        let listener = try HostListener()
+        // A host-only service the guest must not reach.
+        let listener = try EgressSupport.Listener("127.0.0.1")
         defer { cleanUp(["net"]) }
         try boot("net")
         let probe = try install("tcp-connect", in: "net")
@@ -321,7 +322,8 @@ import Testing
     @Test(.timeLimit(.minutes(5)))
     func networkHostIsAnOptInThatWarns() throws {
         try Fixtures.requireRoot()
-        let listener = try HostListener()
+        // A host-only service the guest must not reach.
+        let listener = try EgressSupport.Listener("127.0.0.1")
         defer { cleanUp(["hostnet"]) }
         let boot = try boot("hostnet", ["--network", "host"])
         #expect(boot.stderr.contains("warning:") && boot.stderr.lowercased().contains("network"),
@@ -490,43 +492,5 @@ import Testing
         guard let walker = FileManager.default.enumerator(atPath: directory) else { return false }
         for case let path as String in walker where (path as NSString).lastPathComponent == name { return true }
         return false
-    }
-}
-
-/// A TCP listener on the host's 127.0.0.1 at a port the kernel picks, standing for a host-only
-/// service a guest must not reach. Owns its socket (closed on deinit); one thread.
-final class HostListener {
-    let fd: CInt
-    let port: UInt16
-
-    init() throws {
-        let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue | SOCK_NONBLOCK.rawValue), 0)
-        guard fd >= 0 else { throw FixtureError.failed("socket: \(errno)") }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic in
-                bind(fd, generic, length) == 0 && listen(fd, 16) == 0 && getsockname(fd, generic, &length) == 0
-            }
-        }
-        guard bound else {
-            close(fd)
-            throw FixtureError.failed("listening on 127.0.0.1: \(errno)")
-        }
-        self.fd = fd
-        port = UInt16(bigEndian: address.sin_port)
-    }
-
-    deinit { close(fd) }
-
-    /// Whether a connection is waiting (the socket is nonblocking: accept(2) says EAGAIN when
-    /// nobody connected). An accepted connection is closed at once.
-    func acceptedAConnection() -> Bool {
-        let connection = accept(fd, nil, nil)
-        guard connection >= 0 else { return false }
-        close(connection)
-        return true
     }
 }

@@ -12,7 +12,8 @@ import Testing
 /// non-loopback address, private addresses to aim at (a dummy interface), a name the host's
 /// resolver answers, and the host's nft inside a guest tree.
 enum EgressSupport {
-    /// A nonblocking TCP listener on `address` (port chosen by the kernel).
+    /// A nonblocking TCP listener on `address` (port chosen by the kernel). On 127.0.0.1 it is
+    /// also the host-only service the confinement tests check a guest cannot reach.
     final class Listener {
         let fd: CInt
         let address: String
