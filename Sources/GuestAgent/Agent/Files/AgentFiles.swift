@@ -81,8 +81,6 @@ final class AgentFiles: AgentSubsystem {
                 let (path, user) = try resolve(request.scope)
                 transfers[id] = try FileWriteTransfer(id: id, link: link, request: request, target: path, user: user, identity: identity,
                                                       onEnd: { [unowned self] in transfers[id] = nil })
-                // Acked ahead: the client's stdin window becomes uploadWindowBytes (PROTOCOL.md 8).
-                link.send(Ack(bytes: UInt64(FlowControl.uploadWindowBytes - FlowControl.initialWindowBytes)), id: id)
             }
         case .fsArchive:
             let request = try FsArchive(frame, as: "fsArchive")

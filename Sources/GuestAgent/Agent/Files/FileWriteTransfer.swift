@@ -8,7 +8,8 @@ import TetherPosix
 import TetherProtocol
 
 /// `fsWrite`: the client's `stdin` frames are written as they come and acked once written
-/// (so the agent holds no more than one frame of a transfer), and the last one (END) puts the
+/// (so the agent holds no more than one frame of a transfer; the window is widened to
+/// `FlowControl.uploadWindowBytes` by one ack ahead at the start), and the last one (END) puts the
 /// file in place: by default atomically, as a temporary file in the target's directory
 /// (O_TMPFILE where the file system has it, else a named `.NAME.tether-PID-N`), fsynced, then
 /// renamed over the target, keeping an existing target's mode and owner unless the request
@@ -93,6 +94,8 @@ final class FileWriteTransfer: FileTransfer {
         }
         fd = OwnedFD(adopting: opened)
         tempName = named
+        // Acked ahead: the client's stdin window becomes uploadWindowBytes (PROTOCOL.md 8).
+        link.send(Ack(bytes: UInt64(FlowControl.uploadWindowBytes - FlowControl.initialWindowBytes)), id: id)
     }
 
     func handle(_ frame: FrameView) throws(RequestError) {
