@@ -81,27 +81,38 @@ extension Session {
     /// Sends what the backlog and the window allow, then `done` once everything is out.
     func pump() {
         if let link = client?.link, let id = client?.id {
-            loop: while let head = backlog.oldest {
-                switch head {
-                case .data(let kind):
-                    let window = client?.window ?? 0
-                    guard window > 0, !link.congested else { break loop }
-                    let n = backlog.withHeadBytes { raw in
-                        let n = min(raw.count, window, Frame.maxDataPayloadBytes)
-                        link.appendData(id: id, kind: kind, UnsafeRawBufferPointer(rebasing: raw[0..<n]))
-                        return n
-                    }
-                    client?.window -= n
-                    backlog.consumeFirst(bytes: n)
-                case .exited(let exited):
-                    link.send(exited, id: id)
-                    backlog.consumeFirst(bytes: 0)
-                }
-            }
-            link.queued()
+            // Again when the backlog stopped on a congested link that `queued()` then flushed
+            // below its low-water mark: that drain's `onDrained` ran before this session could
+            // ask to be woken (in `refreshInterest`), so nothing else would pump it.
+            repeat {
+                sendBacklog(on: link, id: id)
+                link.queued()
+            } while !backlog.isEmpty && (client?.window ?? 0) > 0 && !link.congested
         }
         checkComplete()
         refreshInterest()
+    }
+
+    /// Appends the backlog's head to the link until it is empty, the window is spent or the
+    /// link is congested (`exited` goes whatever the window).
+    private func sendBacklog(on link: FramedConnection, id: UInt32) {
+        while let head = backlog.oldest {
+            switch head {
+            case .data(let kind):
+                let window = client?.window ?? 0
+                guard window > 0, !link.congested else { return }
+                let n = backlog.withHeadBytes { raw in
+                    let n = min(raw.count, window, Frame.maxDataPayloadBytes)
+                    link.appendData(id: id, kind: kind, UnsafeRawBufferPointer(rebasing: raw[0..<n]))
+                    return n
+                }
+                client?.window -= n
+                backlog.consumeFirst(bytes: n)
+            case .exited(let exited):
+                link.send(exited, id: id)
+                backlog.consumeFirst(bytes: 0)
+            }
+        }
     }
 
     /// The link is congested: the owner pumps this session again once it drains.
