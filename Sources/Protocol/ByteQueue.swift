@@ -1,11 +1,54 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
 /// A FIFO of bytes in one growable buffer: appended at the end, consumed from the front.
 ///
-/// The storage is zero-filled only when it grows, never per append, so reading 64 KiB from a
-/// pipe into it costs the read and nothing else. Consumed space is reclaimed by moving the
-/// unconsumed bytes to the front, but only when that moves no more bytes than it frees, which
-/// keeps appends amortized O(1) however the reader and writer interleave.
-public struct ByteQueue: Sendable {
-    private var storage: [UInt8] = []
+/// The buffer is raw memory from malloc, grown with realloc, and never zero-filled: a page
+/// of it costs memory only once bytes are written there. For buffers above malloc's mmap
+/// threshold (the agent sets 128 KiB) realloc is an mremap, which moves no bytes and touches
+/// no page, so a queue that doubles to 1 MiB holds only the pages its bytes reached, where a
+/// zero-filled copy had touched the old buffer and the whole new one at once. Reading 64 KiB
+/// from a pipe into the queue costs the read and nothing else.
+///
+/// Consumed space is reclaimed by moving the unconsumed bytes to the front, but only when
+/// that moves no more bytes than it frees, which keeps appends amortized O(1) however the
+/// reader and writer interleave.
+///
+/// A value type: copies share the buffer until one of them changes (copy on write).
+public struct ByteQueue: @unchecked Sendable {
+    /// The malloc'd buffer; freed with the last queue that holds it.
+    private final class Storage {
+        var base: UnsafeMutableRawPointer?
+        var capacity = 0
+
+        init() {}
+
+        /// A copy holding `count` bytes from `from`, with room for `capacity`.
+        init(copying from: UnsafeRawPointer?, count: Int, capacity: Int) {
+            resize(to: capacity)
+            if count > 0, let from { base!.copyMemory(from: from, byteCount: count) }
+        }
+
+        func resize(to newCapacity: Int) {
+            guard newCapacity > 0 else {
+                free(base)
+                base = nil
+                capacity = 0
+                return
+            }
+            // Out of memory: the agent cannot go on without its buffers in any case.
+            guard let grown = realloc(base, newCapacity) else { fatalError("ByteQueue: out of memory (\(newCapacity) bytes)") }
+            base = grown
+            capacity = newCapacity
+        }
+
+        deinit { free(base) }
+    }
+
+    private var storage = Storage()
     private var start = 0
     private var end = 0
 
@@ -15,44 +58,40 @@ public struct ByteQueue: Sendable {
     public var count: Int { end - start }
     public var isEmpty: Bool { start == end }
     /// Bytes of storage held, used or not.
-    public var capacity: Int { storage.count }
+    public var capacity: Int { storage.capacity }
+
+    /// A buffer of this queue's own before it is written (copy on write).
+    private mutating func makeUnique() {
+        if isKnownUniquelyReferenced(&storage) { return }
+        storage = Storage(copying: storage.base.map { UnsafeRawPointer($0 + start) }, count: count, capacity: storage.capacity)
+        end = count
+        start = 0
+    }
 
     /// Makes room for `needed` more bytes after `end`.
     private mutating func reserve(_ needed: Int) {
-        if storage.count - end >= needed { return }
+        makeUnique()
+        if storage.capacity - end >= needed { return }
         if start > 0 && start >= count {
             let live = count
-            storage.withUnsafeMutableBytes { raw in
-                raw.baseAddress!.copyMemory(from: raw.baseAddress! + start, byteCount: live)
-            }
+            if live > 0 { storage.base!.copyMemory(from: storage.base! + start, byteCount: live) }
             start = 0
             end = live
-            if storage.count - end >= needed { return }
+            if storage.capacity - end >= needed { return }
         }
-        let target = max(storage.count * 2, end + needed, 4096)
-        // Built in one pass rather than `append(contentsOf: repeatElement(0, ...))`, which an
-        // unoptimized (debug) build runs element by element through generic code.
-        let old = storage
-        storage = [UInt8](unsafeUninitializedCapacity: target) { buffer, initialized in
-            let raw = UnsafeMutableRawBufferPointer(buffer)
-            old.withUnsafeBytes { raw.copyMemory(from: $0) }
-            (raw.baseAddress! + old.count).initializeMemory(as: UInt8.self, repeating: 0, count: target - old.count)
-            initialized = target
-        }
+        storage.resize(to: max(storage.capacity * 2, end + needed, 4096))
     }
 
     public mutating func append(_ bytes: UnsafeRawBufferPointer) {
         guard bytes.count > 0 else { return }
         reserve(bytes.count)
-        storage.withUnsafeMutableBytes { raw in
-            (raw.baseAddress! + end).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
-        }
+        (storage.base! + end).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
         end += bytes.count
     }
 
     public mutating func append(_ byte: UInt8) {
         reserve(1)
-        storage[end] = byte
+        storage.base!.storeBytes(of: byte, toByteOffset: end, as: UInt8.self)
         end += 1
     }
 
@@ -66,9 +105,7 @@ public struct ByteQueue: Sendable {
     @discardableResult
     public mutating func append(capacity: Int, _ body: (UnsafeMutableRawBufferPointer) -> Int) -> Int {
         reserve(capacity)
-        let produced = storage.withUnsafeMutableBytes { raw in
-            body(UnsafeMutableRawBufferPointer(rebasing: raw[end..<(end + capacity)]))
-        }
+        let produced = body(UnsafeMutableRawBufferPointer(start: storage.base! + end, count: capacity))
         if produced > 0 { end += min(produced, capacity) }
         return produced
     }
@@ -97,23 +134,25 @@ public struct ByteQueue: Sendable {
     /// Returns the storage to the allocator when the queue is empty and holds more than
     /// `limit` bytes, so one burst does not pin memory for a connection's lifetime.
     public mutating func releaseStorageIfEmpty(above limit: Int) {
-        if isEmpty && storage.count > limit { storage = [] }
+        if isEmpty && storage.capacity > limit { storage = Storage() }
     }
 
     /// The unconsumed bytes, in place.
     public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
-        try storage.withUnsafeBytes { raw in try body(UnsafeRawBufferPointer(rebasing: raw[start..<end])) }
+        try body(UnsafeRawBufferPointer(start: storage.base.map { $0 + start }, count: count))
     }
 
     /// Mutable access to the unconsumed bytes (to patch a header already appended).
     public mutating func withMutableBytes<R>(_ body: (UnsafeMutableRawBufferPointer) throws -> R) rethrows -> R {
-        let (s, e) = (start, end)
-        return try storage.withUnsafeMutableBytes { raw in try body(UnsafeMutableRawBufferPointer(rebasing: raw[s..<e])) }
+        makeUnique()
+        return try body(UnsafeMutableRawBufferPointer(start: storage.base.map { $0 + start }, count: count))
     }
 
     /// Copies `n` bytes starting `offset` bytes after the front.
     public func copyBytes(at offset: Int, count n: Int) -> [UInt8] {
-        Array(storage[(start + offset)..<(start + offset + n)])
+        precondition(offset >= 0 && n >= 0 && offset + n <= count, "copied beyond the queue")
+        guard n > 0 else { return [] }
+        return Array(UnsafeRawBufferPointer(start: storage.base! + start + offset, count: n))
     }
 }
 

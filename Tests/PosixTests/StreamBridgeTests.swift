@@ -13,8 +13,8 @@ import TetherPosix
         -> StreamBridge.Ending? {
         // A write to a closed socket is EPIPE, not the end of the test process.
         signal(SIGPIPE, SIG_IGN)
-        var left = try Socket.pair()
-        var right = try Socket.pair()
+        let left = try Socket.pair()
+        let right = try Socket.pair()
         let loop = try EventLoop()
         let bridge = StreamBridge(loop: loop, left.second, right.first, bufferBytes: bufferBytes)
         var ending: StreamBridge.Ending?

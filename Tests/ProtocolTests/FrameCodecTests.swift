@@ -210,4 +210,29 @@ import Testing
         // Storage stays proportional to what was live, not to everything ever appended.
         #expect(queue.capacity <= 64 << 10)
     }
+
+    @Test func aCopyIsIndependentOfTheQueueItCameFrom() {
+        var original = ByteQueue()
+        original.append(contentsOf: Array(0..<100 as Range<UInt8>))
+        original.consume(10)
+        var copy = original
+        copy.append(contentsOf: [200, 201])
+        copy.withMutableBytes { $0[0] = 99 }
+        original.consume(5)
+        #expect(original.withBytes { Array($0) } == Array(15..<100 as Range<UInt8>))
+        #expect(copy.count == 92)
+        #expect(copy.withBytes { Array($0.prefix(3)) } == [99, 11, 12])
+        #expect(copy.withBytes { Array($0.suffix(2)) } == [200, 201])
+        #expect(copy.copyBytes(at: 89, count: 3) == [99, 200, 201])
+        // A queue read straight into (as from a socket) keeps only what the reader produced.
+        var read = ByteQueue()
+        let produced = read.append(capacity: 1 << 20) { buffer in
+            buffer.storeBytes(of: 7, toByteOffset: 0, as: UInt8.self)
+            return 1
+        }
+        #expect(produced == 1 && read.count == 1 && read.withBytes { Array($0) } == [7])
+        read.consume(1)
+        read.releaseStorageIfEmpty(above: 4096)
+        #expect(read.capacity == 0 && read.isEmpty)
+    }
 }
