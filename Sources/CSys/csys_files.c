@@ -35,6 +35,13 @@ unsigned int csys_rename_noreplace(void) { return RENAME_NOREPLACE; }
 
 int csys_o_tmpfile(void) { return O_TMPFILE; }
 
+int csys_start_writeback(int fd) {
+    int saved = errno;
+    int result = sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) < 0 ? -errno : 0;
+    errno = saved;
+    return result;
+}
+
 int csys_inotify_init1(int flags) {
     int saved = errno;
     int fd = inotify_init1(flags);

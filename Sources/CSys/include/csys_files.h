@@ -1,5 +1,6 @@
 /* The files subsystem's calls the Glibc module does not declare (it is built without
- * _GNU_SOURCE): per-thread filesystem credentials, renameat2, O_TMPFILE and inotify. */
+ * _GNU_SOURCE): per-thread filesystem credentials, renameat2, O_TMPFILE, sync_file_range and
+ * inotify. */
 #pragma once
 
 #include <sys/types.h>
@@ -21,6 +22,10 @@ int csys_at_empty_path(void);
 
 /* O_TMPFILE is __O_TMPFILE | O_DIRECTORY, a macro Swift does not import. */
 int csys_o_tmpfile(void);
+
+/* sync_file_range(2) of the whole file with SYNC_FILE_RANGE_WRITE: starts the writeback of
+ * its dirty pages without waiting for it; 0 or -errno. */
+int csys_start_writeback(int fd);
 
 /* inotify(7); a descriptor or watch descriptor, or -errno. */
 int csys_inotify_init1(int flags);

@@ -37,6 +37,10 @@ final class FileWriteTransfer: FileTransfer {
     private let existing: Glibc.stat?
     private var hasher = SHA256()
     private var written: UInt64 = 0
+    /// Bytes written since the last call that started their writeback.
+    private var unflushed = 0
+    /// How often the file's dirty pages are handed to the disk while it is written.
+    static let writebackBytes = 8 << 20
     private let onEnd: () -> Void
 
     init(id: UInt32, link: FramedConnection, request: FsWrite, target: FilePath, user: ResolvedUser?, identity: FileIdentity,
@@ -133,6 +137,17 @@ final class FileWriteTransfer: FileTransfer {
         do { try FileIO.writeAll(raw, bytes) } catch { throw FileFailure(op: "write", path: target.given, errno: error) }
         hasher.update(bytes)
         written += UInt64(bytes.count)
+        unflushed += bytes.count
+        if unflushed >= Self.writebackBytes {
+            // Starts writing what is dirty so far to the disk and returns (it waits only when
+            // the device's queue is full): the fsync at the end then has the last few MiB to
+            // write, not the whole file. It ran on this, the agent's one thread, for 0.24 s after
+            // a 1 GiB upload, every other session stalled meanwhile; and a small guest keeps
+            // less of its memory dirty. Best effort: a file system without it (EINVAL,
+            // ENOSYS) is left to the fsync.
+            _ = csys_start_writeback(raw)
+            unflushed = 0
+        }
     }
 
     /// The last byte arrived: check, make durable, put in place.
