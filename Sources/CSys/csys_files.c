@@ -35,6 +35,8 @@ unsigned int csys_rename_noreplace(void) { return RENAME_NOREPLACE; }
 
 int csys_o_tmpfile(void) { return O_TMPFILE; }
 
+int csys_o_path(void) { return O_PATH; }
+
 int csys_start_writeback(int fd) {
     int saved = errno;
     int result = sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) < 0 ? -errno : 0;

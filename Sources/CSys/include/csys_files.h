@@ -23,6 +23,9 @@ int csys_at_empty_path(void);
 /* O_TMPFILE is __O_TMPFILE | O_DIRECTORY, a macro Swift does not import. */
 int csys_o_tmpfile(void);
 
+/* O_PATH (a GNU extension): a descriptor that names a file without opening it for IO. */
+int csys_o_path(void);
+
 /* sync_file_range(2) of the whole file with SYNC_FILE_RANGE_WRITE: starts the writeback of
  * its dirty pages without waiting for it; 0 or -errno. */
 int csys_start_writeback(int fd);

@@ -68,6 +68,8 @@ enum FileOperations {
         var st = Glibc.stat()
         try fileCall("lstat", path.given) { fstatat(AT_FDCWD, path.c, &st, AT_SYMLINK_NOFOLLOW) }
         guard type(of: st.st_mode) == .dir else {
+            let pin = FileReclaimer.pin(path.c)
+            defer { pin.map(FileReclaimer.release) }
             try fileCall("unlink", path.given) { unlink(path.c) }
             return
         }
@@ -95,6 +97,8 @@ enum FileOperations {
                 let sub = try fileCall("open", child.os) { openat(dirfd(dir), name.cString, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
                 try removeContents(of: sub, path: child)
             }
+            let pin = isDirectory ? nil : FileReclaimer.pin(name.cString, in: dirfd(dir))
+            defer { pin.map(FileReclaimer.release) }
             try fileCall(isDirectory ? "rmdir" : "unlink", child.os) {
                 unlinkat(dirfd(dir), name.cString, isDirectory ? AT_REMOVEDIR : 0)
             }
@@ -103,6 +107,8 @@ enum FileOperations {
 
     static func rename(_ from: FilePath, to: FilePath, overwrite: Bool) throws(FileFailure) {
         if overwrite {
+            let pin = FileReclaimer.pin(to.c)   // the file replaced, if any
+            defer { pin.map(FileReclaimer.release) }
             try fileCall("rename", from.given) { Glibc.rename(from.c, to.c) }
             return
         }

@@ -124,9 +124,11 @@ final class FileWriteTransfer: FileTransfer {
     func linkDrained() {}
 
     func abort() {
-        fd = nil
         if let tempName { unlink(tempName.c) }
         tempName = nil
+        // Its last reference: closing it frees what was written (on the reclaimer's thread
+        // when that is a lot).
+        if let file = fd.take() { FileReclaimer.dispose(file.release()) }
     }
 
     private func write(_ bytes: UnsafeRawBufferPointer) throws(FileFailure) {
@@ -206,6 +208,8 @@ final class FileWriteTransfer: FileTransfer {
 
     private func putInPlace() throws(FileFailure) {
         guard let temp = tempName else { return }
+        let pin = FileReclaimer.pin(target.c)   // the file replaced, if any
+        defer { pin.map(FileReclaimer.release) }
         if request.ifAbsent {
             let result = csys_renameat2(AT_FDCWD, temp.c, AT_FDCWD, target.c, csys_rename_noreplace())
             if result == -EEXIST {
