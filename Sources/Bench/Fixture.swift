@@ -24,6 +24,7 @@ final class Fixture {
             throw BenchError.failed("mkdtemp: \(Errno.current)")
         }
         directory = String(cString: made)
+        Self.directories.append(directory)
         agentBinary = binaries.agent
         agent = try Self.start(binaries.agent, ["--listen", "unix:\(directory)/agent.sock", "--tunnel", "unix:\(directory)/tunnel.sock"],
                                log: directory + "/agent.log")
@@ -46,6 +47,18 @@ final class Fixture {
         try? FileManager.default.removeItem(atPath: directory)
     }
 
+    /// Every process and directory a fixture made, for `killAll()`.
+    nonisolated(unsafe) private static var started: [Process] = []
+    nonisolated(unsafe) private static var directories: [String] = []
+
+    /// Kills what any fixture started and removes its directory: a measurement that fails
+    /// ends the benchmark with exit(1), which runs no deinit, and the agents and the relay
+    /// would outlive it.
+    static func killAll() {
+        for process in started where process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        for directory in directories { try? FileManager.default.removeItem(atPath: directory) }
+    }
+
     private static func start(_ executable: String, _ arguments: [String], log: String) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
@@ -56,6 +69,7 @@ final class Fixture {
         process.standardError = handle
         process.standardInput = FileHandle.nullDevice
         try process.run()
+        started.append(process)
         return process
     }
 

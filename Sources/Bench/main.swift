@@ -210,5 +210,6 @@ do {
     report.value("listen() to process ready p50", microseconds(readiness.median) + " (target <= 50 ms)")
 } catch {
     report.failure("\(error)")
+    Fixture.killAll()
     exit(1)
 }
