@@ -1,17 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
-
 /// A FIFO of bytes in one growable buffer: appended at the end, consumed from the front.
 ///
-/// The buffer is raw memory from malloc, grown with realloc, and never zero-filled: a page
-/// of it costs memory only once bytes are written there. For buffers above malloc's mmap
-/// threshold (the agent sets 128 KiB) realloc is an mremap, which moves no bytes and touches
-/// no page, so a queue that doubles to 1 MiB holds only the pages its bytes reached, where a
-/// zero-filled copy had touched the old buffer and the whole new one at once. Reading 64 KiB
-/// from a pipe into the queue costs the read and nothing else.
+/// The buffer is raw memory, never zero-filled, and a growth copies only the unconsumed bytes
+/// into the new one: a page of it costs memory only once bytes are written there. (An
+/// `[UInt8]` zero-filled each new buffer whole and copied the old one whole, so a queue that
+/// doubled to 1 MiB held its old buffer and every page of the new one at once: the agent's
+/// link queue did.) Reading 64 KiB from a pipe into the queue costs the read and nothing else.
 ///
 /// Consumed space is reclaimed by moving the unconsumed bytes to the front, but only when
 /// that moves no more bytes than it frees, which keeps appends amortized O(1) however the
@@ -19,33 +12,24 @@ import Musl
 ///
 /// A value type: copies share the buffer until one of them changes (copy on write).
 public struct ByteQueue: @unchecked Sendable {
-    /// The malloc'd buffer; freed with the last queue that holds it.
+    /// The buffer; freed with the last queue that holds it.
     private final class Storage {
-        var base: UnsafeMutableRawPointer?
-        var capacity = 0
+        let base: UnsafeMutableRawPointer?
+        let capacity: Int
 
-        init() {}
+        init() {
+            base = nil
+            capacity = 0
+        }
 
-        /// A copy holding `count` bytes from `from`, with room for `capacity`.
+        /// A buffer of `capacity` bytes starting with `count` bytes copied from `from`.
         init(copying from: UnsafeRawPointer?, count: Int, capacity: Int) {
-            resize(to: capacity)
-            if count > 0, let from { base!.copyMemory(from: from, byteCount: count) }
+            self.capacity = capacity
+            base = capacity > 0 ? UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16) : nil
+            if count > 0, let from, let base { base.copyMemory(from: from, byteCount: count) }
         }
 
-        func resize(to newCapacity: Int) {
-            guard newCapacity > 0 else {
-                free(base)
-                base = nil
-                capacity = 0
-                return
-            }
-            // Out of memory: the agent cannot go on without its buffers in any case.
-            guard let grown = realloc(base, newCapacity) else { fatalError("ByteQueue: out of memory (\(newCapacity) bytes)") }
-            base = grown
-            capacity = newCapacity
-        }
-
-        deinit { free(base) }
+        deinit { base?.deallocate() }
     }
 
     private var storage = Storage()
@@ -60,15 +44,19 @@ public struct ByteQueue: @unchecked Sendable {
     /// Bytes of storage held, used or not.
     public var capacity: Int { storage.capacity }
 
-    /// A buffer of this queue's own before it is written (copy on write).
-    private mutating func makeUnique() {
-        if isKnownUniquelyReferenced(&storage) { return }
-        storage = Storage(copying: storage.base.map { UnsafeRawPointer($0 + start) }, count: count, capacity: storage.capacity)
+    /// Moves the unconsumed bytes into a new buffer of `capacity` bytes, this queue's own.
+    private mutating func reallocate(capacity: Int) {
+        storage = Storage(copying: storage.base.map { UnsafeRawPointer($0 + start) }, count: count, capacity: capacity)
         end = count
         start = 0
     }
 
-    /// Makes room for `needed` more bytes after `end`.
+    /// A buffer of this queue's own before it is written (copy on write).
+    private mutating func makeUnique() {
+        if !isKnownUniquelyReferenced(&storage) { reallocate(capacity: storage.capacity) }
+    }
+
+    /// Makes room for `needed` more bytes after `end`, in a buffer of this queue's own.
     private mutating func reserve(_ needed: Int) {
         makeUnique()
         if storage.capacity - end >= needed { return }
@@ -79,7 +67,7 @@ public struct ByteQueue: @unchecked Sendable {
             end = live
             if storage.capacity - end >= needed { return }
         }
-        storage.resize(to: max(storage.capacity * 2, end + needed, 4096))
+        reallocate(capacity: max(storage.capacity * 2, count + needed, 4096))
     }
 
     public mutating func append(_ bytes: UnsafeRawBufferPointer) {
@@ -105,7 +93,7 @@ public struct ByteQueue: @unchecked Sendable {
     @discardableResult
     public mutating func append(capacity: Int, _ body: (UnsafeMutableRawBufferPointer) -> Int) -> Int {
         reserve(capacity)
-        let produced = body(UnsafeMutableRawBufferPointer(start: storage.base! + end, count: capacity))
+        let produced = body(UnsafeMutableRawBufferPointer(start: storage.base.map { $0 + end }, count: capacity))
         if produced > 0 { end += min(produced, capacity) }
         return produced
     }
