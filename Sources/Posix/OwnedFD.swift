@@ -95,6 +95,16 @@ public enum FileIO {
         }
     }
 
+    /// Starts writing a file's dirty pages to its disk without waiting for it (best effort:
+    /// false where the file system cannot, e.g. a pipe). A writer that does this every few MiB
+    /// leaves its closing fsync(2) the last few to write, not the whole file (0.24 s for a
+    /// GiB here). C: sync_file_range(2) with SYNC_FILE_RANGE_WRITE over the whole file
+    @discardableResult
+    public static func startWriteback(_ fd: CInt) -> Bool { csys_start_writeback(fd) == 0 }
+
+    /// How many bytes a writer lets pass between two `startWriteback` calls.
+    public static let writebackIntervalBytes = 8 << 20
+
     /// Writes everything to a blocking descriptor (small control writes, files, tests).
     public static func writeAll(_ fd: CInt, _ bytes: UnsafeRawBufferPointer) throws(Errno) {
         var offset = 0

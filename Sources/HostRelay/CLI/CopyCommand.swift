@@ -181,6 +181,8 @@ struct Copy: Sendable {
         }
         do throws(FileError) {
             try await copy(stream, to: fd, label: "\(path) -> \(local)")
+            // Durable before it replaces the old file, as the help promises.
+            if fsync(fd) != 0 { throw FileCommands.local(Errno(rawValue: errno), op: "fsync", path: local) }
             if fchmod(fd, mode_t(info.mode)) != 0 { throw FileCommands.local(Errno(rawValue: errno), op: "chmod", path: local) }
             if keepOwners && fchown(fd, info.uid, info.gid) != 0 {
                 throw FileCommands.local(Errno(rawValue: errno), op: "chown", path: local)

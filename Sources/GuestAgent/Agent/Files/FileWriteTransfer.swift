@@ -39,8 +39,6 @@ final class FileWriteTransfer: FileTransfer {
     private var written: UInt64 = 0
     /// Bytes written since the last call that started their writeback.
     private var unflushed = 0
-    /// How often the file's dirty pages are handed to the disk while it is written.
-    static let writebackBytes = 8 << 20
     private let onEnd: () -> Void
 
     init(id: UInt32, link: FramedConnection, request: FsWrite, target: FilePath, user: ResolvedUser?, identity: FileIdentity,
@@ -140,14 +138,11 @@ final class FileWriteTransfer: FileTransfer {
         hasher.update(bytes)
         written += UInt64(bytes.count)
         unflushed += bytes.count
-        if unflushed >= Self.writebackBytes {
-            // Starts writing what is dirty so far to the disk and returns (it waits only when
-            // the device's queue is full): the fsync at the end then has the last few MiB to
-            // write, not the whole file. It ran on this, the agent's one thread, for 0.24 s after
-            // a 1 GiB upload, every other session stalled meanwhile; and a small guest keeps
-            // less of its memory dirty. Best effort: a file system without it (EINVAL,
-            // ENOSYS) is left to the fsync.
-            _ = csys_start_writeback(raw)
+        if unflushed >= FileIO.writebackIntervalBytes {
+            // The fsync at the end runs on this, the agent's one thread: after a 1 GiB upload
+            // it stalled every other session for 0.24 s when it had the whole file to write.
+            // A small guest also keeps less of its memory dirty.
+            FileIO.startWriteback(raw)
             unflushed = 0
         }
     }
