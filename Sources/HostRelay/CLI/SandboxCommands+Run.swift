@@ -49,7 +49,7 @@ enum RunCommand: Command {
             }
             let status = ExecCommand.run((["--socket", "unix:" + state.relaySocket, "--"] + parsed.positionals)[...])
             // The command is over: nothing in the sandbox is worth a long grace.
-            do throws(SandboxError) { try stop(.seconds(2)) } catch {
+            do throws(SandboxError) { _ = try stop(.seconds(2)) } catch {
                 ErrorBlock.warning("stopping sandbox \(state.name): \(error.message)", hint: error.hint)
             }
             return status
