@@ -90,9 +90,11 @@ enum TunnelMeasurements {
         return elapsed
     }
 
-    /// The exec round trip while one tunnel streams as fast as it can: does a busy tunnel hold
-    /// exec traffic back? (Each has its own connection to the agent; they share the CPUs.)
-    static func execWhileStreaming(_ client: TetherClient, sink: Sink, count: Int) async throws -> (Timings, streamedBytes: Int) {
+    /// `measure` while one tunnel streams as fast as it can: does a busy tunnel hold exec
+    /// traffic back? (Each has its own connection to the agent; they share the CPUs.) Run with
+    /// a plain posix_spawn too, it says what the same load does to a spawn without Tether.
+    static func whileStreaming(_ client: TetherClient, sink: Sink,
+                               _ measure: () async throws -> Timings) async throws -> (Timings, streamedBytes: Int) {
         let port = try await client.ports.expose(guestPort: UInt32(sink.port), name: "bench-busy")
         let fd = try connect(port: port.hostPort)
         let stop = Flag()
@@ -103,7 +105,7 @@ enum TunnelMeasurements {
         }
         // Let the stream reach its pace first.
         try await Task.sleep(nanoseconds: 200_000_000)
-        let timings = try await TetherMeasurements.execRoundTrip(client, count: count)
+        let timings = try await measure()
         stop.value.store(true, ordering: .relaxed)
         while !writer.done.load(ordering: .acquiring) { usleep(1_000) }
         shutdown(fd, CInt(SHUT_WR))

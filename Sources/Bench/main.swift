@@ -99,11 +99,15 @@ do {
     let tunnelNs = try await medianElapsed(runs) { try await TunnelMeasurements.throughput(viaRelay, sink: sink, bytes: streamBytes) }
     let tunnelMBps = megabytesPerSecond(bytes: streamBytes, ns: tunnelNs)
     report.value("exposed port \(streamBytes >> 20) MiB host -> relay -> agent -> service", formatted(tunnelMBps, decimals: 0) + " MB/s")
-    let (busyExec, streamed) = try await TunnelMeasurements.execWhileStreaming(viaRelay, sink: sink, count: spawnCount / 2)
+    let (busyExec, streamed) = try await TunnelMeasurements.whileStreaming(viaRelay, sink: sink) {
+        try await TetherMeasurements.execRoundTrip(viaRelay, count: spawnCount / 2)
+    }
     report.value("exec /bin/true via relay median while a tunnel streams", microseconds(busyExec.median)
                  + " (\(streamed >> 20) MiB streamed meanwhile)")
     let idleExec = try await TetherMeasurements.execRoundTrip(viaRelay, count: spawnCount / 2)
     report.value("exec /bin/true via relay median, idle, same run", microseconds(idleExec.median))
+    let (busySpawn, _) = try await TunnelMeasurements.whileStreaming(viaRelay, sink: sink) { try Baselines.spawnTrue(count: spawnCount / 2) }
+    report.value("posix_spawn+waitpid /bin/true median while a tunnel streams", microseconds(busySpawn.median))
     sink.close()
     let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("tether-bench-files-\(getpid())").path
     try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
@@ -194,6 +198,8 @@ do {
     report.value("exposed port / socket ceiling", formatted(100 * tunnelMBps / socketMBps, decimals: 0) + "%")
     report.value("exec while a tunnel streams / idle", formatted(Double(busyExec.median) / Double(idleExec.median), decimals: 2)
                  + "x (target <= 1.5x)")
+    report.value("posix_spawn while a tunnel streams / idle", formatted(Double(busySpawn.median) / Double(spawn.median), decimals: 2)
+                 + "x (what the same load does to a spawn without Tether)")
     report.value("agent peak RSS", megabytes(bytes: streaming.peakKiB * 1024) + " (target <= 8 MB)")
     // A copy's ceiling is the local copy it stands for: bytes from a pipe onto disk (fsynced)
     // into the guest, a cached file into a pipe out of it; the pipe alone is the other bound.
