@@ -79,7 +79,7 @@ public final class StreamBridge {
     }
 
     /// Rounds of moving bytes one event may take before the loop serves other descriptors.
-    private static let roundsPerTurn = 4
+    private static let roundsPerTurn = 1
 
     private let loop: EventLoop
     private var directions: [Direction]
