@@ -54,11 +54,24 @@ final class AgentFiles: AgentSubsystem {
             }
         case .fsRemove:
             let request = try FsRemove(frame, as: "fsRemove")
-            answerDone(id, on: link, request.scope) { (path) throws(FileFailure) in
+            if request.recursive { try checkRoom() }
+            answer(id, on: link) { () throws(FileFailure) in
+                let (path, user) = try resolve(request.scope)
                 guard path.bytes.contains(where: { $0 != UInt8(ascii: "/") }) else {
                     throw FileFailure(.invalidPath, op: "remove", path: path.given, "the root directory cannot be removed")
                 }
-                try FileOperations.remove(path, recursive: request.recursive)
+                // A tree goes a batch per turn (FileRemoveTransfer); anything else in this one.
+                let isTree = try identity.run(as: user) { () throws(FileFailure) -> Bool in
+                    if request.recursive, try FileOperations.isDirectory(path) { return true }
+                    try FileOperations.remove(path)
+                    return false
+                }
+                guard isTree else {
+                    link.send(FsDone(), id: id, flags: .end)
+                    return
+                }
+                transfers[id] = try FileRemoveTransfer(id: id, link: link, loop: loop, root: path, identity: identity, user: user,
+                                                       onEnd: { [unowned self] in transfers[id] = nil })
             }
         case .fsRename:
             let request = try FsRename(frame, as: "fsRename")

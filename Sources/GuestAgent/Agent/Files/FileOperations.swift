@@ -64,45 +64,22 @@ enum FileOperations {
         try fileCall("chmod", path.given) { chmod(path.c, mode_t(mode)) }
     }
 
-    static func remove(_ path: FilePath, recursive: Bool) throws(FileFailure) {
-        var st = Glibc.stat()
-        try fileCall("lstat", path.given) { fstatat(AT_FDCWD, path.c, &st, AT_SYMLINK_NOFOLLOW) }
-        guard type(of: st.st_mode) == .dir else {
+    /// Removes a file, a symlink or an empty directory (a tree is `FileRemoveTransfer`'s).
+    static func remove(_ path: FilePath) throws(FileFailure) {
+        guard try isDirectory(path) else {
             let pin = FileReclaimer.pin(path.c)
             defer { pin.map(FileReclaimer.release) }
             try fileCall("unlink", path.given) { unlink(path.c) }
             return
         }
-        if recursive {
-            let fd = try fileCall("open", path.given) { open(path.c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
-            try removeContents(of: fd, path: path)
-        }
         try fileCall("rmdir", path.given) { rmdir(path.c) }
     }
 
-    /// Empties the directory open as `fd` (closing it), never following a symlink out of it.
-    private static func removeContents(of fd: CInt, path: FilePath) throws(FileFailure) {
-        guard let dir = fdopendir(fd) else {
-            let code = errno
-            close(fd)
-            throw FileFailure(op: "opendir", path: path.given, errno: Errno(rawValue: code))
-        }
-        defer { closedir(dir) }
-        while let entry = readdir(dir) {
-            let name = DirectoryListing.name(of: entry)
-            if name == [UInt8(ascii: ".")] || name == [UInt8(ascii: "."), UInt8(ascii: ".")] { continue }
-            let child = path.child(name)
-            let isDirectory = entry.pointee.d_type == UInt8(DT_DIR)
-            if isDirectory {
-                let sub = try fileCall("open", child.os) { openat(dirfd(dir), name.cString, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
-                try removeContents(of: sub, path: child)
-            }
-            let pin = isDirectory ? nil : FileReclaimer.pin(name.cString, in: dirfd(dir))
-            defer { pin.map(FileReclaimer.release) }
-            try fileCall(isDirectory ? "rmdir" : "unlink", child.os) {
-                unlinkat(dirfd(dir), name.cString, isDirectory ? AT_REMOVEDIR : 0)
-            }
-        }
+    /// Whether `path` itself (not what a symlink names) is a directory.
+    static func isDirectory(_ path: FilePath) throws(FileFailure) -> Bool {
+        var st = Glibc.stat()
+        try fileCall("lstat", path.given) { fstatat(AT_FDCWD, path.c, &st, AT_SYMLINK_NOFOLLOW) }
+        return type(of: st.st_mode) == .dir
     }
 
     static func rename(_ from: FilePath, to: FilePath, overwrite: Bool) throws(FileFailure) {
