@@ -280,12 +280,22 @@ final class Session {
         } else {
             reading = phase != .spawning
         }
+        // Registered in this order (stdout, stderr, stdin, report): pipes that are already
+        // readable when they are added (the program wrote to both before its exec was seen) are
+        // reported by epoll in the order they were added, so stdout's bytes come before
+        // stderr's, the order a program most often writes them. A dictionary's order varied
+        // from one agent process to the next.
         var wanted: [CInt: UInt32] = [:]
-        for stream in output.streams where stream.isOpen && reading { wanted[stream.fd.raw, default: 0] |= EventLoop.readable }
-        if let fd = stdin.waitingDescriptor { wanted[fd, default: 0] |= EventLoop.writable }
-        if let report { wanted[report.raw] = EventLoop.readable }
+        var order: [CInt] = []
+        func want(_ fd: CInt, _ events: UInt32) {
+            if wanted[fd] == nil { order.append(fd) }
+            wanted[fd, default: 0] |= events
+        }
+        for stream in output.streams where stream.isOpen && reading { want(stream.fd.raw, EventLoop.readable) }
+        if let fd = stdin.waitingDescriptor { want(fd, EventLoop.writable) }
+        if let report { want(report.raw, EventLoop.readable) }
         for (fd, _) in interest where wanted[fd] == nil { setInterest(fd, 0) }
-        for (fd, events) in wanted { setInterest(fd, events) }
+        for fd in order { setInterest(fd, wanted[fd] ?? 0) }
     }
 
     private func setInterest(_ fd: CInt, _ events: UInt32) {
