@@ -65,13 +65,7 @@ struct DirectoryListing {
         // Open every level of the cursor, each inside the one above it.
         var open: [OpaquePointer] = []
         defer { for dir in open { closedir(dir) } }
-        let top = try fileCall("open", path.given) { Glibc.open(path.c, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
-        guard let topDir = fdopendir(top) else {
-            let code = errno
-            close(top)
-            throw FileFailure(op: "opendir", path: path.given, errno: Errno(rawValue: code))
-        }
-        open.append(topDir)
+        open.append(try FileOperations.openDirectory(path.c, follow: true, path: path.given))
         for (index, level) in levels.enumerated() {
             if index > 0 {
                 let parent = open[open.count - 1]

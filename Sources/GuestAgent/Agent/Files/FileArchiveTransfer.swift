@@ -39,13 +39,8 @@ final class FileArchiveTransfer: FileTransfer {
         self.identity = identity
         self.user = user
         self.onEnd = onEnd
-        let fd = try identity.run(as: user) { () throws(FileFailure) in
-            try fileCall("open", root.given) { open(root.c, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
-        }
-        guard let dir = fdopendir(fd) else {
-            let code = errno
-            close(fd)
-            throw FileFailure(op: "opendir", path: root.given, errno: Errno(rawValue: code))
+        let dir = try identity.run(as: user) { () throws(FileFailure) in
+            try FileOperations.openDirectory(root.c, follow: true, path: root.given)
         }
         stack = [(dir, [])]
     }
@@ -167,14 +162,7 @@ final class FileArchiveTransfer: FileTransfer {
                                   mtime: Int64(st.st_mtim.tv_sec))
             switch FileOperations.type(of: st.st_mode) {
             case .dir:
-                let fd = try fileCall("open", root.child(relative).os) {
-                    openat(parent, name.cString, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                }
-                guard let dir = fdopendir(fd) else {
-                    close(fd)
-                    throw FileFailure(op: "opendir", path: root.child(relative).os, errno: Errno(rawValue: errno))
-                }
-                stack.append((dir, relative))
+                stack.append((try FileOperations.openDirectory(name.cString, in: parent, path: root.child(relative).os), relative))
                 header.type = .directory
             case .file:
                 let fd = try fileCall("open", root.child(relative).os) { openat(parent, name.cString, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) }

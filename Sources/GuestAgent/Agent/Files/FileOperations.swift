@@ -75,6 +75,22 @@ enum FileOperations {
         try fileCall("rmdir", path.given) { rmdir(path.c) }
     }
 
+    /// The directory `name` (under `parent`'s descriptor, or a path) as a directory stream for
+    /// readdir(3). `follow`: a final symlink is followed (the directory a request names);
+    /// otherwise it is refused (ELOOP), so a walk never leaves its tree. `path` is what a
+    /// failure names.
+    static func openDirectory(_ name: [CChar], in parent: CInt = AT_FDCWD, follow: Bool = false,
+                              path: OSString) throws(FileFailure) -> OpaquePointer {
+        let flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW)
+        let fd = try fileCall("open", path) { openat(parent, name, flags) }
+        guard let dir = fdopendir(fd) else {
+            let code = errno
+            close(fd)
+            throw FileFailure(op: "opendir", path: path, errno: Errno(rawValue: code))
+        }
+        return dir
+    }
+
     /// Whether `path` itself (not what a symlink names) is a directory.
     static func isDirectory(_ path: FilePath) throws(FileFailure) -> Bool {
         var st = Glibc.stat()

@@ -42,9 +42,7 @@ final class FileRemoveTransfer: FileTransfer {
         self.identity = identity
         self.user = user
         self.onEnd = onEnd
-        let dir = try identity.run(as: user) { () throws(FileFailure) in
-            try Self.directoryStream(path: root) { open(root.c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
-        }
+        let dir = try identity.run(as: user) { () throws(FileFailure) in try FileOperations.openDirectory(root.c, path: root.given) }
         stack = [(dir, root, nil)]
         loop.afterReadyEvents { [weak self] in self?.step() }
     }
@@ -111,10 +109,7 @@ final class FileRemoveTransfer: FileTransfer {
             let parent = dirfd(top.dir)
             let child = top.path.child(name)
             if try Self.isDirectory(entry, name: name, in: parent, path: child) {
-                let dir = try Self.directoryStream(path: child) {
-                    openat(parent, name.cString, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                }
-                stack.append((dir, child, name))
+                stack.append((try FileOperations.openDirectory(name.cString, in: parent, path: child.os), child, name))
             } else {
                 let pin = FileReclaimer.pin(name.cString, in: parent)
                 defer { pin.map(FileReclaimer.release) }
@@ -131,17 +126,6 @@ final class FileRemoveTransfer: FileTransfer {
         var st = Glibc.stat()
         try fileCall("lstat", path.os) { fstatat(parent, name.cString, &st, AT_SYMLINK_NOFOLLOW) }
         return FileOperations.type(of: st.st_mode) == .dir
-    }
-
-    /// The directory `open` opens (never through a symlink: O_NOFOLLOW) as a directory stream.
-    private static func directoryStream(path: FilePath, _ open: () -> CInt) throws(FileFailure) -> OpaquePointer {
-        let fd = try fileCall("open", path.os) { open() }
-        guard let dir = fdopendir(fd) else {
-            let code = errno
-            close(fd)
-            throw FileFailure(op: "opendir", path: path.os, errno: Errno(rawValue: code))
-        }
-        return dir
     }
 
     private func end(failure: FileFailure) {
