@@ -105,6 +105,29 @@ public enum FileIO {
     /// How many bytes a writer lets pass between two `startWriteback` calls.
     public static let writebackIntervalBytes = 8 << 20
 
+    /// A writer's `startWriteback` every `writebackIntervalBytes` written, for a regular file
+    /// (anything else, a pipe or a terminal, has no pages to hand over: it does nothing).
+    public struct WritebackPacer: Sendable {
+        private let fd: CInt
+        private let isFile: Bool
+        private var unflushed = 0
+
+        public init(fd: CInt) {
+            var st = stat()
+            self.fd = fd
+            isFile = fstat(fd, &st) == 0 && st.st_mode & S_IFMT == S_IFREG
+        }
+
+        /// `count` more bytes were written.
+        public mutating func wrote(_ count: Int) {
+            guard isFile else { return }
+            unflushed += count
+            guard unflushed >= FileIO.writebackIntervalBytes else { return }
+            FileIO.startWriteback(fd)
+            unflushed = 0
+        }
+    }
+
     /// Writes everything to a blocking descriptor (small control writes, files, tests).
     public static func writeAll(_ fd: CInt, _ bytes: UnsafeRawBufferPointer) throws(Errno) {
         var offset = 0

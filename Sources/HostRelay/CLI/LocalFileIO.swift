@@ -171,18 +171,10 @@ final class LocalSink: Sendable {
     /// Bytes to a descriptor, left open. A regular file's pages are handed to its disk as
     /// they are written, so that the caller's fsync has little left to do.
     convenience init(fd: CInt, label: String) throws(Errno) {
-        var st = stat()
-        let isFile = fstat(fd, &st) == 0 && st.st_mode & S_IFMT == S_IFREG
-        let unflushed = Mutex(0)   // touched by the writer thread alone
+        let writeback = Mutex(FileIO.WritebackPacer(fd: fd))   // used by the writer thread alone
         try self.init(named: "tether-cp-write", consume: { chunk in
             do throws(Errno) { try FileIO.writeAll(fd, chunk) } catch { return FileCommands.local(error, op: "write", path: label) }
-            let due = unflushed.withLock { n -> Bool in
-                n += chunk.count
-                guard n >= FileIO.writebackIntervalBytes else { return false }
-                n = 0
-                return true
-            }
-            if isFile && due { FileIO.startWriteback(fd) }
+            writeback.withLock { $0.wrote(chunk.count) }
             return nil
         }, finish: { nil })
     }

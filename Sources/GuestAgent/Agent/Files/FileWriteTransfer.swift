@@ -37,8 +37,11 @@ final class FileWriteTransfer: FileTransfer {
     private let existing: Glibc.stat?
     private var hasher = SHA256()
     private var written: UInt64 = 0
-    /// Bytes written since the last call that started their writeback.
-    private var unflushed = 0
+    /// The fsync at the end runs on this, the agent's one thread: after a 1 GiB upload it
+    /// stalled every other session for 0.24 s when it had the whole file to write. Handing
+    /// the pages to the disk as they are written leaves it the last few MiB (and a small guest
+    /// keeps less of its memory dirty).
+    private var writeback: FileIO.WritebackPacer
     private let onEnd: () -> Void
 
     init(id: UInt32, link: FramedConnection, request: FsWrite, target: FilePath, user: ResolvedUser?, identity: FileIdentity,
@@ -95,6 +98,7 @@ final class FileWriteTransfer: FileTransfer {
             return found ? st : nil
         }
         fd = OwnedFD(adopting: opened)
+        writeback = FileIO.WritebackPacer(fd: opened)
         tempName = named
         // Acked ahead: the client's stdin window becomes uploadWindowBytes (PROTOCOL.md 8).
         link.send(Ack(bytes: UInt64(FlowControl.uploadWindowBytes - FlowControl.initialWindowBytes)), id: id)
@@ -137,14 +141,7 @@ final class FileWriteTransfer: FileTransfer {
         do { try FileIO.writeAll(raw, bytes) } catch { throw FileFailure(op: "write", path: target.given, errno: error) }
         hasher.update(bytes)
         written += UInt64(bytes.count)
-        unflushed += bytes.count
-        if unflushed >= FileIO.writebackIntervalBytes {
-            // The fsync at the end runs on this, the agent's one thread: after a 1 GiB upload
-            // it stalled every other session for 0.24 s when it had the whole file to write.
-            // A small guest also keeps less of its memory dirty.
-            FileIO.startWriteback(raw)
-            unflushed = 0
-        }
+        writeback.wrote(bytes.count)
     }
 
     /// The last byte arrived: check, make durable, put in place.
