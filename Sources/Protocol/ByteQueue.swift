@@ -58,7 +58,11 @@ public struct ByteQueue: @unchecked Sendable {
 
     /// Makes room for `needed` more bytes after `end`, in a buffer of this queue's own.
     private mutating func reserve(_ needed: Int) {
-        makeUnique()
+        guard isKnownUniquelyReferenced(&storage) else {
+            // Shared with a copy: one new buffer, with the room already in it.
+            reallocate(capacity: max(storage.capacity, count + needed, 4096))
+            return
+        }
         if storage.capacity - end >= needed { return }
         if start > 0 && start >= count {
             let live = count
