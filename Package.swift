@@ -57,7 +57,7 @@ let package = Package(
         // also the krun backend's VMM process (krun_start_enter takes over the process that calls it).
         .executableTarget(name: "tether-sandbox", dependencies: ["TetherBoot"], path: "Sources/HostRelay/Sandbox"),
 
-        .executableTarget(name: "tether-bench", dependencies: ["TetherClient", "TetherBoot", "TetherPosix", "CSys"],
+        .executableTarget(name: "tether-bench", dependencies: ["TetherAgent", "TetherClient", "TetherBoot", "TetherPosix", "CSys"],
                           path: "Sources/Bench"),
 
         // Shared by the test targets: locating built binaries, temporary dirs, process helpers.

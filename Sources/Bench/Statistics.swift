@@ -24,7 +24,12 @@ func megabytesPerSecond(bytes: Int, ns: UInt64) -> Double {
 }
 
 func microseconds(_ ns: UInt64) -> String {
-    formatted(Double(ns) / 1000, decimals: 1) + " us"
+    microseconds(nanoseconds: Double(ns))
+}
+
+/// A difference of two timings, which may be negative.
+func microseconds(nanoseconds ns: Double) -> String {
+    formatted(ns / 1000, decimals: 1) + " us"
 }
 
 func formatted(_ value: Double, decimals: Int) -> String {

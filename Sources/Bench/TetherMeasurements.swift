@@ -2,8 +2,10 @@
 import Glibc
 #endif
 import Foundation
+import TetherAgent
 import TetherClient
 import TetherPosix
+import TetherProtocol
 
 /// Tether end to end: TetherClient -> `tether relay` -> agent, the path users take, and the
 /// client straight to the agent (what the relay costs).
@@ -17,6 +19,22 @@ enum TetherMeasurements {
             let output = try await client.exec(["/bin/true"])
             timings.add(Clock.monotonicNs() - start)
             guard output.success else { throw BenchError.failed("/bin/true exited \(output.status)") }
+        }
+        return timings
+    }
+
+    /// /bin/true started by the agent's own spawn code run in this process (`DirectSpawn`:
+    /// plan, pipes, capability bound, no_new_privs, the profile's filter, vfork child) and
+    /// reaped, `count` times after a warm-up: an exec without the agent's loop, its protocol
+    /// or any transport, and (beside posix_spawn) what the confinement costs.
+    static func directSpawn(_ spawner: DirectSpawn, seccomp: SeccompProfile, count: Int) throws -> Timings {
+        for _ in 0..<min(100, count) { _ = try spawner.run(["/bin/true"], seccomp: seccomp) }
+        var timings = Timings(reserving: count)
+        for _ in 0..<count {
+            let start = Clock.monotonicNs()
+            let status = try spawner.run(["/bin/true"], seccomp: seccomp)
+            timings.add(Clock.monotonicNs() - start)
+            guard status == 0 else { throw BenchError.failed("/bin/true ended with wait status \(status)") }
         }
         return timings
     }

@@ -8,6 +8,7 @@
 import Glibc
 #endif
 import Foundation
+import TetherAgent
 import TetherBoot
 import TetherClient
 
@@ -46,6 +47,13 @@ do {
     let spawn = try Baselines.spawnTrue(count: spawnCount)
     report.value("posix_spawn+waitpid /bin/true median", microseconds(spawn.median))
     report.value("posix_spawn+waitpid /bin/true p99", microseconds(spawn.p99))
+    // The agent's spawn code in this process, once without a filter and once with the default
+    // one: with posix_spawn and the execs below, each part of an exec is measured apart.
+    let directSpawner = DirectSpawn()
+    let confinedSpawn = try TetherMeasurements.directSpawn(directSpawner, seccomp: .default, count: spawnCount)
+    report.value("the agent's spawn in-process (pipes, confinement, default filter) median", microseconds(confinedSpawn.median))
+    let unfilteredSpawn = try TetherMeasurements.directSpawn(directSpawner, seccomp: .unfiltered, count: spawnCount)
+    report.value("the agent's spawn in-process, seccomp none, median", microseconds(unfilteredSpawn.median))
     let pipeNs = try medianElapsed(runs) { try Baselines.pipeThroughput(bytes: streamBytes) }
     let pipeMBps = megabytesPerSecond(bytes: streamBytes, ns: pipeNs)
     report.value("pipe ceiling (head -c \(streamBytes >> 20)MiB /dev/zero)", formatted(pipeMBps, decimals: 0) + " MB/s")
@@ -184,6 +192,20 @@ do {
     let spawnInAgent = Double(exec.median) - Double(ping.median)
     report.value("(exec - ping) via relay / posix_spawn", formatted(spawnInAgent / Double(spawn.median), decimals: 2)
                  + "x (the agent's own spawn, without the transport)")
+    // Where an exec's time goes, part by part (each a difference of two medians of this run).
+    let filterCost = Double(confinedSpawn.median) - Double(unfilteredSpawn.median)
+    let confinementCost = Double(unfilteredSpawn.median) - Double(spawn.median)
+    let loopCost = Double(execDirect.median) - Double(confinedSpawn.median)
+    let relayCost = Double(exec.median) - Double(execDirect.median)
+    report.value("exec via relay, part by part", "posix_spawn \(microseconds(spawn.median))"
+                 + " + pipes and capability bound \(microseconds(nanoseconds: confinementCost))"
+                 + " + seccomp filter install \(microseconds(nanoseconds: filterCost))"
+                 + " + agent loop, protocol and socket \(microseconds(nanoseconds: loopCost))"
+                 + " + relay hop \(microseconds(nanoseconds: relayCost))")
+    report.value("agent's spawn in-process / posix_spawn", formatted(Double(confinedSpawn.median) / Double(spawn.median), decimals: 2)
+                 + "x (what confinement costs a spawn)")
+    report.value("exec direct / agent's spawn in-process", formatted(Double(execDirect.median) / Double(confinedSpawn.median), decimals: 2)
+                 + "x (what the agent's loop, protocol and one socket hop add)")
     report.value("ping via relay / ping direct", formatted(Double(ping.median) / Double(pingDirect.median), decimals: 2) + "x (target <= 1.5x)")
     report.value("ping direct / unix 64-byte round trip", formatted(Double(pingDirect.median) / Double(unixTrip.median), decimals: 2) + "x (target <= 2x)")
     report.value("agent CPU per GiB of stdout", formatted(agentCPUPerGiB, decimals: 2) + " s (target <= 1 s)")

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,16 +189,21 @@ static int child_entry(void *argument) {
 }
 
 /* The child's stack while it shares the agent's memory. One is enough: CLONE_VFORK suspends
- * the (single) calling thread until the child has called execve or exited. */
+ * the calling thread until the child has called execve or exited, and the lock keeps a second
+ * thread (the agent has one loop thread; a benchmark or test process may have several) from
+ * starting a child on the same stack meanwhile. */
 static void *child_stack;
+static pthread_mutex_t child_stack_lock = PTHREAD_MUTEX_INITIALIZER;
 enum { CHILD_STACK_BYTES = 256 << 10 };
 
 pid_t csys_spawn(const struct csys_spawn_options *options, int *report_fd, int *failed_stage) {
     int saved = errno;
+    pthread_mutex_lock(&child_stack_lock);
     if (child_stack == NULL) {
         void *stack = mmap(NULL, CHILD_STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
         if (stack == MAP_FAILED) {
             int error = errno;
+            pthread_mutex_unlock(&child_stack_lock);
             errno = saved;
             *failed_stage = CSYS_STAGE_FORK;
             return -error;
@@ -207,6 +213,7 @@ pid_t csys_spawn(const struct csys_spawn_options *options, int *report_fd, int *
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) < 0) {
         int error = errno;
+        pthread_mutex_unlock(&child_stack_lock);
         errno = saved;
         *failed_stage = CSYS_STAGE_REPORT_PIPE;
         return -error;
@@ -228,6 +235,7 @@ pid_t csys_spawn(const struct csys_spawn_options *options, int *report_fd, int *
     pid_t pid = clone(child_entry, (char *)child_stack + CHILD_STACK_BYTES, CLONE_VM | CLONE_VFORK | SIGCHLD, &start);
 #endif
     int error = errno;
+    pthread_mutex_unlock(&child_stack_lock);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     close(fds[1]);
     if (pid < 0) {
