@@ -55,8 +55,18 @@ func medianElapsed(_ runs: Int, _ body: () throws -> UInt64) rethrows -> UInt64 
     return timings.median
 }
 
-func medianElapsed(_ runs: Int, _ body: () async throws -> UInt64) async rethrows -> UInt64 {
-    var timings = Timings(reserving: runs)
-    for _ in 0..<max(runs, 1) { timings.add(try await body()) }
-    return timings.median
+
+/// A ceiling and Tether's transfer that is measured against it, run alternately (ceiling,
+/// Tether, ceiling, Tether, ...) `runs` times each, with each one's median. Measured minutes
+/// apart, a ceiling and its transfer saw different machines: the pipe ceiling read 1.2 GB/s at
+/// the start of one run and 2.3 GB/s in the next, and the ratio followed it.
+func pairedMedians(_ runs: Int, ceiling: () throws -> UInt64,
+                   tether: () async throws -> UInt64) async rethrows -> (ceiling: UInt64, tether: UInt64) {
+    var ceilings = Timings(reserving: runs)
+    var tethers = Timings(reserving: runs)
+    for _ in 0..<max(runs, 1) {
+        ceilings.add(try ceiling())
+        tethers.add(try await tether())
+    }
+    return (ceilings.median, tethers.median)
 }
