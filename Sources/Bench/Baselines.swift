@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CSys
 import Foundation
 import TetherPosix
 
@@ -122,12 +123,23 @@ enum Baselines {
 extension Baselines {
     /// 64 bytes each way over an AF_UNIX stream socketpair, a thread echoing: the floor under
     /// any ping over a unix socket (two context switches and two copies each way).
-    static func unixRoundTrip(count: Int, size: Int = 64) throws -> Timings {
+    ///
+    /// `cpus`: the CPUs the timing thread and the echoing thread are pinned to for the
+    /// measurement. Left to the scheduler, the two threads of one process share a vCPU in some
+    /// runs and not in others, and on this kind of VM the round trip is then 8 or 24 us: a
+    /// wake-up of another, idle vCPU is an exit to the hypervisor.
+    static func unixRoundTrip(count: Int, size: Int = 64, cpus: (timing: Int, echo: Int)) throws -> Timings {
         let pair = try Socket.pair()
         let echoFD = pair.second.raw
         let fd = pair.first.raw
         let total = count + min(100, count)
+        var original = [UInt8](repeating: 0, count: 128)
+        let got = csys_thread_affinity_get(&original, original.count)
+        guard got == 0 else { throw Errno(rawValue: -got) }
+        defer { _ = csys_thread_affinity_set(original, original.count) }
+        try pinCallingThread(to: cpus.timing)
         DedicatedThread.start(named: "bench-echo") {
+            try? pinCallingThread(to: cpus.echo)
             var buffer = [UInt8](repeating: 0, count: size)
             for _ in 0..<total {
                 guard readFully(echoFD, &buffer), (try? FileIO.writeAll(echoFD, buffer)) != nil else { return }
@@ -142,6 +154,14 @@ extension Baselines {
         }
         _ = pair
         return timings
+    }
+
+    /// Pins the calling thread (sched_setaffinity with pid 0 means the caller's thread).
+    private static func pinCallingThread(to cpu: Int) throws {
+        var mask = [UInt8](repeating: 0, count: 128)
+        mask[cpu / 8] |= UInt8(1 << (cpu % 8))
+        let set = csys_thread_affinity_set(mask, mask.count)
+        guard set == 0 else { throw Errno(rawValue: -set) }
     }
 
     /// Reads exactly `buffer.count` bytes (a blocking socket); false at EOF or on an error.

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CSys
 import Foundation
 import Synchronization
 import TetherClient

@@ -55,8 +55,13 @@ do {
     let unfilteredSpawn = try TetherMeasurements.directSpawn(directSpawner, seccomp: .unfiltered, count: spawnCount)
     report.value("the agent's spawn in-process, seccomp none, median", microseconds(unfilteredSpawn.median))
     report.value("ceilings of bulk transfers", "each measured alternately with the transfer it bounds (below)")
-    let unixTrip = try Baselines.unixRoundTrip(count: spawnCount)
-    report.value("AF_UNIX 64-byte round trip median", microseconds(unixTrip.median))
+    // A client and an agent are two processes the scheduler spreads over the vCPUs, so the
+    // floor under a ping is the round trip between two of them; on one vCPU it is printed too.
+    let cpuCount = ProcessInfo.processInfo.activeProcessorCount
+    let unixTrip = try Baselines.unixRoundTrip(count: spawnCount, cpus: (timing: 0, echo: cpuCount > 1 ? 1 : 0))
+    report.value("AF_UNIX 64-byte round trip median, two vCPUs", microseconds(unixTrip.median))
+    let unixTripOneCPU = try Baselines.unixRoundTrip(count: spawnCount, cpus: (timing: 0, echo: 0))
+    report.value("AF_UNIX 64-byte round trip median, one vCPU", microseconds(unixTripOneCPU.median))
     let socketNs = try medianElapsed(runs) { try Baselines.socketThroughput(bytes: streamBytes) }
     let socketMBps = megabytesPerSecond(bytes: streamBytes, ns: socketNs)
     report.value("AF_UNIX socketpair ceiling", formatted(socketMBps, decimals: 0) + " MB/s")
@@ -213,7 +218,7 @@ do {
     report.value("exec direct / agent's spawn in-process", formatted(Double(execDirect.median) / Double(confinedSpawn.median), decimals: 2)
                  + "x (what the agent's loop, protocol and one socket hop add)")
     report.value("ping via relay / ping direct", formatted(Double(ping.median) / Double(pingDirect.median), decimals: 2) + "x (target <= 1.5x)")
-    report.value("ping direct / unix 64-byte round trip", formatted(Double(pingDirect.median) / Double(unixTrip.median), decimals: 2) + "x (target <= 2x)")
+    report.value("ping direct / unix 64-byte round trip across two vCPUs", formatted(Double(pingDirect.median) / Double(unixTrip.median), decimals: 2) + "x (target <= 2x)")
     report.value("agent CPU per GiB of stdout", formatted(agentCPUPerGiB, decimals: 2) + " s (target <= 1 s)")
     report.value("relay CPU per GiB of stdout", formatted(relayCPUPerGiB, decimals: 2) + " s")
     report.value("stdout / pipe ceiling", formatted(100 * stdoutMBps / pipeMBps, decimals: 0) + "% (target >= 60% and >= 1000 MB/s)")

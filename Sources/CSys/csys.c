@@ -3,8 +3,23 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+int csys_thread_affinity_get(unsigned char *mask, size_t size) {
+    int saved = errno;
+    int result = sched_getaffinity(0, size, (cpu_set_t *)(void *)mask) < 0 ? -errno : 0;
+    errno = saved;
+    return result;
+}
+
+int csys_thread_affinity_set(const unsigned char *mask, size_t size) {
+    int saved = errno;
+    int result = sched_setaffinity(0, size, (const cpu_set_t *)(const void *)mask) < 0 ? -errno : 0;
+    errno = saved;
+    return result;
+}
 
 int csys_pidfd_open(pid_t pid, unsigned int flags) {
     int saved = errno;

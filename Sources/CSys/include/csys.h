@@ -53,6 +53,10 @@ int csys_dup3(int oldfd, int newfd, int flags);
 /* splice(2) of up to `length` bytes between a socket and a pipe, without waiting
  * (SPLICE_F_NONBLOCK | SPLICE_F_MOVE), EINTR retried: the bytes moved, 0 at EOF, or -errno. */
 long csys_splice(int from, int to, unsigned long length);
+/* sched_getaffinity / sched_setaffinity of the calling thread, the mask as `size` bytes (bit n
+ * of byte n / 8 for CPU n): 0 or -errno. */
+int csys_thread_affinity_get(unsigned char *mask, size_t size);
+int csys_thread_affinity_set(const unsigned char *mask, size_t size);
 
 /* The thread's errno, settable (Swift can read errno but not portably assign it). */
 void csys_set_errno(int value);
