@@ -1,7 +1,8 @@
 /* Spawning a child for the guest agent: clone with vfork semantics (CLONE_VM | CLONE_VFORK:
  * the caller is suspended until the child's execve or exit), set the child up with
- * async-signal-safe calls only, execve. For the agent's loop thread only. Everything the child needs (argv, envp, candidate paths, groups, limits) is
- * built by the caller BEFORE the call; the child allocates nothing and takes no locks.
+ * async-signal-safe calls only, execve. One child is started at a time per process (a lock
+ * around the child's stack). Everything the child needs (argv, envp, candidate paths, groups,
+ * limits) is built by the caller BEFORE the call; the child allocates nothing and takes no locks.
  *
  * Contract
  * - All signals are blocked in the caller around the clone, so no handler runs in the child.
