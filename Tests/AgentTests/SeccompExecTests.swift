@@ -106,6 +106,28 @@ import TetherProtocol
         #expect(try run(agent, sh(Self.statusScript) { $0.seccomp = .unfiltered }, id: 4).stdoutText == Self.unfiltered)
     }
 
+    /// A standalone agent that is not PID 1 lowers its bounding set at start (so its children
+    /// have nothing left to drop) but keeps its own permitted and effective sets.
+    @Test(.timeLimit(.minutes(1)))
+    func aStandaloneSubreaperLowersOnlyItsBound() throws {
+        if getuid() != 0 { try Test.cancel("needs root: an ordinary user's agent has no capabilities to bound") }
+        let agent = try startAgent()
+        _ = try run(agent, sh("true"), id: 1)   // it serves, so it has started up
+        let status = try String(contentsOfFile: "/proc/\(agent.pid)/status", encoding: .utf8)
+        func field(_ name: String) -> UInt64? {
+            status.split(separator: "\n").first { $0.hasPrefix(name + ":") }
+                .flatMap { UInt64($0.dropFirst(name.count + 1).trimmingCharacters(in: .whitespaces), radix: 16) }
+        }
+        let mine = GuestCapabilities.currentBoundingSet()
+        #expect(field("CapBnd") == GuestCapabilities.agentKeeps(role: .subreaper) & mine)
+        // This test process's own permitted set, which the agent inherited and keeps.
+        let own = try String(contentsOfFile: "/proc/self/status", encoding: .utf8)
+            .split(separator: "\n").first { $0.hasPrefix("CapPrm:") }
+            .flatMap { UInt64($0.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16) }
+        #expect(field("CapEff") == own)
+        #expect(field("CapPrm") == own)
+    }
+
     /// The agent here is root with every capability; its commands are not.
     @Test(.timeLimit(.minutes(1)))
     func everyCommandHoldsAtMostTheDefaultCapabilities() throws {

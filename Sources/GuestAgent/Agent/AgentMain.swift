@@ -121,6 +121,9 @@ public enum AgentMain {
         if result != 0 {
             throw BootError(stage: "subreaper", errno: -result, message: "cannot become a child subreaper: \(Errno(rawValue: -result))")
         }
+        do { try GuestCapabilities.lowerStandaloneBoundingSet() } catch {
+            Log.warning("cannot lower the agent's bounding set (\(error)); every command lowers its own instead")
+        }
         Boot.ensureStandardDescriptors()
         return .subreaper
     }

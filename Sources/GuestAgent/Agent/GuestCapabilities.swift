@@ -87,6 +87,19 @@ public enum GuestCapabilities {
         if result < 0 { throw DropError(step: "PR_SET_DUMPABLE", errno: Errno(rawValue: -result)) }
     }
 
+    /// A standalone agent that is not PID 1 (`.subreaper`: a development agent on a host
+    /// socket, the benchmark's) lowers its bounding set alone to `agentKeeps(role: .subreaper)`,
+    /// keeping its permitted and effective sets. Its commands are bounded either way, but each
+    /// child would otherwise drop 27 capabilities itself, and every PR_CAPBSET_DROP commits a
+    /// new set of credentials: ~25 us of each spawn here (csys_spawn returned after 90 us, and
+    /// after 65 us from a parent whose bound was lowered already), which a PID 1 agent, lowered
+    /// at boot, does not pay either. Never for an agent inside another program's process
+    /// (tests): the bound would cap what that program's own later execs may gain.
+    public static func lowerStandaloneBoundingSet() throws(DropError) {
+        let result = csys_capability_bound(agentKeeps(role: .subreaper))
+        if result < 0 { throw DropError(step: "PR_CAPBSET_DROP", errno: Errno(rawValue: -result)) }
+    }
+
     /// The calling thread's bounding set, bit N for capability N (PR_CAPBSET_READ is what
     /// /proc/self/status's CapBnd shows).
     public static func currentBoundingSet() -> UInt64 {
