@@ -8,7 +8,6 @@
 import Glibc
 #endif
 import Foundation
-import TetherAgent
 import TetherBoot
 import TetherClient
 
@@ -49,10 +48,8 @@ do {
     report.value("posix_spawn+waitpid /bin/true p99", microseconds(spawn.p99))
     // The agent's spawn code in this process, once without a filter and once with the default
     // one: with posix_spawn and the execs below, each part of an exec is measured apart.
-    let directSpawner = DirectSpawn()
-    let confinedSpawn = try TetherMeasurements.directSpawn(directSpawner, seccomp: .default, count: spawnCount)
+    let (confinedSpawn, unfilteredSpawn) = try TetherMeasurements.directSpawns(count: spawnCount)
     report.value("the agent's spawn in-process (pipes, confinement, default filter) median", microseconds(confinedSpawn.median))
-    let unfilteredSpawn = try TetherMeasurements.directSpawn(directSpawner, seccomp: .unfiltered, count: spawnCount)
     report.value("the agent's spawn in-process, seccomp none, median", microseconds(unfilteredSpawn.median))
     report.value("ceilings of bulk transfers", "each measured alternately with the transfer it bounds (below)")
     // A client and an agent are two processes the scheduler spreads over the vCPUs, so the
