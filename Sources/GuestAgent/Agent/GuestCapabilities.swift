@@ -75,13 +75,13 @@ public enum GuestCapabilities {
     /// (SYS_ADMIN for its mounts and cgroups, ...) and only the serving agent drops.
     /// Capabilities belong to a thread: the agent serves from one thread and starts none.
     /// `.subreaper` (development, and tests that run the agent inside their own process)
-    /// keeps everything; its children are bounded all the same.
+    /// keeps everything here (a standalone one lowers its bounding set alone at start:
+    /// `lowerStandaloneBoundingSet`); its children are bounded all the same.
     public static func dropAgentBoundingSet(role: Agent.Role) throws(DropError) {
         guard role != .subreaper else { return }
         let kept = agentKeeps(role: role)
-        var result = csys_capability_bound(kept)
-        if result < 0 { throw DropError(step: "PR_CAPBSET_DROP", errno: Errno(rawValue: -result)) }
-        result = csys_capability_limit_sets(kept, 1)
+        try lowerBoundingSet(to: kept)
+        var result = csys_capability_limit_sets(kept, 1)
         if result < 0 { throw DropError(step: "capset", errno: Errno(rawValue: -result)) }
         result = csys_set_dumpable(0)
         if result < 0 { throw DropError(step: "PR_SET_DUMPABLE", errno: Errno(rawValue: -result)) }
@@ -96,7 +96,12 @@ public enum GuestCapabilities {
     /// at boot, does not pay either. Never for an agent inside another program's process
     /// (tests): the bound would cap what that program's own later execs may gain.
     public static func lowerStandaloneBoundingSet() throws(DropError) {
-        let result = csys_capability_bound(agentKeeps(role: .subreaper))
+        try lowerBoundingSet(to: agentKeeps(role: .subreaper))
+    }
+
+    /// Drops every capability outside `kept` from the calling thread's bounding set.
+    private static func lowerBoundingSet(to kept: UInt64) throws(DropError) {
+        let result = csys_capability_bound(kept)
         if result < 0 { throw DropError(step: "PR_CAPBSET_DROP", errno: Errno(rawValue: -result)) }
     }
 
