@@ -40,10 +40,6 @@ public final class DirectSpawn {
             child.stdout.close()
             child.stderr?.close()
         }
-        // The vfork child has called execve (or exited) by now: the report is at its end or
-        // holds the failed stage.
-        var report = csys_spawn_report()
-        let reported = csys_spawn_read_report(child.report.raw, &report)
         var open = [child.stdout.raw] + (child.stderr.map { [$0.raw] } ?? [])
         var buffer = [UInt8](repeating: 0, count: 64 << 10)
         while !open.isEmpty {
@@ -61,7 +57,10 @@ public final class DirectSpawn {
         while waitpid(child.pid, &status, 0) < 0 {
             guard errno == EINTR else { throw Failure(description: "waitpid: \(Errno.current)") }
         }
-        if reported == 1 {
+        // The child is gone, so its end of the report pipe is closed: the pipe holds the failed
+        // stage, or nothing (the exec happened).
+        var report = csys_spawn_report()
+        if csys_spawn_read_report(child.report.raw, &report) == 1 {
             throw Failure(description: "\(argv.first ?? ""): \(SpawnStage(child: report.stage)) failed: \(Errno(rawValue: report.error))")
         }
         return status
