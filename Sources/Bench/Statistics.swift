@@ -55,7 +55,6 @@ func medianElapsed(_ runs: Int, _ body: () throws -> UInt64) rethrows -> UInt64 
     return timings.median
 }
 
-
 /// A ceiling and Tether's transfer that is measured against it, run alternately (ceiling,
 /// Tether, ceiling, Tether, ...) `runs` times each, with each one's median. Measured minutes
 /// apart, a ceiling and its transfer saw different machines: the pipe ceiling read 1.2 GB/s at

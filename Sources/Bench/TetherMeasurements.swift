@@ -56,8 +56,7 @@ enum TetherMeasurements {
             }
         }
         done.wait()
-        let (filtered, unfiltered) = try outcome.result!.get()
-        return (filtered, unfiltered)
+        return try outcome.result!.get()
     }
 
     /// `ping` answered by the agent: the transport alone (client, relay when there is one,
