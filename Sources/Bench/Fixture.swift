@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import Synchronization
 import TetherPosix
 
 /// The processes a Tether measurement runs against, as users run them: the stripped static
@@ -161,6 +162,74 @@ struct ResidentSet {
         }
         currentKiB = field("VmRSS")
         peakKiB = field("VmHWM")
+    }
+}
+
+/// CPU time one process's main thread has run, in ns: the first field of /proc/PID/schedstat
+/// (the scheduler's own count, not /proc/PID/stat's 10 ms ticks, so a few hundred execs
+/// are enough to divide it by). The agent and the relay do all their work on that thread;
+/// an exec's vfork child is a task of its own and is not counted.
+struct ThreadCPU {
+    let nanoseconds: UInt64
+
+    init(pid: pid_t) throws {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/schedstat", encoding: .utf8),
+              let first = text.split(separator: " ").first, let ns = UInt64(first) else {
+            throw BenchError.failed("cannot read /proc/\(pid)/schedstat")
+        }
+        nanoseconds = ns
+    }
+
+    /// The calling thread's CPU time so far.
+    static func callingThread() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
+        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
+    }
+}
+
+/// CPU seconds the client (this process), the relay and the agent spend inside the measured
+/// closures only: a ceiling that alternates with them runs in this process too and must not
+/// count.
+final class TransferCPU: Sendable {
+    let relay: pid_t
+    let agent: pid_t
+    private let totals = Mutex((client: 0.0, relay: 0.0, agent: 0.0))
+
+    init(relay: pid_t, agent: pid_t) {
+        self.relay = relay
+        self.agent = agent
+    }
+
+    typealias Mark = (client: Double, relay: Double, agent: Double)
+
+    /// The three processes' CPU now: call before a measured transfer, `add(since:)` after it.
+    /// Fine-grained counts (/proc's process times move in 10 ms ticks): getrusage for this
+    /// process, every thread of it; the scheduler's count for the relay's and the agent's main
+    /// thread, where they do their work.
+    func mark() throws -> Mark {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        let client = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec)
+            + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+        return (client, Double(try ThreadCPU(pid: relay).nanoseconds) / 1e9, Double(try ThreadCPU(pid: agent).nanoseconds) / 1e9)
+    }
+
+    func add(since mark: Mark) throws {
+        let now = try self.mark()
+        totals.withLock {
+            $0.client += now.client - mark.client
+            $0.relay += now.relay - mark.relay
+            $0.agent += now.agent - mark.agent
+        }
+    }
+
+    /// "client X s, relay Y s, agent Z s" per GiB of `bytes`.
+    func perGiB(of bytes: Int) -> String {
+        let gib = Double(bytes) / Double(1 << 30)
+        let seconds = totals.withLock { $0 }
+        return "client \(formatted(seconds.client / gib, decimals: 2)) s, relay \(formatted(seconds.relay / gib, decimals: 2)) s, "
+            + "agent \(formatted(seconds.agent / gib, decimals: 2)) s"
     }
 }
 

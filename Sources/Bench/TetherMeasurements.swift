@@ -27,13 +27,15 @@ enum TetherMeasurements {
     /// plan, pipes, capability bound, no_new_privs, the profile's filter, vfork child) and
     /// reaped, `count` times after a warm-up, under the default profile and under none: an
     /// exec without the agent's loop, its protocol or any transport, and (beside posix_spawn)
-    /// what the confinement costs.
+    /// what the confinement costs. With them, the spawning thread's CPU per filtered spawn (its
+    /// own work: plan, pipes, clone, reaping; the child's is its own), to set beside the
+    /// agent's CPU per exec.
     ///
     /// On a thread of its own whose bounding set is lowered as the agent's is (capabilities
     /// belong to a thread, and its children inherit its set): the children then do the same
     /// work as the agent's, and the rest of the benchmark keeps every capability.
-    static func directSpawns(count: Int) throws -> (filtered: Timings, unfiltered: Timings) {
-        final class Outcome: @unchecked Sendable { var result: Result<(Timings, Timings), Error>? }
+    static func directSpawns(count: Int) throws -> (filtered: Timings, unfiltered: Timings, filteredCPUNs: UInt64) {
+        final class Outcome: @unchecked Sendable { var result: Result<(Timings, Timings, UInt64), Error>? }
         let outcome = Outcome()
         let done = DispatchSemaphore(value: 0)
         DedicatedThread.start(named: "bench-spawn") {
@@ -41,18 +43,20 @@ enum TetherMeasurements {
             outcome.result = Result {
                 try GuestCapabilities.lowerStandaloneBoundingSet()
                 let spawner = DirectSpawn()
-                func measure(_ seccomp: SeccompProfile) throws -> Timings {
+                func measure(_ seccomp: SeccompProfile) throws -> (Timings, cpuNs: UInt64) {
                     for _ in 0..<min(100, count) { _ = try spawner.run(["/bin/true"], seccomp: seccomp) }
                     var timings = Timings(reserving: count)
+                    let cpuBefore = ThreadCPU.callingThread()
                     for _ in 0..<count {
                         let start = Clock.monotonicNs()
                         let status = try spawner.run(["/bin/true"], seccomp: seccomp)
                         timings.add(Clock.monotonicNs() - start)
                         guard status == 0 else { throw BenchError.failed("/bin/true ended with wait status \(status)") }
                     }
-                    return timings
+                    return (timings, (ThreadCPU.callingThread() - cpuBefore) / UInt64(count))
                 }
-                return (try measure(.default), try measure(.unfiltered))
+                let filtered = try measure(.default)
+                return (filtered.0, try measure(.unfiltered).0, filtered.cpuNs)
             }
         }
         done.wait()
@@ -98,12 +102,15 @@ enum TetherMeasurements {
     /// `sha256sum` alone tops out near 500 MB/s of one core, which on two cores it shares
     /// with the client, relay and agent), checked against the count it prints; then, untimed,
     /// `verifyBytes` through `sha256sum`, whose digest must equal the local one (no byte lost
-    /// or reordered). Elapsed ns of the timed run, from the request to the exit status.
-    static func stdinThroughput(_ client: TetherClient, bytes: Int, verifyBytes: Int = 32 << 20) async throws -> UInt64 {
+    /// or reordered). Elapsed ns of the timed run, from the request to the exit status; the
+    /// CPU the client, relay and agent spent in it is added to `cpu`.
+    static func stdinThroughput(_ client: TetherClient, bytes: Int, verifyBytes: Int = 32 << 20, cpu: TransferCPU) async throws -> UInt64 {
         let data = pseudoRandomBytes(count: max(bytes, verifyBytes))
+        let mark = try cpu.mark()
         let start = Clock.monotonicNs()
         let counted = try await feedStdin(client, ["wc", "-c"], data[0..<bytes])
         let elapsed = Clock.monotonicNs() - start
+        try cpu.add(since: mark)
         guard counted.trimmingCharacters(in: .whitespacesAndNewlines) == String(bytes) else {
             throw BenchError.failed("wc -c in the sandbox counted \(counted) of \(bytes) stdin bytes")
         }
