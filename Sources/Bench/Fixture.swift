@@ -188,31 +188,40 @@ struct ThreadCPU {
     }
 }
 
-/// CPU seconds the client (this process), the relay and the agent spend inside the measured
-/// closures only: a ceiling that alternates with them runs in this process too and must not
-/// count.
-final class TransferCPU: Sendable {
+/// What the client (this process), the relay and the agent spend inside the measured transfers
+/// only (a ceiling that alternates with them runs in this process too and must not count): CPU
+/// time, and context switches, each one a sleep and a wake-up (on this VM the wake-ups, not
+/// the copies, are most of a streaming process's kernel time).
+final class TransferCost: Sendable {
+    struct Usage {
+        var seconds = 0.0
+        var switches = 0
+
+        static func - (a: Usage, b: Usage) -> Usage { Usage(seconds: a.seconds - b.seconds, switches: a.switches - b.switches) }
+        static func += (a: inout Usage, b: Usage) { a = Usage(seconds: a.seconds + b.seconds, switches: a.switches + b.switches) }
+    }
+    typealias Mark = (client: Usage, relay: Usage, agent: Usage)
+
     let relay: pid_t
     let agent: pid_t
-    private let totals = Mutex((client: 0.0, relay: 0.0, agent: 0.0))
+    private let totals = Mutex<Mark>((Usage(), Usage(), Usage()))
 
     init(relay: pid_t, agent: pid_t) {
         self.relay = relay
         self.agent = agent
     }
 
-    typealias Mark = (client: Double, relay: Double, agent: Double)
-
-    /// The three processes' CPU now: call before a measured transfer, `add(since:)` after it.
-    /// Fine-grained counts (/proc's process times move in 10 ms ticks): getrusage for this
-    /// process, every thread of it; the scheduler's count for the relay's and the agent's main
-    /// thread, where they do their work.
+    /// The three processes' counts now: call before a measured transfer, `add(since:)` after
+    /// it. Fine-grained (/proc's process times move in 10 ms ticks): getrusage for this
+    /// process, every thread of it; for the relay and the agent the scheduler's counts of their
+    /// main thread, where they do their work.
     func mark() throws -> Mark {
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
-        let client = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec)
-            + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
-        return (client, Double(try ThreadCPU(pid: relay).nanoseconds) / 1e9, Double(try ThreadCPU(pid: agent).nanoseconds) / 1e9)
+        let client = Usage(seconds: Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec)
+                               + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6,
+                           switches: usage.ru_nvcsw + usage.ru_nivcsw)
+        return (client, try Self.mainThread(of: relay), try Self.mainThread(of: agent))
     }
 
     func add(since mark: Mark) throws {
@@ -224,23 +233,29 @@ final class TransferCPU: Sendable {
         }
     }
 
-    /// "client X s, relay Y s, agent Z s" per GiB of `bytes`.
-    func perGiB(of bytes: Int) -> String {
+    /// Each process's CPU seconds and context switches per GiB of `bytes` moved.
+    func perGiB(of bytes: Int) -> Mark {
         let gib = Double(bytes) / Double(1 << 30)
-        let seconds = totals.withLock { $0 }
-        return "client \(formatted(seconds.client / gib, decimals: 2)) s, relay \(formatted(seconds.relay / gib, decimals: 2)) s, "
-            + "agent \(formatted(seconds.agent / gib, decimals: 2)) s"
+        func scaled(_ usage: Usage) -> Usage { Usage(seconds: usage.seconds / gib, switches: Int((Double(usage.switches) / gib).rounded())) }
+        let totals = totals.withLock { $0 }
+        return (scaled(totals.client), scaled(totals.relay), scaled(totals.agent))
     }
-}
 
-/// CPU time a process has used so far (`ProcessHandle.cpuSeconds`).
-struct ProcessCPU {
-    let seconds: Double
+    /// "client X s, relay Y s, agent Z s" and "client N, relay N, agent N" for `perGiB`'s result.
+    static func describe(_ mark: Mark) -> (cpu: String, switches: String) {
+        let parts = [("client", mark.client), ("relay", mark.relay), ("agent", mark.agent)]
+        return (parts.map { "\($0.0) \(formatted($0.1.seconds, decimals: 2)) s" }.joined(separator: ", "),
+                parts.map { "\($0.0) \($0.1.switches)" }.joined(separator: ", "))
+    }
 
-    init(pid: pid_t) throws {
-        do { seconds = try ProcessHandle.cpuSeconds(of: pid) } catch {
-            throw BenchError.failed("cannot read /proc/\(pid)/stat: \(error)")
+    /// CPU from /proc/PID/schedstat, switches from /proc/PID/status (both the main thread's).
+    private static func mainThread(of pid: pid_t) throws -> Usage {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else {
+            throw BenchError.failed("cannot read /proc/\(pid)/status")
         }
+        let switches = status.split(separator: "\n").filter { $0.contains("ctxt_switches:") }
+            .compactMap { Int($0.split(separator: ":").last?.trimmingCharacters(in: .whitespaces) ?? "") }.reduce(0, +)
+        return Usage(seconds: Double(try ThreadCPU(pid: pid).nanoseconds) / 1e9, switches: switches)
     }
 }
 

@@ -78,8 +78,9 @@ enum TetherMeasurements {
 
     /// `head -c BYTES /dev/zero` in the sandbox, its stdout counted by the client as it arrives
     /// (acknowledged as it is consumed, so the 256 KiB window is end to end). Elapsed ns from
-    /// the request to the exit status.
-    static func stdoutThroughput(_ client: TetherClient, bytes: Int) async throws -> UInt64 {
+    /// the request to the exit status; what the client, relay and agent spent is added to `cost`.
+    static func stdoutThroughput(_ client: TetherClient, bytes: Int, cost: TransferCost) async throws -> UInt64 {
+        let mark = try cost.mark()
         let start = Clock.monotonicNs()
         let handle = try await client.execStream(["head", "-c", String(bytes), "/dev/zero"])
         var received = 0
@@ -92,6 +93,7 @@ enum TetherMeasurements {
             }
         }
         let elapsed = Clock.monotonicNs() - start
+        try cost.add(since: mark)
         guard received == bytes else { throw BenchError.shortRead(expected: bytes, got: received) }
         guard exited?.success == true else { throw BenchError.failed("head exited \(String(describing: exited))") }
         return elapsed
@@ -102,15 +104,15 @@ enum TetherMeasurements {
     /// `sha256sum` alone tops out near 500 MB/s of one core, which on two cores it shares
     /// with the client, relay and agent), checked against the count it prints; then, untimed,
     /// `verifyBytes` through `sha256sum`, whose digest must equal the local one (no byte lost
-    /// or reordered). Elapsed ns of the timed run, from the request to the exit status; the
-    /// CPU the client, relay and agent spent in it is added to `cpu`.
-    static func stdinThroughput(_ client: TetherClient, bytes: Int, verifyBytes: Int = 32 << 20, cpu: TransferCPU) async throws -> UInt64 {
+    /// or reordered). Elapsed ns of the timed run, from the request to the exit status; what
+    /// the client, relay and agent spent in it is added to `cost`.
+    static func stdinThroughput(_ client: TetherClient, bytes: Int, verifyBytes: Int = 32 << 20, cost: TransferCost) async throws -> UInt64 {
         let data = pseudoRandomBytes(count: max(bytes, verifyBytes))
-        let mark = try cpu.mark()
+        let mark = try cost.mark()
         let start = Clock.monotonicNs()
         let counted = try await feedStdin(client, ["wc", "-c"], data[0..<bytes])
         let elapsed = Clock.monotonicNs() - start
-        try cpu.add(since: mark)
+        try cost.add(since: mark)
         guard counted.trimmingCharacters(in: .whitespacesAndNewlines) == String(bytes) else {
             throw BenchError.failed("wc -c in the sandbox counted \(counted) of \(bytes) stdin bytes")
         }
