@@ -83,7 +83,12 @@ final class SessionStdin {
 
     /// Room to write (EPOLLOUT, or a hang-up while blocked: the write then reports it).
     func writable(_ replies: inout [StdinReply]) {
-        if pendingEOF != nil && queue.isEmpty { finishIfDrained(&replies) } else { write(&replies) }
+        if pendingEOF != nil && queue.isEmpty {
+            finishIfDrained(&replies)
+            ack(&replies, all: isClosed)
+        } else {
+            write(&replies)
+        }
     }
 
     /// The terminal's output ended: nothing can be written to it any more.
@@ -124,7 +129,7 @@ final class SessionStdin {
             if isBlocked { break }
         }
         if queue.isEmpty { finishIfDrained(&replies) }
-        ack(&replies)
+        ack(&replies, all: isClosed)
     }
 
     /// After the queue is written: end of input closes the pipe, or writes VEOF to a terminal.
@@ -156,10 +161,15 @@ final class SessionStdin {
         }
     }
 
-    /// Acks what was written, at least every half window and whenever the queue runs dry.
-    private func ack(_ replies: inout [StdinReply]) {
+    /// Acks what was written once half a window of it is (the client then always has half a
+    /// window to send), and with `all` whatever is left (input ended or failed). Not each time
+    /// the queue runs dry: behind a program that reads as fast as bytes come, that was an ack
+    /// per 64 KiB frame, and each ack wakes the agent's link, the relay and the client. Per GiB
+    /// into `wc -c` (tether-bench, four alternating runs): client CPU 0.43-0.47 -> 0.37-0.38 s,
+    /// relay 0.33-0.37 -> 0.31-0.33 s; 1047-1172 -> 1175-1220 MB/s.
+    private func ack(_ replies: inout [StdinReply], all: Bool = false) {
         guard writtenUnacked > 0 else { return }
-        guard queue.isEmpty || writtenUnacked >= FlowControl.ackThresholdBytes else { return }
+        guard all || writtenUnacked >= FlowControl.ackThresholdBytes else { return }
         replies.append(.ack(writtenUnacked))
         writtenUnacked = 0
     }
@@ -177,6 +187,6 @@ final class SessionStdin {
             fd?.close()
             fd = nil
         }
-        ack(&replies)
+        ack(&replies, all: true)
     }
 }
