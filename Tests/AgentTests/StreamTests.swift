@@ -73,6 +73,29 @@ import TetherProtocol
         #expect(acked + t.stdinAcked == size)
     }
 
+    /// A program that reads stdin as fast as it comes gets it acked half a window at a time and
+    /// the rest when the input ends: every byte acked, but not an ack per frame (each ack
+    /// wakes the relay and the client).
+    @Test(.timeLimit(.minutes(1)))
+    func stdinIsAckedEveryHalfWindowAndInFullOnceInputEnds() throws {
+        let agent = try startAgent()
+        try agent.client.exec(sh("cat > /dev/null; echo read") { $0.stdin = .pipe }, id: 1)
+        #expect(try agent.client.nextEvent(id: 1).kind == .started)
+        // Three full frames: 192 KiB, within the 256 KiB window, so no ack is needed to send them.
+        let frames = 3
+        for i in 0..<frames {
+            try agent.client.sendData(id: 1, [UInt8](repeating: UInt8(i), count: Frame.maxDataPayloadBytes))
+        }
+        try agent.client.sendData(id: 1, [], flags: .end)
+        let t = try agent.client.collect(id: 1)
+        #expect(t.stdoutText == "read\n")
+        #expect(t.exited == .code(0))
+        #expect(t.stdinAcked == frames * Frame.maxDataPayloadBytes)
+        // Every ack but the one at the end of input covers at least half a window.
+        #expect(t.stdinAcks.dropLast().allSatisfy { $0 >= FlowControl.ackThresholdBytes }, "acks: \(t.stdinAcks)")
+        #expect(t.stdinAcks.count <= 2, "acks: \(t.stdinAcks)")
+    }
+
     @Test(.timeLimit(.minutes(1)))
     func stdinEndOfFileClosesThePipeAndEPIPEIsNotTerminal() throws {
         let agent = try startAgent()

@@ -168,7 +168,10 @@ public final class FrameClient {
             case .exited: transcript.exited = try frame.decode(Exited.self)
             case .failed: transcript.failed = try frame.decode(Failed.self)
             case .error: transcript.error = try frame.decode(ErrorMessage.self)
-            case .ack: transcript.stdinAcked += Int(try frame.decode(Ack.self).bytes)
+            case .ack:
+                let bytes = Int(try frame.decode(Ack.self).bytes)
+                transcript.stdinAcks.append(bytes)
+                transcript.stdinAcked += bytes
             case .attached: transcript.attached = try frame.decode(Attached.self)
             case .detached: transcript.detached = try frame.decode(Detached.self)
             default: break
@@ -194,6 +197,8 @@ public struct Transcript {
     public var attached: Attached?
     public var detached: Detached?
     public var stdinAcked = 0
+    /// Each stdin ack, in order (`stdinAcked` is their sum).
+    public var stdinAcks: [Int] = []
     public var bytesAfterExited = 0
     public var endKind: FrameKind?
 
