@@ -38,22 +38,28 @@ enum FileMeasurements {
     }
 
     /// host -> guest: `bytes` written to `path` (atomic write, SHA-256 checked by both ends).
-    static func upload(_ client: TetherClient, path: String, bytes: Int) async throws -> (ns: UInt64, sha256: [UInt8]) {
+    /// What the client, relay and agent spent is added to `cost`, if given.
+    static func upload(_ client: TetherClient, path: String, bytes: Int, cost: TransferCost? = nil) async throws -> (ns: UInt64, sha256: [UInt8]) {
         _ = RandomChunks.pool   // made before the clock starts
+        let mark = try cost?.mark()
         let start = Clock.monotonicNs()
         let result = try await client.files.write(path, contents: RandomChunks(total: bytes))
         let elapsed = Clock.monotonicNs() - start
+        if let cost, let mark { try cost.add(since: mark) }
         guard result.bytes == UInt64(bytes) else { throw BenchError.shortRead(expected: bytes, got: Int(result.bytes)) }
         return (elapsed, result.sha256)
     }
 
-    /// guest -> host: `path` streamed back; its digest must be the upload's.
-    static func download(_ client: TetherClient, path: String, expected: [UInt8]) async throws -> UInt64 {
+    /// guest -> host: `path` streamed back; its digest must be the upload's. What the client,
+    /// relay and agent spent is added to `cost`, if given.
+    static func download(_ client: TetherClient, path: String, expected: [UInt8], cost: TransferCost? = nil) async throws -> UInt64 {
+        let mark = try cost?.mark()
         let start = Clock.monotonicNs()
         let stream = try await client.files.readStream(path)
         var received = 0
         while let chunk = try await stream.next() { received += chunk.count }
         let elapsed = Clock.monotonicNs() - start
+        if let cost, let mark { try cost.add(since: mark) }
         guard stream.result?.sha256 == expected else {
             throw BenchError.failed("the file read back has another SHA-256 than the one written")
         }

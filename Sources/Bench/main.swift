@@ -145,13 +145,15 @@ do {
     defer { try? FileManager.default.removeItem(atPath: scratch) }
     // The same pseudo-random bytes each run: the last upload's digest checks every download.
     var upSHA256: [UInt8] = []
+    let upCost = TransferCost(relay: fixture.relay.processIdentifier, agent: fixture.agent.processIdentifier)
+    let downCost = TransferCost(relay: fixture.relay.processIdentifier, agent: fixture.agent.processIdentifier)
     let (fileWriteNs, upNs) = try await pairedMedians(runs, ceiling: {
         try Baselines.fileWriteThroughput(bytes: copyBytes, path: scratch + "/ceiling")
     }, tether: {
         // A new file each run, as the ceiling writes one: replacing the last run's 1 GiB would
         // time ext4 freeing its blocks (up to 0.2 s in the rename here).
         unlink(scratch + "/copy")
-        let up = try await FileMeasurements.upload(viaRelay, path: scratch + "/copy", bytes: copyBytes)
+        let up = try await FileMeasurements.upload(viaRelay, path: scratch + "/copy", bytes: copyBytes, cost: upCost)
         upSHA256 = up.sha256
         return up.ns
     })
@@ -160,12 +162,18 @@ do {
                  formatted(fileWriteMBps, decimals: 0) + " MB/s")
     let upMBps = megabytesPerSecond(bytes: copyBytes, ns: upNs)
     report.value("cp \(copyBytes >> 20) MiB host -> guest via relay (sha256 checked)", formatted(upMBps, decimals: 0) + " MB/s")
+    let upPerGiB = TransferCost.describe(upCost.perGiB(of: copyBytes * max(runs, 1)))
+    report.value("CPU per GiB of cp in (the timed runs)", upPerGiB.cpu)
+    report.value("context switches per GiB of cp in", upPerGiB.switches)
     let (fileReadNs, downNs) = try await pairedMedians(runs, ceiling: { try Baselines.fileReadThroughput(path: scratch + "/copy", bytes: copyBytes) },
-                                                       tether: { try await FileMeasurements.download(viaRelay, path: scratch + "/copy", expected: upSHA256) })
+                                                       tether: { try await FileMeasurements.download(viaRelay, path: scratch + "/copy", expected: upSHA256, cost: downCost) })
     let fileReadMBps = megabytesPerSecond(bytes: copyBytes, ns: fileReadNs)
     report.value("file read ceiling (cat of the \(copyBytes >> 20) MiB file, cached), alternating with cp out", formatted(fileReadMBps, decimals: 0) + " MB/s")
     let downMBps = megabytesPerSecond(bytes: copyBytes, ns: downNs)
     report.value("cp \(copyBytes >> 20) MiB guest -> host via relay (sha256 checked)", formatted(downMBps, decimals: 0) + " MB/s")
+    let downPerGiB = TransferCost.describe(downCost.perGiB(of: copyBytes * max(runs, 1)))
+    report.value("CPU per GiB of cp out (the timed runs)", downPerGiB.cpu)
+    report.value("context switches per GiB of cp out", downPerGiB.switches)
     try? FileManager.default.removeItem(atPath: scratch + "/copy")
     let large = try await FileMeasurements.upload(viaRelay, path: scratch + "/large", bytes: largeCopyBytes)
     _ = try await FileMeasurements.download(viaRelay, path: scratch + "/large", expected: large.sha256)
