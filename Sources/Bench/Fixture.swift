@@ -241,9 +241,10 @@ final class TransferCost: Sendable {
         return (scaled(totals.client), scaled(totals.relay), scaled(totals.agent))
     }
 
-    /// "client X s, relay Y s, agent Z s" and "client N, relay N, agent N" for `perGiB`'s result.
-    static func describe(_ mark: Mark) -> (cpu: String, switches: String) {
-        let parts = [("client", mark.client), ("relay", mark.relay), ("agent", mark.agent)]
+    /// "client X s, relay Y s, agent Z s" and "client N, relay N, agent N" for `perGiB`'s result;
+    /// `client` names what this process did.
+    static func describe(_ mark: Mark, client: String = "client") -> (cpu: String, switches: String) {
+        let parts = [(client, mark.client), ("relay", mark.relay), ("agent", mark.agent)]
         return (parts.map { "\($0.0) \(formatted($0.1.seconds, decimals: 2)) s" }.joined(separator: ", "),
                 parts.map { "\($0.0) \($0.1.switches)" }.joined(separator: ", "))
     }

@@ -73,17 +73,19 @@ enum TunnelMeasurements {
 
     /// `bytes` from a host client to the sink through an exposed port; ns from the first byte
     /// written until the sink read the last.
-    static func throughput(_ client: TetherClient, sink: Sink, bytes: Int) async throws -> UInt64 {
+    static func throughput(_ client: TetherClient, sink: Sink, bytes: Int, cost: TransferCost) async throws -> UInt64 {
         let port = try await client.ports.expose(guestPort: UInt32(sink.port), name: "bench")
         defer { Task { try? await client.ports.unexpose(guestPort: UInt32(sink.port)) } }
         let before = sink.received.load(ordering: .relaxed)
         let doneBefore = sink.finished.load(ordering: .acquiring)
         let fd = try connect(port: port.hostPort)
+        let mark = try cost.mark()
         let start = Clock.monotonicNs()
         let sent = send(fd, bytes: bytes)
         shutdown(fd, CInt(SHUT_WR))
         while sink.finished.load(ordering: .acquiring) == doneBefore { usleep(200) }
         let elapsed = Clock.monotonicNs() - start
+        try cost.add(since: mark)
         Glibc.close(fd)
         let got = sink.received.load(ordering: .relaxed) - before
         guard sent == bytes, got == bytes else { throw BenchError.shortRead(expected: bytes, got: got) }

@@ -120,12 +120,16 @@ do {
     report.value("process start --wait-port: listen() to ready median", microseconds(readiness.median))
     report.value("process start --wait-port: listen() to ready p99", microseconds(readiness.p99))
     let sink = try TunnelMeasurements.Sink()
+    let tunnelCost = TransferCost(relay: fixture.relay.processIdentifier, agent: fixture.agent.processIdentifier)
     let (loopbackNs, tunnelNs) = try await pairedMedians(runs, ceiling: { try TunnelMeasurements.loopbackCeiling(sink: sink, bytes: streamBytes) },
-                                                         tether: { try await TunnelMeasurements.throughput(viaRelay, sink: sink, bytes: streamBytes) })
+                                                         tether: { try await TunnelMeasurements.throughput(viaRelay, sink: sink, bytes: streamBytes, cost: tunnelCost) })
     let loopbackMBps = megabytesPerSecond(bytes: streamBytes, ns: loopbackNs)
     report.value("TCP loopback ceiling (one connection), alternating with the port", formatted(loopbackMBps, decimals: 0) + " MB/s")
     let tunnelMBps = megabytesPerSecond(bytes: streamBytes, ns: tunnelNs)
     report.value("exposed port \(streamBytes >> 20) MiB host -> relay -> agent -> service", formatted(tunnelMBps, decimals: 0) + " MB/s")
+    let tunnelPerGiB = TransferCost.describe(tunnelCost.perGiB(of: streamBytes * max(runs, 1)), client: "writer and service (this process)")
+    report.value("CPU per GiB through the port (the timed runs)", tunnelPerGiB.cpu)
+    report.value("context switches per GiB through the port", tunnelPerGiB.switches)
     let (busyExec, streamed) = try await TunnelMeasurements.whileStreaming(viaRelay, sink: sink) {
         try await TetherMeasurements.execRoundTrip(viaRelay, count: spawnCount / 2)
     }
