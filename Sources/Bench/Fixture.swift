@@ -206,9 +206,10 @@ final class TransferCost: Sendable {
     let agent: pid_t
     private let totals = Mutex<Mark>((Usage(), Usage(), Usage()))
 
-    init(relay: pid_t, agent: pid_t) {
-        self.relay = relay
-        self.agent = agent
+    /// The fixture's relay and the agent behind it.
+    init(_ fixture: Fixture) {
+        relay = fixture.relay.processIdentifier
+        agent = fixture.agent.processIdentifier
     }
 
     /// The three processes' counts now: call before a measured transfer, `add(since:)` after

@@ -71,6 +71,16 @@ do {
     _ = stat(binaries.agent, &agentStat)
     report.value("agent binary size", megabytes(bytes: Int(agentStat.st_size)))
     let fixture = try Fixture(binaries: binaries)
+    /// Prints what `cost` counted over the timed runs of a transfer of `bytesPerRun`, per GiB,
+    /// as "CPU per GiB `name`" and "context switches per GiB `name`"; returns the figures.
+    @discardableResult
+    func reportPerGiB(_ cost: TransferCost, _ name: String, bytesPerRun: Int, client: String = "client") -> TransferCost.Mark {
+        let perGiB = cost.perGiB(of: bytesPerRun * max(runs, 1))
+        let text = TransferCost.describe(perGiB, client: client)
+        report.value("CPU per GiB \(name) (the timed runs)", text.cpu)
+        report.value("context switches per GiB \(name)", text.switches)
+        return perGiB
+    }
     let viaRelay = try await TetherClient.connect(to: fixture.relaySocket, name: "tether-bench")
     let direct = try await TetherClient.connect(to: fixture.directAgentSocket, name: "tether-bench")
     let relayCPUBefore = try ThreadCPU(pid: fixture.relay.processIdentifier)
@@ -94,42 +104,36 @@ do {
     direct.close()
     let idle = try ResidentSet(pid: fixture.agent.processIdentifier)
     report.value("agent RSS idle", mebibytes(kib: idle.currentKiB))
-    let stdoutCost = TransferCost(relay: fixture.relay.processIdentifier, agent: fixture.agent.processIdentifier)
+    let stdoutCost = TransferCost(fixture)
     let (pipeNs, stdoutNs) = try await pairedMedians(runs, ceiling: { try Baselines.pipeThroughput(bytes: streamBytes) },
                                                      tether: { try await TetherMeasurements.stdoutThroughput(viaRelay, bytes: streamBytes, cost: stdoutCost) })
     let pipeMBps = megabytesPerSecond(bytes: streamBytes, ns: pipeNs)
     report.value("pipe ceiling (head -c \(streamBytes >> 20)MiB /dev/zero), alternating with stdout", formatted(pipeMBps, decimals: 0) + " MB/s")
-    let stdoutPerGiB = stdoutCost.perGiB(of: streamBytes * max(runs, 1))
     let stdoutMBps = megabytesPerSecond(bytes: streamBytes, ns: stdoutNs)
     report.value("stdout \(streamBytes >> 20) MiB end to end", formatted(stdoutMBps, decimals: 0) + " MB/s")
-    report.value("CPU per GiB of stdout (the timed runs)", TransferCost.describe(stdoutPerGiB).cpu)
-    report.value("context switches per GiB of stdout", TransferCost.describe(stdoutPerGiB).switches)
+    let stdoutPerGiB = reportPerGiB(stdoutCost, "of stdout", bytesPerRun: streamBytes)
     let streaming = try ResidentSet(pid: fixture.agent.processIdentifier)
     report.value("agent RSS peak (VmHWM) after streaming", mebibytes(kib: streaming.peakKiB))
-    let stdinCost = TransferCost(relay: fixture.relay.processIdentifier, agent: fixture.agent.processIdentifier)
+    let stdinCost = TransferCost(fixture)
     let (stdinPipeNs, stdinNs) = try await pairedMedians(runs, ceiling: { try Baselines.pipeThroughput(bytes: streamBytes) },
                                                          tether: { try await TetherMeasurements.stdinThroughput(viaRelay, bytes: stdinBytes, cost: stdinCost) })
     let stdinPipeMBps = megabytesPerSecond(bytes: streamBytes, ns: stdinPipeNs)
     report.value("pipe ceiling, alternating with stdin", formatted(stdinPipeMBps, decimals: 0) + " MB/s")
     let stdinMBps = megabytesPerSecond(bytes: stdinBytes, ns: stdinNs)
     report.value("stdin \(stdinBytes >> 20) MiB end to end (counted; 32 MiB sha256 checked apart)", formatted(stdinMBps, decimals: 0) + " MB/s")
-    let stdinPerGiB = stdinCost.perGiB(of: stdinBytes * max(runs, 1))
-    report.value("CPU per GiB of stdin (the timed runs)", TransferCost.describe(stdinPerGiB).cpu)
-    report.value("context switches per GiB of stdin", TransferCost.describe(stdinPerGiB).switches)
+    reportPerGiB(stdinCost, "of stdin", bytesPerRun: stdinBytes)
     let readiness = try await ProcessReadiness.listenToReady(viaRelay, count: quick ? 20 : 100)
     report.value("process start --wait-port: listen() to ready median", microseconds(readiness.median))
     report.value("process start --wait-port: listen() to ready p99", microseconds(readiness.p99))
     let sink = try TunnelMeasurements.Sink()
-    let tunnelCost = TransferCost(relay: fixture.relay.processIdentifier, agent: fixture.agent.processIdentifier)
+    let tunnelCost = TransferCost(fixture)
     let (loopbackNs, tunnelNs) = try await pairedMedians(runs, ceiling: { try TunnelMeasurements.loopbackCeiling(sink: sink, bytes: streamBytes) },
                                                          tether: { try await TunnelMeasurements.throughput(viaRelay, sink: sink, bytes: streamBytes, cost: tunnelCost) })
     let loopbackMBps = megabytesPerSecond(bytes: streamBytes, ns: loopbackNs)
     report.value("TCP loopback ceiling (one connection), alternating with the port", formatted(loopbackMBps, decimals: 0) + " MB/s")
     let tunnelMBps = megabytesPerSecond(bytes: streamBytes, ns: tunnelNs)
     report.value("exposed port \(streamBytes >> 20) MiB host -> relay -> agent -> service", formatted(tunnelMBps, decimals: 0) + " MB/s")
-    let tunnelPerGiB = TransferCost.describe(tunnelCost.perGiB(of: streamBytes * max(runs, 1)), client: "writer and service (this process)")
-    report.value("CPU per GiB through the port (the timed runs)", tunnelPerGiB.cpu)
-    report.value("context switches per GiB through the port", tunnelPerGiB.switches)
+    reportPerGiB(tunnelCost, "through the port", bytesPerRun: streamBytes, client: "writer and service (this process)")
     let (busyExec, streamed) = try await TunnelMeasurements.whileStreaming(viaRelay, sink: sink) {
         try await TetherMeasurements.execRoundTrip(viaRelay, count: spawnCount / 2)
     }
@@ -149,8 +153,8 @@ do {
     defer { try? FileManager.default.removeItem(atPath: scratch) }
     // The same pseudo-random bytes each run: the last upload's digest checks every download.
     var upSHA256: [UInt8] = []
-    let upCost = TransferCost(relay: fixture.relay.processIdentifier, agent: fixture.agent.processIdentifier)
-    let downCost = TransferCost(relay: fixture.relay.processIdentifier, agent: fixture.agent.processIdentifier)
+    let upCost = TransferCost(fixture)
+    let downCost = TransferCost(fixture)
     let (fileWriteNs, upNs) = try await pairedMedians(runs, ceiling: {
         try Baselines.fileWriteThroughput(bytes: copyBytes, path: scratch + "/ceiling")
     }, tether: {
@@ -166,18 +170,14 @@ do {
                  formatted(fileWriteMBps, decimals: 0) + " MB/s")
     let upMBps = megabytesPerSecond(bytes: copyBytes, ns: upNs)
     report.value("cp \(copyBytes >> 20) MiB host -> guest via relay (sha256 checked)", formatted(upMBps, decimals: 0) + " MB/s")
-    let upPerGiB = TransferCost.describe(upCost.perGiB(of: copyBytes * max(runs, 1)))
-    report.value("CPU per GiB of cp in (the timed runs)", upPerGiB.cpu)
-    report.value("context switches per GiB of cp in", upPerGiB.switches)
+    reportPerGiB(upCost, "of cp in", bytesPerRun: copyBytes)
     let (fileReadNs, downNs) = try await pairedMedians(runs, ceiling: { try Baselines.fileReadThroughput(path: scratch + "/copy", bytes: copyBytes) },
                                                        tether: { try await FileMeasurements.download(viaRelay, path: scratch + "/copy", expected: upSHA256, cost: downCost) })
     let fileReadMBps = megabytesPerSecond(bytes: copyBytes, ns: fileReadNs)
     report.value("file read ceiling (cat of the \(copyBytes >> 20) MiB file, cached), alternating with cp out", formatted(fileReadMBps, decimals: 0) + " MB/s")
     let downMBps = megabytesPerSecond(bytes: copyBytes, ns: downNs)
     report.value("cp \(copyBytes >> 20) MiB guest -> host via relay (sha256 checked)", formatted(downMBps, decimals: 0) + " MB/s")
-    let downPerGiB = TransferCost.describe(downCost.perGiB(of: copyBytes * max(runs, 1)))
-    report.value("CPU per GiB of cp out (the timed runs)", downPerGiB.cpu)
-    report.value("context switches per GiB of cp out", downPerGiB.switches)
+    reportPerGiB(downCost, "of cp out", bytesPerRun: copyBytes)
     try? FileManager.default.removeItem(atPath: scratch + "/copy")
     let large = try await FileMeasurements.upload(viaRelay, path: scratch + "/large", bytes: largeCopyBytes)
     _ = try await FileMeasurements.download(viaRelay, path: scratch + "/large", expected: large.sha256)
