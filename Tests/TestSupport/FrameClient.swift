@@ -168,10 +168,7 @@ public final class FrameClient {
             case .exited: transcript.exited = try frame.decode(Exited.self)
             case .failed: transcript.failed = try frame.decode(Failed.self)
             case .error: transcript.error = try frame.decode(ErrorMessage.self)
-            case .ack:
-                let bytes = Int(try frame.decode(Ack.self).bytes)
-                transcript.stdinAcks.append(bytes)
-                transcript.stdinAcked += bytes
+            case .ack: transcript.stdinAcks.append(Int(try frame.decode(Ack.self).bytes))
             case .attached: transcript.attached = try frame.decode(Attached.self)
             case .detached: transcript.detached = try frame.decode(Detached.self)
             default: break
@@ -196,9 +193,9 @@ public struct Transcript {
     public var error: ErrorMessage?
     public var attached: Attached?
     public var detached: Detached?
-    public var stdinAcked = 0
-    /// Each stdin ack, in order (`stdinAcked` is their sum).
+    /// Each stdin ack, in order.
     public var stdinAcks: [Int] = []
+    public var stdinAcked: Int { stdinAcks.reduce(0, +) }
     public var bytesAfterExited = 0
     public var endKind: FrameKind?
 
